@@ -1,0 +1,130 @@
+#pragma once
+// YAML configuration → a validated, immutable snapshot (SPEC §5).
+// Parsing knows nothing of sockets or the store; it only produces values and errors.
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace idem {
+
+using Millis = std::chrono::milliseconds;
+
+struct ListenAddress {
+  std::string host;   // "127.0.0.1", "::1", "0.0.0.0", "::"
+  uint16_t port = 0;  // 0 = any free port (useful in tests)
+  std::string text;   // as written, e.g. "[::1]:8080"
+};
+
+struct ServerConfig {
+  ListenAddress listen{"127.0.0.1", 8080, "127.0.0.1:8080"};
+  unsigned workers = 0;                   // 0 = one per CPU
+  uint64_t max_request_body = 1ull << 20;  // 1MiB
+  Millis client_timeout{30'000};
+  Millis drain_timeout{30'000};  // SIGTERM: how long in-flight exchanges may take to finish
+};
+
+struct AdminConfig {
+  ListenAddress listen{"127.0.0.1", 9180, "127.0.0.1:9180"};
+};
+
+enum class Durability { Full, Relaxed };
+
+struct StoreConfig {
+  std::string backend = "lmdb";
+  std::string path = "/var/lib/idemproxy";
+  uint64_t max_size = 1ull << 30;  // 1GiB
+  Durability durability = Durability::Full;
+  Millis sweep_interval{30'000};
+};
+
+struct UpstreamConfig {
+  std::string name;
+  std::string url;  // http:// or https://, optional path prefix, no query
+  Millis connect_timeout{2'000};
+  Millis timeout{30'000};
+  unsigned max_connections = 64;
+};
+
+enum class FingerprintPart { Method, Path, Query, Body, BodyJson };
+enum class ConcurrentMode { Wait, Reject };
+enum class AbandonedMode { Fail, Retry };
+
+struct IdempotencyConfig {
+  std::string key_header = "Idempotency-Key";
+  bool required = true;
+  Millis ttl{24ll * 3600 * 1000};
+  std::vector<std::string> scope{"Authorization"};
+  std::vector<FingerprintPart> fingerprint{FingerprintPart::Method, FingerprintPart::Path,
+                                           FingerprintPart::Query, FingerprintPart::Body};
+  ConcurrentMode concurrent = ConcurrentMode::Wait;
+  Millis wait_timeout{10'000};
+  Millis lease{60'000};
+  AbandonedMode abandoned = AbandonedMode::Fail;
+  std::vector<int> release_statuses{429, 503};
+  std::vector<std::string> replay_drop_headers{"Set-Cookie"};
+  uint64_t max_response_body = 8ull << 20;  // 8MiB
+};
+
+struct RouteConfig {
+  std::string name;
+  std::vector<std::string> methods;  // upper case; empty = every method
+  std::string path;                  // without the trailing "/*" when prefix
+  bool prefix = false;               // "/a/*": matches "/a" and everything below
+  std::string upstream;
+  std::optional<IdempotencyConfig> idempotency;  // absent: plain pass-through
+
+  // True when this route serves `method` on `path` (path without the query).
+  bool matches(std::string_view method, std::string_view path) const;
+};
+
+enum class LogLevel { Debug, Info, Warn, Error };
+
+struct LogConfig {
+  LogLevel level = LogLevel::Info;
+};
+
+struct Config {
+  std::string source;  // file the snapshot came from
+  ServerConfig server;
+  std::optional<AdminConfig> admin;
+  StoreConfig store;
+  std::map<std::string, UpstreamConfig> upstreams;
+  std::vector<RouteConfig> routes;  // first match wins
+  LogConfig log;
+
+  // First route matching method and path, or nullptr.
+  const RouteConfig* findRoute(std::string_view method, std::string_view path) const;
+};
+
+using ConfigPtr = std::shared_ptr<const Config>;
+
+struct ConfigError {
+  std::string file;
+  int line = 0;    // 1-based; 0 when unknown
+  int column = 0;  // 1-based; 0 when unknown
+  std::string message;
+  std::string str() const;  // "FILE:LINE:COL: message"
+};
+
+struct ConfigResult {
+  ConfigPtr config;                  // set when errors is empty
+  std::vector<ConfigError> errors;  // every problem found, in file order
+  bool ok() const { return errors.empty() && config != nullptr; }
+};
+
+ConfigResult loadConfigFile(const std::string& path);
+ConfigResult parseConfig(const std::string& yamlText, const std::string& fileName);
+
+// "500ms", "30s", "5m", "24h", "7d" → milliseconds.
+std::optional<Millis> parseDuration(std::string_view text);
+// "512", "512KiB", "1MiB", "2GiB" (also KB/MB/GB as powers of 1000) → bytes.
+std::optional<uint64_t> parseSize(std::string_view text);
+// "127.0.0.1:8080", "[::1]:8080", "localhost:80" → address.
+std::optional<ListenAddress> parseListen(std::string_view text);
+
+}  // namespace idem

@@ -1,0 +1,126 @@
+#pragma once
+// The backend-neutral store interface (SPEC §1 steps 2–7).
+//
+// Writes are asynchronous: they are queued to the store's writer, which commits them in groups,
+// and each completion callback runs on the writer thread once the commit is durable (under
+// durability full). Callers that live on an event loop post the completion back to their loop;
+// the store itself knows nothing of event loops. Reads are synchronous and safe from any thread.
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "store/record.h"
+
+namespace idem {
+
+enum class StoreError {
+  None,
+  Full,     // the map is full: nothing was written (→ 503 store-unavailable)
+  Io,       // the backend failed (disk, corruption): nothing was written
+  Closed,   // the store is shutting down
+};
+const char* toString(StoreError e);
+
+struct ReserveRequest {
+  RecordId id{};
+  Fingerprint fingerprint{};
+  std::string route;
+  std::string key;
+  std::vector<std::string> scope;
+  std::string owner;  // reservation token of the caller
+  int64_t ttl_ms = 0;
+  int64_t lease_ms = 0;
+  // What to do with an in-flight record whose lease has passed (its owner died):
+  bool retry_abandoned = false;  // true: take the reservation over and forward again
+  // false: record this answer as the key's outcome (flags kFlagProxyError|kFlagOutcomeUnknown)
+  HttpAnswer abandoned_answer;
+};
+
+enum class ReserveStatus {
+  Won,        // the caller holds a fresh in-flight reservation and must forward
+  Completed,  // same fingerprint, an outcome is recorded: replay `record`
+  InFlight,   // same fingerprint, another owner holds a live lease: wait or reject
+  Mismatch,   // the key is held (in flight or completed) with another fingerprint → 422
+};
+
+struct ReserveResult {
+  StoreError error = StoreError::None;  // when not None, status is meaningless
+  ReserveStatus status = ReserveStatus::Won;
+  Record record;  // the record as it stands after the operation
+};
+
+struct RecordRequest {
+  RecordId id{};
+  std::string owner;  // must be the reservation's owner
+  HttpAnswer answer;
+  uint32_t flags = kFlagNone;
+};
+
+enum class RecordStatus {
+  Recorded,     // the answer is now the key's outcome
+  AlreadyFinal, // another outcome stands (record holds it); the caller's answer was not written
+  Missing,      // no record (forgotten or swept meanwhile); nothing written
+};
+
+struct RecordResult {
+  StoreError error = StoreError::None;
+  RecordStatus status = RecordStatus::Recorded;
+  Record record;  // the record that stands
+};
+
+struct WriteResult {
+  StoreError error = StoreError::None;
+  bool changed = false;  // release/forget: a record was removed; sweep: see `removed`
+  size_t removed = 0;    // sweep: records deleted
+};
+
+struct StoreStats {
+  uint64_t records = 0;      // entries in the main table
+  uint64_t bytes_used = 0;   // pages in use × page size
+  uint64_t map_size = 0;     // configured limit
+  uint64_t commits = 0;      // write transactions committed by this process
+  uint64_t operations = 0;   // write operations applied by this process
+};
+
+// Called after every commit with the commit's duration and how many operations it carried.
+using CommitObserver = std::function<void(std::chrono::microseconds, size_t ops)>;
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Atomically: absent or expired → new in-flight record (Won); otherwise report what stands.
+  // An abandoned lease is handled per ReserveRequest::retry_abandoned in the same transaction.
+  virtual void reserve(ReserveRequest req, std::function<void(ReserveResult)> done) = 0;
+  // Write the outcome of a reservation (once; unknown → known is the one allowed overwrite).
+  virtual void record(RecordRequest req, std::function<void(RecordResult)> done) = 0;
+  // Delete an in-flight record held by `owner` (a released status, or nothing was sent).
+  virtual void release(RecordId id, std::string owner, std::function<void(WriteResult)> done) = 0;
+  // Delete a record whatever its state (operator action).
+  virtual void forget(RecordId id, std::function<void(WriteResult)> done) = 0;
+  // Delete up to `limit` expired records, oldest first, using the expiry index.
+  virtual void sweep(size_t limit, std::function<void(WriteResult)> done) = 0;
+
+  // Read the record; an expired record reads as absent. Safe from any thread; never blocks on
+  // the writer.
+  virtual std::optional<Record> lookup(const RecordId& id) = 0;
+  // Every record (expired ones included, so an operator sees them), in id order.
+  virtual std::vector<std::pair<RecordId, Record>> list() = 0;
+  virtual StoreStats stats() = 0;
+
+  // Block until everything queued so far is committed (used at shutdown and by tests).
+  virtual void flush() = 0;
+  virtual void setCommitObserver(CommitObserver observer) = 0;
+};
+
+// Synchronous helpers over the asynchronous interface, for the CLI and tests.
+ReserveResult reserveSync(Store& store, ReserveRequest req);
+RecordResult recordSync(Store& store, RecordRequest req);
+WriteResult releaseSync(Store& store, const RecordId& id, std::string owner);
+WriteResult forgetSync(Store& store, const RecordId& id);
+WriteResult sweepSync(Store& store, size_t limit);
+
+}  // namespace idem
