@@ -1,0 +1,623 @@
+#include "request.h"
+
+#include <event2/keyvalq_struct.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "digest.h"
+#include "idempotency.h"
+#include "worker.h"
+
+namespace idem {
+
+const char* toString(RequestState s) {
+  switch (s) {
+    case RequestState::Received: return "received";
+    case RequestState::Reserving: return "reserving";
+    case RequestState::Waiting: return "waiting";
+    case RequestState::Forwarding: return "forwarding";
+    case RequestState::Recording: return "recording";
+    case RequestState::Releasing: return "releasing";
+    case RequestState::Responded: return "responded";
+  }
+  return "?";
+}
+
+namespace {
+
+using Steady = std::chrono::steady_clock;
+
+const char* methodName(evhttp_cmd_type cmd) {
+  switch (cmd) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+  }
+  return "GET";
+}
+
+const char* reasonPhrase(int status) {
+  switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Status";
+  }
+}
+
+// Fields named in the request's Connection header are hop-by-hop too (RFC 9110 §7.6.1).
+std::vector<std::string> connectionOptions(const Headers& headers) {
+  std::vector<std::string> out;
+  for (const auto& h : headers) {
+    if (!iequals(h.name, "Connection")) continue;
+    size_t start = 0;
+    const std::string& v = h.value;
+    while (start <= v.size()) {
+      size_t comma = v.find(',', start);
+      if (comma == std::string::npos) comma = v.size();
+      std::string token = v.substr(start, comma - start);
+      token.erase(0, token.find_first_not_of(" \t"));
+      token.erase(token.find_last_not_of(" \t") + 1);
+      if (!token.empty()) out.push_back(token);
+      start = comma + 1;
+    }
+  }
+  return out;
+}
+
+bool named(const std::vector<std::string>& names, std::string_view name) {
+  return std::any_of(names.begin(), names.end(),
+                     [&](const std::string& n) { return iequals(n, name); });
+}
+
+}  // namespace
+
+void ProxyRequest::start(Worker& worker, evhttp_request* req) {
+  auto r = std::make_shared<ProxyRequest>(worker, req);
+  r->run();
+}
+
+ProxyRequest::ProxyRequest(Worker& worker, evhttp_request* req)
+    : worker_(worker), config_(worker.config()), req_(req), started_(Steady::now()) {
+  worker_.proxy().activeCounter().fetch_add(1, std::memory_order_relaxed);
+}
+
+ProxyRequest::~ProxyRequest() {
+  if (own_reservation_ && state_ != RequestState::Responded) ownerDone();
+  worker_.proxy().activeCounter().fetch_sub(1, std::memory_order_relaxed);
+}
+
+void ProxyRequest::setState(RequestState next) {
+  // Allowed transitions; anything else is a broken invariant.
+  bool ok = false;
+  switch (state_) {
+    case RequestState::Received:
+      ok = next == RequestState::Reserving || next == RequestState::Forwarding ||
+           next == RequestState::Responded;
+      break;
+    case RequestState::Reserving:
+      ok = next == RequestState::Forwarding || next == RequestState::Waiting ||
+           next == RequestState::Responded;
+      break;
+    case RequestState::Waiting:
+      ok = next == RequestState::Reserving || next == RequestState::Responded;
+      break;
+    case RequestState::Forwarding:
+      ok = next == RequestState::Recording || next == RequestState::Releasing ||
+           next == RequestState::Responded;
+      break;
+    case RequestState::Recording:
+    case RequestState::Releasing:
+      ok = next == RequestState::Responded;
+      break;
+    case RequestState::Responded:
+      ok = false;
+      break;
+  }
+  if (!ok) {
+    worker_.proxy().observer().event("bad-transition", route_ ? route_->name : "",
+                                     std::string(toString(state_)) + "->" + toString(next));
+    std::abort();
+  }
+  state_ = next;
+}
+
+void ProxyRequest::run() {
+  if (!readRequest()) return;
+  route_ = config_->findRoute(method_, path_);
+  if (route_ == nullptr) {
+    respondProblem(Problem::NoRoute, "no route for " + method_ + " " + path_, Outcome::Invalid);
+    return;
+  }
+  if (!route_->idempotency) {
+    passThrough();
+    return;
+  }
+  beginIdempotent();
+}
+
+bool ProxyRequest::readRequest() {
+  method_ = methodName(evhttp_request_get_command(req_));
+  const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req_);
+  const char* path = uri ? evhttp_uri_get_path(uri) : nullptr;
+  if (path == nullptr || path[0] != '/') {
+    respondProblem(Problem::BadRequest, "the request target must be an absolute path",
+                   Outcome::Invalid);
+    return false;
+  }
+  path_ = path;
+  if (const char* q = evhttp_uri_get_query(uri)) query_ = q;
+
+  const evkeyvalq* in = evhttp_request_get_input_headers(req_);
+  for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
+    headers_.push_back({kv->key, kv->value});
+  }
+  evbuffer* body = evhttp_request_get_input_buffer(req_);
+  const size_t n = evbuffer_get_length(body);
+  if (n > config_->server.max_request_body) {
+    respondProblem(Problem::RequestTooLarge,
+                   "the body is larger than " + std::to_string(config_->server.max_request_body) +
+                       " bytes",
+                   Outcome::Invalid);
+    return false;
+  }
+  body_.resize(n);
+  if (n > 0) evbuffer_remove(body, body_.data(), n);
+
+  char* addr = nullptr;
+  ev_uint16_t port = 0;
+  if (evhttp_connection* conn = evhttp_request_get_connection(req_)) {
+    evhttp_connection_get_peer(conn, &addr, &port);
+  }
+  if (addr != nullptr) peer_ = addr;
+  return true;
+}
+
+void ProxyRequest::passThrough() { forward(false); }
+
+void ProxyRequest::beginIdempotent() {
+  const IdempotencyConfig& ic = *route_->idempotency;
+  std::vector<std::string_view> values;
+  for (const auto& h : headers_) {
+    if (iequals(h.name, ic.key_header)) values.push_back(h.value);
+  }
+  ParsedKey parsed = parseIdempotencyKey(values);
+  if (parsed.status == KeyStatus::Missing) {
+    if (ic.required) {
+      respondProblem(Problem::KeyMissing, "this route requires the " + ic.key_header + " header",
+                     Outcome::Invalid);
+    } else {
+      passThrough();
+    }
+    return;
+  }
+  if (parsed.status == KeyStatus::Invalid) {
+    respondProblem(Problem::KeyInvalid, parsed.reason, Outcome::Invalid);
+    return;
+  }
+  key_ = std::move(parsed.key);
+  key_hash_ = keyHashForLog(key_);
+  id_ = recordId(route_->name, scopeValues(ic, headers_), key_);
+  fingerprint_ = requestFingerprint(ic, {method_, path_, query_, body_});
+
+  // Fast path: a completed record is replayed from a read transaction, no write at all.
+  if (auto rec = worker_.proxy().store().lookup(id_)) {
+    if (rec->state == RecordState::Completed) {
+      if (rec->fingerprint == fingerprint_) {
+        replay(*rec);
+      } else {
+        respondProblem(Problem::KeyMismatch, "the key was used with a different request",
+                       Outcome::Mismatch);
+      }
+      return;
+    }
+  }
+  reserve();
+}
+
+void ProxyRequest::reserve() {
+  setState(RequestState::Reserving);
+  const IdempotencyConfig& ic = *route_->idempotency;
+  ReserveRequest rr;
+  rr.id = id_;
+  rr.fingerprint = fingerprint_;
+  rr.route = route_->name;
+  rr.key = key_;
+  rr.scope = scopeValues(ic, headers_);
+  owner_ = worker_.proxy().newOwnerToken();
+  rr.owner = owner_;
+  rr.ttl_ms = ic.ttl.count();
+  rr.lease_ms = ic.lease.count();
+  rr.retry_abandoned = ic.abandoned == AbandonedMode::Retry;
+  rr.abandoned_answer = problemAnswer(
+      Problem::OutcomeUnknown, "the proxy that forwarded the original request stopped before "
+                               "recording its outcome; the request is not sent again");
+  Worker* w = &worker_;
+  WaiterRegistry* waiters = &worker_.proxy().waiters();
+  worker_.proxy().store().reserve(
+      std::move(rr), [self = shared_from_this(), w, waiters](ReserveResult r) mutable {
+        // Writer thread: register ownership before anyone can see the record and park on it.
+        if (r.error == StoreError::None && r.status == ReserveStatus::Won) {
+          waiters->ownerStarted(self->id_);
+        }
+        w->post([self = std::move(self), r = std::move(r)]() mutable {
+          self->onReserved(std::move(r));
+        });
+      });
+}
+
+void ProxyRequest::onReserved(ReserveResult r) {
+  if (r.error != StoreError::None) {
+    respondProblem(Problem::StoreUnavailable,
+                   std::string("the store cannot take the reservation: ") + toString(r.error),
+                   Outcome::Error);
+    return;
+  }
+  switch (r.status) {
+    case ReserveStatus::Won:
+      own_reservation_ = true;
+      forward(true);
+      return;
+    case ReserveStatus::Completed:
+      replay(r.record);
+      return;
+    case ReserveStatus::Mismatch:
+      respondProblem(Problem::KeyMismatch, "the key was used with a different request",
+                     Outcome::Mismatch);
+      return;
+    case ReserveStatus::InFlight:
+      if (route_->idempotency->concurrent == ConcurrentMode::Reject) {
+        const int64_t left = r.record.lease_until_ms - worker_.proxy().clock().wallMs();
+        retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
+        respondProblem(Problem::KeyInUse, "a request with this key is still in progress",
+                       Outcome::Conflict);
+        return;
+      }
+      waitForOwner(r.record);
+      return;
+  }
+}
+
+// ---- Waiting for another owner ----
+
+namespace {
+void onWaitTimer(evutil_socket_t, short, void* arg);
+}
+
+void ProxyRequest::waitForOwner(const Record& inFlight) {
+  Proxy& proxy = worker_.proxy();
+  const auto now = Steady::now();
+  if (state_ != RequestState::Waiting) {
+    setState(RequestState::Waiting);
+    wait_deadline_ = now + route_->idempotency->wait_timeout;
+    wait_timer_.reset(evtimer_new(worker_.base(), &onWaitTimer, this));
+    poll_interval_ = std::chrono::milliseconds(5);
+  }
+  const int64_t left = inFlight.lease_until_ms - proxy.clock().wallMs();
+  retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
+  if (now >= wait_deadline_) {
+    onWaitTimeout();
+    return;
+  }
+  const uint64_t ticket = ++wait_ticket_;
+  auto wake = [w = &worker_, self = shared_from_this(), ticket] {
+    w->post([self, ticket] {
+      if (self->wait_ticket_ == ticket && self->parked_) {
+        self->parked_ = false;
+        self->onWaitWake();
+      }
+    });
+  };
+  std::chrono::steady_clock::duration until;
+  if (proxy.ownsToken(inFlight.owner) && proxy.waiters().park(id_, ticket, wake)) {
+    parked_ = true;
+    until = wait_deadline_ - now;  // woken by the owner; the timer only bounds the wait
+  } else if (proxy.ownsToken(inFlight.owner)) {
+    until = std::chrono::milliseconds(1);  // our own owner just finished: look again now
+  } else {
+    // Another process owns the key: poll the store with back-off.
+    until = std::min<std::chrono::steady_clock::duration>(poll_interval_, wait_deadline_ - now);
+    poll_interval_ = std::min(poll_interval_ * 2, std::chrono::milliseconds(200));
+  }
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(until).count();
+  timeval tv{static_cast<time_t>(us / 1'000'000), static_cast<suseconds_t>(us % 1'000'000)};
+  evtimer_add(wait_timer_.get(), &tv);
+  keepalive_ = shared_from_this();
+}
+
+namespace {
+void onWaitTimer(evutil_socket_t, short, void* arg) {
+  static_cast<ProxyRequest*>(arg)->onWaitTimerFired();
+}
+}  // namespace
+
+void ProxyRequest::onWaitTimerFired() {
+  auto self = std::move(keepalive_);
+  if (parked_) {
+    worker_.proxy().waiters().cancel(id_, wait_ticket_);
+    parked_ = false;
+    if (Steady::now() >= wait_deadline_) {
+      onWaitTimeout();
+      return;
+    }
+  }
+  onWaitWake();
+}
+
+void ProxyRequest::onWaitWake() {
+  auto self = shared_from_this();
+  keepalive_.reset();
+  if (wait_timer_) evtimer_del(wait_timer_.get());
+  auto rec = worker_.proxy().store().lookup(id_);
+  if (!rec) {
+    reserve();  // released, forgotten or expired: try to take it
+    return;
+  }
+  if (rec->fingerprint != fingerprint_) {
+    respondProblem(Problem::KeyMismatch, "the key was used with a different request",
+                   Outcome::Mismatch);
+    return;
+  }
+  if (rec->state == RecordState::Completed) {
+    replay(*rec);
+    return;
+  }
+  if (rec->leasePassed(worker_.proxy().clock().wallMs())) {
+    reserve();  // abandoned: the store applies the route's `abandoned` policy atomically
+    return;
+  }
+  waitForOwner(*rec);
+}
+
+void ProxyRequest::onWaitTimeout() {
+  keepalive_.reset();
+  respondProblem(Problem::KeyInUse,
+                 "a request with this key is still in progress; retry after the time given "
+                 "in Retry-After",
+                 Outcome::Conflict);
+}
+
+// ---- Forwarding ----
+
+void ProxyRequest::forward(bool recordOutcome) {
+  setState(RequestState::Forwarding);
+  (void)recordOutcome;
+  upstream_ = worker_.upstream(route_->upstream);
+  if (!upstream_) {
+    // Config validation makes this unreachable; answer rather than crash.
+    respondProblem(Problem::UpstreamUnavailable, "the route's upstream is not configured",
+                   Outcome::Error);
+    return;
+  }
+  UpstreamRequest ur;
+  ur.method = method_;
+  ur.path_and_query = query_.empty() ? path_ : path_ + "?" + query_;
+  const std::vector<std::string> connOpts = connectionOptions(headers_);
+  std::string forwardedFor;
+  std::string host;
+  ur.headers.reserve(headers_.size() + 3);
+  for (const auto& h : headers_) {
+    if (isHopByHop(h.name) || named(connOpts, h.name) || iequals(h.name, "Content-Length") ||
+        iequals(h.name, "Expect") || iequals(h.name, "X-Forwarded-Proto") ||
+        iequals(h.name, "X-Forwarded-Host")) {
+      continue;
+    }
+    if (iequals(h.name, "X-Forwarded-For")) {
+      forwardedFor += forwardedFor.empty() ? h.value : ", " + h.value;
+      continue;
+    }
+    if (iequals(h.name, "Host")) host = h.value;
+    ur.headers.push_back(h);
+  }
+  if (!peer_.empty()) forwardedFor += forwardedFor.empty() ? peer_ : ", " + peer_;
+  if (!forwardedFor.empty()) ur.headers.push_back({"X-Forwarded-For", forwardedFor});
+  ur.headers.push_back({"X-Forwarded-Proto", "http"});
+  if (!host.empty()) ur.headers.push_back({"X-Forwarded-Host", host});
+  ur.body = body_;
+
+  worker_.proxy().upstreamCounter().fetch_add(1, std::memory_order_relaxed);
+  upstream_->send(std::move(ur), [self = shared_from_this()](UpstreamResult r) {
+    self->onUpstream(std::move(r));
+  });
+}
+
+HttpAnswer ProxyRequest::forRecording(const HttpAnswer& a) const {
+  HttpAnswer out;
+  out.status = a.status;
+  out.body = a.body;
+  const auto& drop = route_->idempotency->replay_drop_headers;
+  for (const auto& h : a.headers) {
+    if (isHopByHop(h.name) || iequals(h.name, "Date") || named(drop, h.name)) continue;
+    if (iequals(h.name, "Content-Length") && method_ != "HEAD") continue;
+    out.headers.push_back(h);
+  }
+  return out;
+}
+
+void ProxyRequest::onUpstream(UpstreamResult r) {
+  Proxy& proxy = worker_.proxy();
+  proxy.upstreamCounter().fetch_sub(1, std::memory_order_relaxed);
+  proxy.observer().upstreamDone(route_->upstream, r.latency,
+                                r.failure != UpstreamFailure::None);
+  if (!own_reservation_) {  // pass-through
+    switch (r.failure) {
+      case UpstreamFailure::None:
+        respond(r.answer, false, Outcome::Passthrough);
+        return;
+      case UpstreamFailure::BeforeSend:
+        respondProblem(Problem::UpstreamUnavailable, r.detail, Outcome::Error);
+        return;
+      case UpstreamFailure::Timeout:
+        respondProblem(Problem::UpstreamTimeout, r.detail, Outcome::Error);
+        return;
+      case UpstreamFailure::AfterSend:
+        respondProblem(Problem::UpstreamFailed, r.detail, Outcome::Error);
+        return;
+    }
+    return;
+  }
+  const IdempotencyConfig& ic = *route_->idempotency;
+  switch (r.failure) {
+    case UpstreamFailure::BeforeSend:
+      release(problemAnswer(Problem::UpstreamUnavailable,
+                            "the upstream could not be reached; nothing was sent"),
+              Outcome::Error, r.detail);
+      return;
+    case UpstreamFailure::Timeout: {
+      HttpAnswer p = problemAnswer(Problem::UpstreamTimeout,
+                                   "the upstream did not answer in time; the request may have "
+                                   "taken effect and is not sent again under this key");
+      recordOutcome(p, p, kFlagProxyError, Outcome::Error);
+      return;
+    }
+    case UpstreamFailure::AfterSend: {
+      HttpAnswer p = problemAnswer(Problem::UpstreamFailed,
+                                   "the upstream failed after the request was sent; the request "
+                                   "may have taken effect and is not sent again under this key");
+      recordOutcome(p, p, kFlagProxyError, Outcome::Error);
+      return;
+    }
+    case UpstreamFailure::None:
+      break;
+  }
+  if (std::find(ic.release_statuses.begin(), ic.release_statuses.end(), r.answer.status) !=
+      ic.release_statuses.end()) {
+    release(std::move(r.answer), Outcome::Released, "released status");
+    return;
+  }
+  if (r.answer.body.size() > ic.max_response_body) {
+    HttpAnswer p = problemAnswer(Problem::ResponseNotReplayable,
+                                 "the original response was larger than max_response_body; it "
+                                 "was delivered once and is not executed again");
+    recordOutcome(std::move(r.answer), std::move(p), kFlagProxyError | kFlagNotReplayable,
+                  Outcome::Forwarded);
+    return;
+  }
+  HttpAnswer recorded = forRecording(r.answer);
+  recordOutcome(std::move(r.answer), std::move(recorded), kFlagNone, Outcome::Forwarded);
+}
+
+void ProxyRequest::recordOutcome(HttpAnswer clientAnswer, HttpAnswer recorded, uint32_t flags,
+                                 Outcome outcome) {
+  setState(RequestState::Recording);
+  RecordRequest rq;
+  rq.id = id_;
+  rq.owner = owner_;
+  rq.answer = std::move(recorded);
+  rq.flags = flags;
+  Worker* w = &worker_;
+  worker_.proxy().store().record(
+      std::move(rq), [self = shared_from_this(), w, clientAnswer = std::move(clientAnswer),
+                      outcome](RecordResult res) mutable {
+        w->post([self = std::move(self), clientAnswer = std::move(clientAnswer), outcome,
+                 res = std::move(res)]() mutable {
+          if (res.error != StoreError::None) {
+            // The upstream acted; the client learns what happened even though the store
+            // failed. The reservation stays in flight and turns into outcome-unknown later.
+            self->worker_.proxy().observer().event("record-failed", self->route_->name,
+                                                   toString(res.error));
+            self->respond(clientAnswer, false, outcome);
+          } else if (res.status == RecordStatus::AlreadyFinal) {
+            self->worker_.proxy().observer().event(
+                "late-owner", self->route_->name,
+                "status " + std::to_string(clientAnswer.status) +
+                    " not recorded: another outcome stands");
+            self->replay(res.record);
+          } else {
+            self->respond(clientAnswer, false, outcome);
+          }
+          self->ownerDone();
+        });
+      });
+}
+
+void ProxyRequest::release(HttpAnswer clientAnswer, Outcome outcome, std::string_view detail) {
+  setState(RequestState::Releasing);
+  Worker* w = &worker_;
+  worker_.proxy().store().release(
+      id_, owner_,
+      [self = shared_from_this(), w, clientAnswer = std::move(clientAnswer), outcome,
+       detail = std::string(detail)](WriteResult res) mutable {
+        w->post([self = std::move(self), clientAnswer = std::move(clientAnswer), outcome,
+                 detail = std::move(detail), res]() mutable {
+          if (res.error != StoreError::None) {
+            self->worker_.proxy().observer().event("release-failed", self->route_->name,
+                                                   toString(res.error));
+          }
+          self->respond(clientAnswer, false, outcome, detail);
+          self->ownerDone();
+        });
+      });
+}
+
+void ProxyRequest::ownerDone() {
+  if (!own_reservation_) return;
+  own_reservation_ = false;
+  worker_.proxy().waiters().ownerFinished(id_);
+}
+
+// ---- Answers ----
+
+void ProxyRequest::replay(const Record& record) {
+  respond(record.answer, true, Outcome::Replayed);
+}
+
+void ProxyRequest::respondProblem(Problem p, std::string_view detail, Outcome outcome) {
+  HttpAnswer a = problemAnswer(p, detail);
+  if (p == Problem::KeyInUse) a.headers.push_back({"Retry-After", std::to_string(retry_after_s_)});
+  respond(a, false, outcome, problemSlug(p));
+}
+
+void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outcome,
+                           std::string_view detail) {
+  if (state_ == RequestState::Responded) return;
+  setState(RequestState::Responded);
+  evkeyvalq* out = evhttp_request_get_output_headers(req_);
+  for (const auto& h : answer.headers) {
+    if (iequals(h.name, "Content-Length") && method_ != "HEAD") continue;
+    evhttp_add_header(out, h.name.c_str(), h.value.c_str());
+  }
+  if (replayed) evhttp_add_header(out, "Idempotent-Replayed", "true");
+  evbuffer* buf = evhttp_request_get_output_buffer(req_);
+  evbuffer_add(buf, answer.body.data(), answer.body.size());
+  evhttp_send_reply(req_, answer.status, reasonPhrase(answer.status), nullptr);
+  req_ = nullptr;
+
+  RequestReport report;
+  report.route = route_ ? std::string_view(route_->name) : std::string_view();
+  report.method = method_;
+  report.path = path_;
+  report.status = answer.status;
+  report.outcome = outcome;
+  report.duration_ms =
+      std::chrono::duration<double, std::milli>(Steady::now() - started_).count();
+  report.key_hash = key_hash_;
+  report.detail = detail;
+  worker_.proxy().observer().requestDone(report);
+}
+
+}  // namespace idem

@@ -1,0 +1,107 @@
+#pragma once
+// One client request through the proxy: the per-request state machine (SPEC §1–3).
+//
+//   Received ──► Reserving ──► Forwarding ──► Recording ──► Responded
+//       │            │  ▲            │
+//       │            ▼  │            └──► Releasing ──► Responded
+//       │         Waiting ──► Responded (replay / 409)
+//       └──► Responded (replay from a read, 4xx, pass-through answer)
+#include <event2/http.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "c_handles.h"
+#include "config.h"
+#include "http_types.h"
+#include "problem.h"
+#include "server.h"
+#include "store/store.h"
+#include "upstream.h"
+
+namespace idem {
+
+class Worker;
+
+enum class RequestState {
+  Received,    // parsed and routed; nothing decided yet
+  Reserving,   // a reserve is queued at the store writer
+  Waiting,     // another owner holds the key; parked until its outcome lands
+  Forwarding,  // the exchange with the upstream is running
+  Recording,   // the outcome is being written to the store
+  Releasing,   // the reservation is being deleted (released status, nothing sent)
+  Responded,   // the answer is sent (or the client is gone); nothing more to do
+};
+const char* toString(RequestState s);
+
+class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
+ public:
+  static void start(Worker& worker, evhttp_request* req);
+
+  ProxyRequest(Worker& worker, evhttp_request* req);
+  ~ProxyRequest();
+  ProxyRequest(const ProxyRequest&) = delete;
+  ProxyRequest& operator=(const ProxyRequest&) = delete;
+
+ private:
+  void run();
+  void setState(RequestState next);
+  bool readRequest();
+  void passThrough();
+  void beginIdempotent();
+  void reserve();
+  void onReserved(ReserveResult result);
+  void waitForOwner(const Record& inFlight);
+  void onWaitWake();
+ public:
+  void onWaitTimerFired();
+
+ private:
+  void onWaitTimeout();
+  void forward(bool recordOutcome);
+  void onUpstream(UpstreamResult result);
+  void recordOutcome(HttpAnswer clientAnswer, HttpAnswer recorded, uint32_t flags,
+                     Outcome outcome);
+  void release(HttpAnswer clientAnswer, Outcome outcome, std::string_view detail);
+  void ownerDone();
+
+  void replay(const Record& record);
+  void respondProblem(Problem p, std::string_view detail, Outcome outcome);
+  void respond(const HttpAnswer& answer, bool replayed, Outcome outcome,
+               std::string_view detail = {});
+  HttpAnswer forRecording(const HttpAnswer& upstreamAnswer) const;
+
+  Worker& worker_;
+  ConfigPtr config_;  // the snapshot this request started with
+  const RouteConfig* route_ = nullptr;
+  evhttp_request* req_;
+  RequestState state_ = RequestState::Received;
+  std::chrono::steady_clock::time_point started_;
+
+  std::string method_;
+  std::string path_;
+  std::string query_;
+  Headers headers_;
+  std::string body_;
+  std::string peer_;
+
+  std::string key_;
+  std::string key_hash_;
+  RecordId id_{};
+  Fingerprint fingerprint_{};
+  std::string owner_;  // our reservation token once we won
+  bool own_reservation_ = false;
+  std::shared_ptr<Upstream> upstream_;
+
+  // Waiting.
+  uint64_t wait_ticket_ = 0;
+  std::chrono::steady_clock::time_point wait_deadline_;
+  std::chrono::milliseconds poll_interval_{0};
+  EventPtr wait_timer_;
+  bool parked_ = false;
+  int retry_after_s_ = 1;
+  std::shared_ptr<ProxyRequest> keepalive_;  // set while only the wait timer refers to us
+};
+
+}  // namespace idem
