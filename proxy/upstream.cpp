@@ -87,10 +87,15 @@ std::string baseUrlOf(const std::string& url) {
 }  // namespace
 
 bool isHopByHop(std::string_view name) {
-  static constexpr std::string_view kNames[] = {
-      "Connection", "Keep-Alive", "Proxy-Connection",   "TE",
-      "Trailer",    "Transfer-Encoding", "Upgrade", "Proxy-Authenticate",
-      "Proxy-Authorization"};
+  static constexpr std::string_view kNames[] = {"Connection",
+                                                "Keep-Alive",
+                                                "Proxy-Connection",
+                                                "TE",
+                                                "Trailer",
+                                                "Transfer-Encoding",
+                                                "Upgrade",
+                                                "Proxy-Authenticate",
+                                                "Proxy-Authorization"};
   for (std::string_view n : kNames) {
     if (iequals(n, name)) return true;
   }
@@ -137,7 +142,7 @@ struct Upstream::Impl {
     std::string url;
     std::function<void(UpstreamResult)> done;
     SteadyClock::time_point started;
-    HttpAnswer answer;            // built by the header and write callbacks
+    HttpAnswer answer;             // built by the header and write callbacks
     bool headersComplete = false;  // the final header block ended: later lines are trailers
     int requestAttempts = 0;       // CURLOPT_PREREQFUNCTION calls: the request is about to go
     bool resendRefused = false;    // curl wanted to re-send on a fresh connection; we refused
@@ -171,13 +176,14 @@ struct Upstream::Impl {
 
   static int onSocket(CURL* easy, curl_socket_t fd, int what, void* userp, void* socketp);
   static int onTimer(CURLM* multi, long timeoutMs, void* userp);
-  static void onEvent(evutil_socket_t fd, short what, void* arg);
-  static void onTimeout(evutil_socket_t fd, short what, void* arg);
+  // noexcept: an exception here (only bad_alloc is possible) must not unwind through
+  // libevent; it terminates instead, like any other broken invariant.
+  static void onEvent(evutil_socket_t fd, short what, void* arg) noexcept;
+  static void onTimeout(evutil_socket_t fd, short what, void* arg) noexcept;
   static void onDeliver(evutil_socket_t fd, short what, void* arg) noexcept;
   static size_t onHeader(char* data, size_t size, size_t count, void* userp);
   static size_t onWrite(char* data, size_t size, size_t count, void* userp);
-  static int onPrereq(void* userp, char* primaryIp, char* localIp, int primaryPort,
-                      int localPort);
+  static int onPrereq(void* userp, char* primaryIp, char* localIp, int primaryPort, int localPort);
 
   event_base* base_;
   UpstreamConfig config_;
@@ -312,7 +318,8 @@ std::string Upstream::Impl::configure(Exchange& ex) {
   set(curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L));
   set(curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L));
   set(curl_easy_setopt(e, CURLOPT_HTTP_TRANSFER_DECODING, 1L));
-  set(curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(config_.connect_timeout.count())));
+  set(curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                       static_cast<long>(config_.connect_timeout.count())));
   set(curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(config_.timeout.count())));
   set(curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, static_cast<long>(kMaxIdleConnectionAge.count())));
   set(curl_easy_setopt(e, CURLOPT_HTTPHEADER, ex.headerList.get()));
@@ -345,8 +352,8 @@ void Upstream::Impl::failBeforeSend(std::unique_ptr<Exchange> ex, std::string de
   UpstreamResult result;
   result.failure = UpstreamFailure::BeforeSend;
   result.detail = std::move(detail);
-  result.latency = std::chrono::duration_cast<std::chrono::microseconds>(SteadyClock::now() -
-                                                                         ex->started);
+  result.latency =
+      std::chrono::duration_cast<std::chrono::microseconds>(SteadyClock::now() - ex->started);
   if (ex->easy) recycle(std::move(ex->easy));
   finished_.push_back({std::move(ex->done), std::move(result)});
   scheduleDelivery();
@@ -395,7 +402,8 @@ UpstreamResult Upstream::Impl::complete(Exchange& ex, CURLcode code) {
     removeHopByHopFields(answer.headers);
     // curl decoded the transfer coding: a Content-Length next to it never described the body.
     if (chunked) {
-      std::erase_if(answer.headers, [](const Header& h) { return iequals(h.name, "Content-Length"); });
+      std::erase_if(answer.headers,
+                    [](const Header& h) { return iequals(h.name, "Content-Length"); });
     }
     result.answer = std::move(answer);
     return result;
@@ -409,8 +417,10 @@ UpstreamResult Upstream::Impl::complete(Exchange& ex, CURLcode code) {
   const bool sent = ex.requestAttempts > 0 || requestBytes > 0;
   if (ex.resendRefused) {
     result.failure = UpstreamFailure::AfterSend;
-    result.detail = "reused connection closed without an answer after the request was sent; "
-                    "not re-sending (" + result.detail + ")";
+    result.detail =
+        "reused connection closed without an answer after the request was sent; "
+        "not re-sending (" +
+        result.detail + ")";
   } else if (!sent) {
     result.failure = UpstreamFailure::BeforeSend;
   } else if (code == CURLE_OPERATION_TIMEDOUT) {
@@ -421,7 +431,9 @@ UpstreamResult Upstream::Impl::complete(Exchange& ex, CURLcode code) {
   return result;
 }
 
-void Upstream::Impl::scheduleDelivery() { event_active(deliver_.get(), EV_TIMEOUT, 0); }
+void Upstream::Impl::scheduleDelivery() {
+  event_active(deliver_.get(), EV_TIMEOUT, 0);
+}
 
 int Upstream::Impl::onSocket(CURL*, curl_socket_t fd, int what, void* userp, void* socketp) {
   auto* self = static_cast<Impl*>(userp);
@@ -431,11 +443,15 @@ int Upstream::Impl::onSocket(CURL*, curl_socket_t fd, int what, void* userp, voi
     return 0;
   }
   if (!watch) {
-    auto owned = std::make_unique<SocketWatch>();
-    owned->owner = self;
-    owned->fd = fd;
-    watch = owned.get();
-    self->sockets_[fd] = std::move(owned);  // replaces a stale watch on a reused fd number
+    try {
+      auto owned = std::make_unique<SocketWatch>();
+      owned->owner = self;
+      owned->fd = fd;
+      watch = owned.get();
+      self->sockets_[fd] = std::move(owned);  // replaces a stale watch on a reused fd number
+    } catch (...) {
+      return -1;
+    }
     curl_multi_assign(self->multi_.get(), fd, watch);
   }
   short kind = EV_PERSIST;
@@ -458,7 +474,7 @@ int Upstream::Impl::onTimer(CURLM*, long timeoutMs, void* userp) {
   return evtimer_add(self->timer_.get(), &tv) == 0 ? 0 : -1;
 }
 
-void Upstream::Impl::onEvent(evutil_socket_t fd, short what, void* arg) {
+void Upstream::Impl::onEvent(evutil_socket_t fd, short what, void* arg) noexcept {
   Impl* self = static_cast<SocketWatch*>(arg)->owner;  // the watch may die in socketAction
   int flags = 0;
   if (what & EV_READ) flags |= CURL_CSELECT_IN;
@@ -466,7 +482,7 @@ void Upstream::Impl::onEvent(evutil_socket_t fd, short what, void* arg) {
   self->socketAction(fd, flags);
 }
 
-void Upstream::Impl::onTimeout(evutil_socket_t, short, void* arg) {
+void Upstream::Impl::onTimeout(evutil_socket_t, short, void* arg) noexcept {
   static_cast<Impl*>(arg)->socketAction(CURL_SOCKET_TIMEOUT, 0);
 }
 
@@ -508,8 +524,8 @@ size_t Upstream::Impl::onHeader(char* data, size_t size, size_t count, void* use
         value += more;
       }
     } else if (size_t colon = line.find(':'); colon != std::string_view::npos && colon > 0) {
-      answer.headers.push_back(
-          {std::string(trimOws(line.substr(0, colon))), std::string(trimOws(line.substr(colon + 1)))});
+      answer.headers.push_back({std::string(trimOws(line.substr(0, colon))),
+                                std::string(trimOws(line.substr(colon + 1)))});
     }
   } catch (...) {
     return 0;  // out of memory: curl fails the transfer with CURLE_WRITE_ERROR
@@ -548,8 +564,12 @@ void Upstream::send(UpstreamRequest request, std::function<void(UpstreamResult)>
   impl_->start(std::move(request), std::move(done));
 }
 
-size_t Upstream::inFlight() const { return impl_->active_.size() + impl_->finished_.size(); }
+size_t Upstream::inFlight() const {
+  return impl_->active_.size() + impl_->finished_.size();
+}
 
-const UpstreamConfig& Upstream::config() const { return impl_->config_; }
+const UpstreamConfig& Upstream::config() const {
+  return impl_->config_;
+}
 
 }  // namespace idem

@@ -31,8 +31,8 @@ enum class UpstreamFailure {
 
 struct UpstreamResult {
   UpstreamFailure failure = UpstreamFailure::None;
-  std::string detail;         // curl's message, for logs only
-  HttpAnswer answer;          // when failure == None; hop-by-hop fields already removed
+  std::string detail;  // curl's message, for logs only
+  HttpAnswer answer;   // when failure == None; hop-by-hop fields already removed
   std::chrono::microseconds latency{0};
 };
 

@@ -83,7 +83,9 @@ TestHttpServer::~TestHttpServer() {
   ::close(wakePipe_[1]);
 }
 
-std::string TestHttpServer::url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+std::string TestHttpServer::url() const {
+  return "http://127.0.0.1:" + std::to_string(port_);
+}
 
 std::vector<ReceivedRequest> TestHttpServer::received() const {
   std::lock_guard lock(mu_);

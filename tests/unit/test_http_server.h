@@ -22,7 +22,7 @@ struct ReceivedRequest {
   std::string target;
   Headers headers;
   std::string body;
-  int connection = 0;  // 1-based id of the connection it arrived on
+  int connection = 0;         // 1-based id of the connection it arrived on
   int indexOnConnection = 0;  // 0 for the first request on that connection
 };
 

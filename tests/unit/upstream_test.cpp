@@ -48,8 +48,8 @@ class UpstreamTest : public ::testing::Test {
   // Runs the loop until `pred` holds; false when `limit` passes first. A 10 ms tick keeps
   // EVLOOP_ONCE from returning at once when nothing else is pending.
   bool runUntil(const std::function<bool()>& pred, std::chrono::milliseconds limit = 10s) {
-    EventPtr tick(event_new(base_.get(), -1, EV_PERSIST, [](evutil_socket_t, short, void*) {},
-                            nullptr));
+    EventPtr tick(event_new(
+        base_.get(), -1, EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr));
     timeval tv{0, 10'000};
     event_add(tick.get(), &tv);
     auto deadline = std::chrono::steady_clock::now() + limit;
@@ -144,13 +144,10 @@ TEST_F(UpstreamTest, MethodsAndEmptyBodies) {
 TEST_F(UpstreamTest, RequestHeadersForwardedExactly) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(204); });
   Upstream up(base_.get(), config(server.url()), 4);
-  Headers sent = {{"Host", "api.example.test"},
-                  {"X-Repeat", "one"},
-                  {"Authorization", "Bearer t"},
-                  {"X-Repeat", "two"},
-                  {"X-Empty", ""},
-                  {"X-Forwarded-For", "10.0.0.1"},
-                  {"X-Repeat", "three"}};
+  Headers sent = {
+      {"Host", "api.example.test"}, {"X-Repeat", "one"}, {"Authorization", "Bearer t"},
+      {"X-Repeat", "two"},          {"X-Empty", ""},     {"X-Forwarded-For", "10.0.0.1"},
+      {"X-Repeat", "three"}};
   std::string big(2 << 20, 'b');  // large enough that curl would add Expect: 100-continue
   UpstreamResult r = exchange(up, {"POST", "/h", sent, big});
   ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
@@ -166,15 +163,15 @@ TEST_F(UpstreamTest, RequestHeadersForwardedExactly) {
 TEST_F(UpstreamTest, FramingAndHopByHopRequestFieldsAreNotForwarded) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(200); });
   Upstream up(base_.get(), config(server.url()), 4);
-  Headers sent = {{"Content-Type", "application/json"}, {"Content-Length", "999"},
-                  {"Expect", "100-continue"},           {"Transfer-Encoding", "chunked"},
-                  {"Connection", "close"},              {"Accept", "*/*"}};
+  Headers sent = {
+      {"Content-Type", "application/json"}, {"Content-Length", "999"}, {"Expect", "100-continue"},
+      {"Transfer-Encoding", "chunked"},     {"Connection", "close"},   {"Accept", "*/*"}};
   UpstreamResult r = exchange(up, {"POST", "/h", sent, "{}"});
   ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
   const ReceivedRequest got = server.received().at(0);
-  EXPECT_EQ(without(got.headers, "Host"), (Headers{{"Content-Type", "application/json"},
-                                                   {"Accept", "*/*"},
-                                                   {"Content-Length", "2"}}));
+  EXPECT_EQ(
+      without(got.headers, "Host"),
+      (Headers{{"Content-Type", "application/json"}, {"Accept", "*/*"}, {"Content-Length", "2"}}));
   EXPECT_EQ(find(got.headers, "Host"), "127.0.0.1:" + std::to_string(server.port()));
   EXPECT_EQ(got.body, "{}");
 }
@@ -270,8 +267,7 @@ TEST_F(UpstreamTest, UrlPathPrefixJoined) {
 }
 
 TEST_F(UpstreamTest, ConnectionRefusedIsBeforeSend) {
-  Upstream up(base_.get(), config("http://127.0.0.1:" + std::to_string(testing::closedPort())),
-              4);
+  Upstream up(base_.get(), config("http://127.0.0.1:" + std::to_string(testing::closedPort())), 4);
   UpstreamResult r = exchange(up, {"POST", "/pay", {}, "x"});
   EXPECT_EQ(r.failure, UpstreamFailure::BeforeSend) << r.detail;
   EXPECT_FALSE(r.detail.empty());
@@ -454,7 +450,8 @@ TEST_F(UpstreamTest, DestructorAbandonsInFlightExchangesSilently) {
   EXPECT_FALSE(called);
   EXPECT_TRUE(server.waitClosedConnections(2, 5s));  // the connections were closed
   // No event of the dead Upstream is left on the base.
-  EXPECT_EQ(event_base_get_num_events(base_.get(), EVENT_BASE_COUNT_ADDED | EVENT_BASE_COUNT_ACTIVE), 0);
+  EXPECT_EQ(
+      event_base_get_num_events(base_.get(), EVENT_BASE_COUNT_ADDED | EVENT_BASE_COUNT_ACTIVE), 0);
 }
 
 TEST_F(UpstreamTest, IdleConnectionClosedByUpstreamIsReplacedSafely) {
@@ -501,9 +498,9 @@ TEST_F(UpstreamTest, LatencyCoversTheUpstreamDelay) {
 }
 
 TEST(HopByHop, NamesAreCaseInsensitive) {
-  for (const char* name : {"connection", "KEEP-ALIVE", "Proxy-Connection", "te", "Trailer",
-                           "transfer-encoding", "Upgrade", "proxy-authenticate",
-                           "Proxy-Authorization"}) {
+  for (const char* name :
+       {"connection", "KEEP-ALIVE", "Proxy-Connection", "te", "Trailer", "transfer-encoding",
+        "Upgrade", "proxy-authenticate", "Proxy-Authorization"}) {
     EXPECT_TRUE(isHopByHop(name)) << name;
   }
   for (const char* name : {"Content-Length", "Host", "Set-Cookie", "Tea", "Connections"}) {
@@ -512,9 +509,10 @@ TEST(HopByHop, NamesAreCaseInsensitive) {
 }
 
 TEST(HopByHop, RemovesFieldsNamedInConnection) {
-  Headers h = {{"A", "1"},           {"connection", " x-one ,X-Two,, "}, {"X-One", "s"},
-               {"B", "2"},           {"x-two", "s"},                     {"Connection", "C"},
-               {"c", "gone"},        {"TE", "trailers"}};
+  Headers h = {{"A", "1"},     {"connection", " x-one ,X-Two,, "},
+               {"X-One", "s"}, {"B", "2"},
+               {"x-two", "s"}, {"Connection", "C"},
+               {"c", "gone"},  {"TE", "trailers"}};
   removeHopByHopFields(h);
   EXPECT_EQ(h, (Headers{{"A", "1"}, {"B", "2"}}));
 }
