@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "config.h"
 #include "http_types.h"
@@ -30,10 +31,18 @@ enum class UpstreamFailure {
 
 struct UpstreamResult {
   UpstreamFailure failure = UpstreamFailure::None;
-  std::string detail;         // curl's message, for logs only
-  HttpAnswer answer;          // when failure == None; hop-by-hop fields already removed
+  std::string detail;  // curl's message, for logs only
+  HttpAnswer answer;   // when failure == None; hop-by-hop fields already removed
   std::chrono::microseconds latency{0};
 };
+
+// Pooled connections idle longer than this are not reused but closed. libcurl 7.88 silently
+// re-sends a request (any method, body included) on a fresh connection when a *reused* one
+// yields no response byte at all; Upstream refuses that re-send (the exchange fails as
+// AfterSend instead), so a stale pooled connection costs a failed exchange. Keeping this
+// shorter than common backend keep-alive timeouts (Node 5s, Apache 5s, gunicorn 2s, nginx 75s)
+// makes that race rare.
+inline constexpr std::chrono::seconds kMaxIdleConnectionAge{2};
 
 class Upstream {
  public:
@@ -43,9 +52,17 @@ class Upstream {
   Upstream(const Upstream&) = delete;
   Upstream& operator=(const Upstream&) = delete;
 
-  // Starts the exchange; `done` runs later on the base's thread (never from inside send()).
+  // Starts the exchange; `done` runs later on the base's thread (never from inside send()),
+  // from its own event callback, never from inside a libcurl call. It must not throw (it runs
+  // in a noexcept context: an escaping exception terminates the process). It may call send()
+  // or destroy this Upstream.
   // The exchange runs to its end even if the caller's client is gone.
+  // Destroying the Upstream abandons in-flight exchanges: their `done` is never called.
+  // Framing is curl's: Content-Length and Expect in `request.headers` are not forwarded (curl
+  // writes Content-Length from the body); hop-by-hop fields are dropped too. A method that is
+  // not a token, or a header name/value with CR, LF or NUL fails the exchange as BeforeSend.
   void send(UpstreamRequest request, std::function<void(UpstreamResult)> done);
+  // Exchanges started whose `done` has not run yet.
   size_t inFlight() const;
   const UpstreamConfig& config() const;
 
@@ -55,9 +72,14 @@ class Upstream {
   std::unique_ptr<Impl> impl_;
 };
 
-// RFC 9110 §7.6.1 hop-by-hop fields (plus the ones named in a Connection header are handled
-// by the caller). Case-insensitive.
+// RFC 9110 §7.6.1 hop-by-hop fields: Connection, Keep-Alive, Proxy-Connection, TE, Trailer,
+// Transfer-Encoding, Upgrade, Proxy-Authenticate, Proxy-Authorization. Case-insensitive.
+// (Fields named in a Connection header are hop-by-hop too: see removeHopByHopFields.)
 bool isHopByHop(std::string_view name);
+
+// Removes every isHopByHop field and every field named in a Connection header value, keeping
+// the order of the rest. For request and response headers alike.
+void removeHopByHopFields(Headers& headers);
 
 // Call once per process before any thread starts.
 void upstreamGlobalInit();
