@@ -69,26 +69,6 @@ const char* reasonPhrase(int status) {
   }
 }
 
-// Fields named in the request's Connection header are hop-by-hop too (RFC 9110 §7.6.1).
-std::vector<std::string> connectionOptions(const Headers& headers) {
-  std::vector<std::string> out;
-  for (const auto& h : headers) {
-    if (!iequals(h.name, "Connection")) continue;
-    size_t start = 0;
-    const std::string& v = h.value;
-    while (start <= v.size()) {
-      size_t comma = v.find(',', start);
-      if (comma == std::string::npos) comma = v.size();
-      std::string token = v.substr(start, comma - start);
-      token.erase(0, token.find_first_not_of(" \t"));
-      token.erase(token.find_last_not_of(" \t") + 1);
-      if (!token.empty()) out.push_back(token);
-      start = comma + 1;
-    }
-  }
-  return out;
-}
-
 bool named(const std::vector<std::string>& names, std::string_view name) {
   return std::any_of(names.begin(), names.end(),
                      [&](const std::string& n) { return iequals(n, name); });
@@ -416,13 +396,14 @@ void ProxyRequest::forward(bool recordOutcome) {
   UpstreamRequest ur;
   ur.method = method_;
   ur.path_and_query = query_.empty() ? path_ : path_ + "?" + query_;
-  const std::vector<std::string> connOpts = connectionOptions(headers_);
+  Headers endToEnd = headers_;
+  removeHopByHopFields(endToEnd);
   std::string forwardedFor;
   std::string host;
-  ur.headers.reserve(headers_.size() + 3);
-  for (const auto& h : headers_) {
-    if (isHopByHop(h.name) || named(connOpts, h.name) || iequals(h.name, "Content-Length") ||
-        iequals(h.name, "Expect") || iequals(h.name, "X-Forwarded-Proto") ||
+  ur.headers.reserve(endToEnd.size() + 3);
+  for (auto& h : endToEnd) {
+    if (iequals(h.name, "Content-Length") || iequals(h.name, "Expect") ||
+        iequals(h.name, "X-Forwarded-Proto") ||
         iequals(h.name, "X-Forwarded-Host")) {
       continue;
     }
@@ -431,7 +412,7 @@ void ProxyRequest::forward(bool recordOutcome) {
       continue;
     }
     if (iequals(h.name, "Host")) host = h.value;
-    ur.headers.push_back(h);
+    ur.headers.push_back(std::move(h));
   }
   if (!peer_.empty()) forwardedFor += forwardedFor.empty() ? peer_ : ", " + peer_;
   if (!forwardedFor.empty()) ur.headers.push_back({"X-Forwarded-For", forwardedFor});
