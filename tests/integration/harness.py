@@ -10,6 +10,8 @@ Config
 HTTP
   request(port, method, path, headers=[(n, v)], body=b"", timeout=10) -> Response
   send_raw(port, data, timeout)   raw bytes in, (Response | None, error) out
+  send_and_hold(port, ...)        send a request, return the open socket (disconnect later)
+  KeepAliveClient(port)           several requests on one connection
   concurrent(calls)          fire requests at once (threads released by a Barrier)
   Response                   .status, .headers (ordered pairs), .body, .header(), .headers_all(),
                              .json(), .problem(), .replayed
@@ -146,29 +148,34 @@ def request(port, method, path, headers=(), body=b"", timeout=15, host="127.0.0.
         return _read_response(sock, method)
 
 
-def send_raw(port, data, timeout=5, method="GET"):
+def send_raw(port, data, timeout=5, method="GET", half_close=False):
     """Sends raw bytes; returns (Response or None, exception or None).
 
-    None with an exception means the server closed the connection without a parseable answer.
+    None with an exception means the server closed the connection without a parseable answer
+    (or sent nothing within timeout). half_close: shut down our sending side after the bytes
+    (some servers then drop the request, so only for bytes that expect no answer).
     """
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(data)
-            try:
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            if half_close:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
             return _read_response(sock, method), None
     except (OSError, http.client.HTTPException) as e:
         return None, e
 
 
-def send_and_disconnect(port, method, path, headers=(), body=b""):
-    """Sends a complete request and closes the socket without reading the answer."""
+def send_and_hold(port, method, path, headers=(), body=b""):
+    """Sends a complete request and returns the open socket without reading the answer
+    (close it to disconnect mid-flight)."""
     data = build_request(method, path, headers, body, host="127.0.0.1:%d" % port)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(data)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(data)
+    return sock
 
 
 class KeepAliveClient:
@@ -458,6 +465,8 @@ class Proxy:
         self.stderr_path = os.path.join(workdir, self.name + ".stderr")
         self.proc = None
         self.port = None
+        # argv to start the daemon; a test may replace it (e.g. to omit "run")
+        self.command = lambda: [IDEMPROXY_BIN, "run", "--config", self.config_path]
 
     def write_config(self):
         with open(self.config_path, "w") as f:
@@ -473,7 +482,7 @@ class Proxy:
             self.config["server"]["listen"] = "127.0.0.1:%d" % self.port
             self.write_config()
             with open(self.stderr_path, "ab") as err:
-                self.proc = subprocess.Popen([IDEMPROXY_BIN, "run", "--config", self.config_path],
+                self.proc = subprocess.Popen(self.command(),
                                              stdin=subprocess.DEVNULL,
                                              stdout=err, stderr=err)
             if wait_for_port(self.port, time.monotonic() + timeout, self.proc):
