@@ -4,13 +4,14 @@
 # maintainer scripts (daemon-reload, never starting the service). The package and all scratch
 # files go to a temporary directory (cpack brings the build directory up to date first).
 # Usage: packaging/check-deb.sh BUILD_DIR     exit 0: package is right, 1: it is not
-# Needs: cpack (cmake), dpkg-deb (dpkg), dpkg-shlibdeps (dpkg-dev), gzip.
+# Needs: cpack (cmake), dpkg-deb (dpkg), dpkg-shlibdeps (dpkg-dev), file (CPack uses it to find
+# the ELF files for dpkg-shlibdeps), gzip.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 BUILD_DIR" >&2; exit 2; }
 build="$(cd "$1" && pwd)"
 here="$(cd "$(dirname "$0")" && pwd)"
 [ -f "$build/CPackConfig.cmake" ] || { echo "check-deb: $build is not a configured build dir" >&2; exit 1; }
-for tool in cpack dpkg-deb dpkg-shlibdeps; do
+for tool in cpack dpkg-deb dpkg-shlibdeps file; do
   command -v "$tool" >/dev/null || { echo "check-deb: $tool not found" >&2; exit 1; }
 done
 
