@@ -835,16 +835,21 @@ void Parser::crossCheck(Config& config, const YAML::Node& root) {
     if (upstream->second.timeout >= idem.lease) {
       // A lease that ends while the upstream may still answer lets another request take the key
       // over (abandoned: retry) or record outcome-unknown while the payment goes through.
-      std::string where = upMarks.timeout
-                              ? " (line " + std::to_string(upMarks.timeout->line + 1) + ")"
-                              : std::string(" (default)");
-      std::string leaseText = marks.lease ? std::string() : " (default)";
-      YAML::Mark at =
-          marks.lease ? *marks.lease : (upMarks.timeout ? *upMarks.timeout : *marks.idempotency);
-      error(at, "upstream '" + route.upstream + "' timeout " +
-                    formatDuration(upstream->second.timeout) + where +
-                    " must be shorter than the lease " + formatDuration(idem.lease) + leaseText +
-                    " of route '" + route.name + "'");
+      std::string timeout = formatDuration(upstream->second.timeout);
+      std::string lease = formatDuration(idem.lease);
+      if (marks.lease) {
+        std::string where = upMarks.timeout ? "line " + std::to_string(upMarks.timeout->line + 1)
+                                            : std::string("the default");
+        error(*marks.lease, "route '" + route.name + "': lease " + lease +
+                                " must be longer than the timeout " + timeout + " (" + where +
+                                ") of its upstream '" + route.upstream + "'");
+      } else {
+        YAML::Mark at = upMarks.timeout ? *upMarks.timeout : *marks.idempotency;
+        error(at, "upstream '" + route.upstream + "': timeout " + timeout +
+                      " must be shorter than the lease " + lease + " (the default) of route '" +
+                      route.name + "' (line " + std::to_string(marks.item.line + 1) +
+                      "), which uses it");
+      }
     }
     if (idem.ttl <= idem.lease) {
       YAML::Mark at = marks.ttl ? *marks.ttl : (marks.lease ? *marks.lease : *marks.idempotency);
