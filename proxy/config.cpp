@@ -292,6 +292,7 @@ class Parser {
   std::optional<YAML::Mark> serverListenMark_;
   std::optional<YAML::Mark> adminListenMark_;
   std::optional<YAML::Mark> routesMark_;
+  bool routesListEmpty_ = false;
 };
 
 std::map<std::string, YAML::Mark> Parser::walk(const YAML::Node& node, const std::string& prefix,
@@ -590,6 +591,7 @@ void Parser::parseRoutes(const Field& f, std::vector<RouteConfig>& out) {
     error(f, "expected a list of routes, got " + describe(f.value));
     return;
   }
+  routesListEmpty_ = f.value.size() == 0;
   for (size_t i = 0; i < f.value.size(); ++i) {
     const YAML::Node item = f.value[i];
     std::string prefix = f.path + "[" + std::to_string(i) + "]";
@@ -803,7 +805,7 @@ void Parser::parseIdempotency(const Field& f, IdempotencyConfig& out, RouteMarks
 void Parser::crossCheck(Config& config, const YAML::Node& root) {
   if (!routesMark_) {
     error(root.Mark(), "missing required key 'routes': at least one route is needed");
-  } else if (config.routes.empty() && routeMarks_.empty()) {
+  } else if (routesListEmpty_) {
     error(*routesMark_, "routes: at least one route is needed");
   }
 
