@@ -300,7 +300,7 @@ std::map<std::string, YAML::Mark> Parser::walk(const YAML::Node& node, const std
   std::map<std::string, YAML::Mark> seen;
   if (!node.IsMap()) return seen;
   for (auto it = node.begin(); it != node.end(); ++it) {
-    const YAML::Node& key = it->first;
+    const YAML::Node key = it->first;  // a copy: it-> returns a temporary
     if (!key.IsScalar()) {
       error(key.Mark(), (prefix.empty() ? std::string("top level") : prefix) +
                             ": expected a key name, got " + describe(key));
@@ -533,7 +533,7 @@ void Parser::parseUpstreams(const Field& f, std::map<std::string, UpstreamConfig
   if (!expectMap(f)) return;
   if (!f.value.IsMap()) return;
   for (auto it = f.value.begin(); it != f.value.end(); ++it) {
-    const YAML::Node& key = it->first;
+    const YAML::Node key = it->first;  // a copy: it-> returns a temporary
     if (!key.IsScalar() || !isPrintableName(key.Scalar())) {
       error(key.Mark(),
             f.path + ": expected an upstream name (printable, no spaces), got " + describe(key));
