@@ -315,7 +315,8 @@ std::map<std::string, YAML::Mark> Parser::walk(const YAML::Node& node, const std
       for (const auto& h : handlers) allowed.emplace_back(h.first);
       error(key.Mark(), "unknown key '" + name + "' in " +
                             (prefix.empty() ? std::string("the top level") : prefix) +
-                            "; allowed keys: " + join(allowed));
+                            "; allowed keys: " + join(allowed) +
+                            (name == "<<" ? " (YAML merge keys are not supported)" : ""));
       continue;
     }
     auto [previous, inserted] = seen.emplace(name, key.Mark());
@@ -813,6 +814,8 @@ void Parser::crossCheck(Config& config, const YAML::Node& root) {
   for (size_t i = 0; i < config.routes.size(); ++i) {
     const RouteConfig& route = config.routes[i];
     const RouteMarks& marks = routeMarks_[i];
+    std::string label =
+        route.name.empty() ? "routes[" + std::to_string(i) + "]" : "route '" + route.name + "'";
     if (!route.name.empty() && marks.name) {
       auto [first, inserted] = routeByName.emplace(route.name, i);
       if (!inserted) {
@@ -820,13 +823,12 @@ void Parser::crossCheck(Config& config, const YAML::Node& root) {
                                std::to_string(routeMarks_[first->second].name->line + 1) + ")");
       }
     }
-    if (route.upstream.empty() || !marks.upstream) continue;
+    if (!marks.upstream) continue;
     auto upstream = config.upstreams.find(route.upstream);
     if (upstream == config.upstreams.end()) {
       std::vector<std::string> names;
       for (const auto& [name, _] : config.upstreams) names.push_back(name);
-      error(*marks.upstream, "route '" + route.name + "': unknown upstream '" + route.upstream +
-                                 "'; " +
+      error(*marks.upstream, label + ": unknown upstream '" + route.upstream + "'; " +
                                  (names.empty() ? std::string("no upstreams are defined")
                                                 : "defined upstreams: " + join(names)));
       continue;
@@ -842,21 +844,20 @@ void Parser::crossCheck(Config& config, const YAML::Node& root) {
       if (marks.lease) {
         std::string where = upMarks.timeout ? "line " + std::to_string(upMarks.timeout->line + 1)
                                             : std::string("the default");
-        error(*marks.lease, "route '" + route.name + "': lease " + lease +
-                                " must be longer than the timeout " + timeout + " (" + where +
-                                ") of its upstream '" + route.upstream + "'");
+        error(*marks.lease, label + ": lease " + lease + " must be longer than the timeout " +
+                                timeout + " (" + where + ") of its upstream '" + route.upstream +
+                                "'");
       } else {
         YAML::Mark at = upMarks.timeout ? *upMarks.timeout : *marks.idempotency;
         error(at, "upstream '" + route.upstream + "': timeout " + timeout +
-                      " must be shorter than the lease " + lease + " (the default) of route '" +
-                      route.name + "' (line " + std::to_string(marks.item.line + 1) +
-                      "), which uses it");
+                      " must be shorter than the lease " + lease + " (the default) of " + label +
+                      " (line " + std::to_string(marks.item.line + 1) + "), which uses it");
       }
     }
     if (idem.ttl <= idem.lease) {
       YAML::Mark at = marks.ttl ? *marks.ttl : (marks.lease ? *marks.lease : *marks.idempotency);
-      error(at, "route '" + route.name + "': ttl " + formatDuration(idem.ttl) +
-                    " must be longer than the lease " + formatDuration(idem.lease) +
+      error(at, label + ": ttl " + formatDuration(idem.ttl) + " must be longer than the lease " +
+                    formatDuration(idem.lease) +
                     ", or a key could expire while its request is still in flight");
     }
   }

@@ -394,6 +394,12 @@ TEST(ConfigErrors, UnknownKeyNamesTheKeyAndTheAllowedOnes) {
                  "unknown key 'retries' in routes[0]");
 }
 
+TEST(ConfigErrors, MergeKeysAreNotSupported) {
+  expectOneError(std::string(kMinimal) + "server:\n  <<: {workers: 2}\n", 9, 3,
+                 "unknown key '<<' in server; allowed keys: listen, workers, max_request_body, "
+                 "client_timeout, drain_timeout (YAML merge keys are not supported)");
+}
+
 TEST(ConfigErrors, DuplicateKey) {
   expectOneError(std::string(kMinimal) + "log:\n  level: info\n  level: debug\n", 10, 3,
                  "duplicate key 'log.level' (first given at line 9)");
@@ -485,6 +491,8 @@ routes:
                  7, 15, "route 'a': unknown upstream 'nope'; defined upstreams: api, other");
   expectOneError(std::string(kMinimal) + "  - name: all\n    path: /b\n    upstream: api\n", 8, 11,
                  "duplicate route name 'all' (first defined at line 5)");
+  expectOneError(std::string(kMinimal) + "  - {name: b, path: /b, upstream: ''}\n", 8, 35,
+                 "route 'b': unknown upstream ''; defined upstreams: api");
   expectOneError(std::string(kMinimal) + "  - path: /b\n    upstream: api\n", 8, 5,
                  "routes[1]: missing required key 'name'");
   expectOneError(std::string(kMinimal) + "  - name: bad name\n    path: /b\n    upstream: api\n", 8,
