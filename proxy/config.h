@@ -126,5 +126,7 @@ std::optional<Millis> parseDuration(std::string_view text);
 std::optional<uint64_t> parseSize(std::string_view text);
 // "127.0.0.1:8080", "[::1]:8080", "localhost:80" → address.
 std::optional<ListenAddress> parseListen(std::string_view text);
+// Milliseconds → the largest exact unit: 86400000 → "1d", 1500 → "1500ms", 90000 → "90s".
+std::string formatDuration(Millis duration);
 
 }  // namespace idem

@@ -1,8 +1,6 @@
-#include <cstdio>
+// The idemproxy binary: everything lives in idemproxy_core; see cli.h.
+#include "cli.h"
 
-#include "version.h"
-
-int main() {
-  std::printf("idemproxy %s\n", IDEMPROXY_VERSION);
-  return 0;
+int main(int argc, char** argv) {
+  return idem::runCli(argc, argv);
 }

@@ -1,0 +1,69 @@
+#pragma once
+// Command line (SPEC §6): parses argv with CLI11 and dispatches to one command.
+//
+//   idemproxy [run] --config FILE        serve in the foreground; -c FILE too
+//   idemproxy check --config FILE        validate; exit 0, or 1 with FILE:LINE:COL: message
+//   idemproxy keys list|show|forget --config FILE [--route R] [--key K] [--scope V]... [--json]
+//   idemproxy --version | --help
+//
+// Exit codes: 0 ok, 1 invalid config or failed operation, 2 usage error.
+#include <iosfwd>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace idem {
+
+enum class CliCommand {
+  Run,    // serve (the default when no command is given)
+  Check,  // validate the configuration file
+  Keys,   // inspect or forget records; see KeysCommand
+};
+
+enum class KeysCommand {
+  None,    // not a keys command
+  List,    // every record: route, key, state, status, age, expires
+  Show,    // one record, by route + key + scope values
+  Forget,  // delete one record, by route + key + scope values
+};
+
+struct CliOptions {
+  CliCommand command = CliCommand::Run;
+  std::string config_path;  // --config / -c; always set once parsing succeeded
+  KeysCommand keys = KeysCommand::None;
+  std::string route;                // --route: required for show/forget, a filter for list
+  std::string key;                  // --key: required for show/forget
+  std::vector<std::string> scopes;  // --scope, repeatable, in the order of the route's `scope`
+  bool json = false;                // --json (keys list): one JSON object per line
+};
+
+// Exit codes.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;  // invalid configuration, or the operation failed
+inline constexpr int kExitUsage = 2;    // bad command line
+
+// Outcome of parsing a command line: options to run with, or an exit code when parsing ended
+// the program (--help and --version: 0, printed to `out`; usage errors: 2, printed to `err`).
+struct CliParse {
+  std::optional<CliOptions> options;
+  int exit_code = kExitOk;
+};
+
+// Parses the arguments after the program name. Does not read the configuration file.
+CliParse parseCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+
+// Parses argv and runs the command; returns the process exit code.
+int runCli(int argc, char** argv);
+// Same, with the arguments after the program name and explicit streams (for tests). Output of
+// `check`, `--help`, `--version` and usage errors goes to these streams.
+int runCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+
+// `idemproxy check`: prints each error as FILE:LINE:COL: message to `err` and returns 1, or
+// prints "FILE: ok" to `out` and returns 0.
+int cmdCheck(const CliOptions& options, std::ostream& out, std::ostream& err);
+
+// Implemented in cli_commands.cpp (the server and the store wire these up).
+int cmdRun(const CliOptions& options);
+int cmdKeys(const CliOptions& options);
+
+}  // namespace idem

@@ -1,0 +1,24 @@
+#pragma once
+// Internal to the configuration parser: syntaxes of single values (tokens, names, numbers,
+// URLs). The public value parsers (parseDuration, parseSize, parseListen) are in config.h; all
+// of them are implemented in config_values.cpp.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace idem::config_detail {
+
+// An HTTP token (RFC 9110 §5.6.2): header names and methods.
+bool isToken(std::string_view s);
+// Printable ASCII without space: names of routes and upstreams.
+bool isPrintableName(std::string_view s);
+std::string toUpper(std::string_view s);
+std::string toLower(std::string_view s);
+// A non-empty run of decimal digits → value; nullopt on anything else or overflow.
+std::optional<uint64_t> parseDigits(std::string_view s);
+// Validates an upstream URL. Returns an empty string and sets `normalized` (lower-case scheme,
+// no trailing '/' on the path) when valid, else the problem, phrased to follow "url '...' ".
+std::string checkUpstreamUrl(std::string_view url, std::string& normalized);
+
+}  // namespace idem::config_detail
