@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <condition_variable>
@@ -40,6 +41,15 @@
 // MDB_TXN_FULL (too many dirty pages for one transaction) makes the batch commit early; the
 // remaining operations continue in a new transaction.
 //
+// Headroom: LMDB copies pages on write, so once the map is truly full even a delete fails and a
+// full store could never be swept back into service. Writes that grow the store (reserve,
+// record) are therefore refused with Full once they would eat into `headroom` pages (1/32 of the
+// map, at least 16 and at most 4096 pages); deletes (release, forget, sweep) may use the
+// headroom. Free pages are counted at the start of each write transaction (map pages minus the
+// pages of every tree, free list included) and each growing write subtracts an estimate of the
+// bytes it takes. A sweep that still hits MDB_MAP_FULL
+// retries with half the slice, down to one record.
+//
 // Map resize: if another process configured a larger map and the data grew past ours,
 // mdb_txn_begin/renew report MDB_MAP_RESIZED; we adopt the new size with mdb_env_set_mapsize(0).
 // LMDB requires that no transaction of this process is active then, so every transaction holds
@@ -48,18 +58,28 @@
 namespace idem {
 namespace {
 
-constexpr unsigned kMaxReaders = 512;     // reader slots in the lock file (all processes)
+constexpr unsigned kMaxReaders = 512;      // reader slots in the lock file (all processes)
 constexpr size_t kMaxPooledReadTxns = 64;  // idle read transactions kept for reuse
 constexpr int kResizeAttempts = 4;
+constexpr uint64_t kMinHeadroomPages = 16;
+constexpr uint64_t kMaxHeadroomPages = 4096;  // 16 MiB with 4 KiB pages
 
-MDB_val mdbVal(const void* p, size_t n) { return MDB_val{n, const_cast<void*>(p)}; }
-MDB_val mdbVal(const RecordId& id) { return mdbVal(id.data(), id.size()); }
-MDB_val mdbVal(std::string_view s) { return mdbVal(s.data(), s.size()); }
+MDB_val mdbVal(const void* p, size_t n) {
+  return MDB_val{n, const_cast<void*>(p)};
+}
+MDB_val mdbVal(const RecordId& id) {
+  return mdbVal(id.data(), id.size());
+}
+MDB_val mdbVal(std::string_view s) {
+  return mdbVal(s.data(), s.size());
+}
 std::string_view view(const MDB_val& v) {
   return std::string_view(static_cast<const char*>(v.mv_data), v.mv_size);
 }
 
-std::string mdbError(int rc) { return mdb_strerror(rc); }
+std::string mdbError(int rc) {
+  return mdb_strerror(rc);
+}
 
 StoreError classify(int rc) {
   if (rc == MDB_SUCCESS) return StoreError::None;
@@ -196,6 +216,8 @@ struct LmdbStore::Impl {
   // Record access inside a transaction. get: MDB_NOTFOUND when absent; an undecodable value
   // reads as absent (and is counted).
   int get(MDB_txn* txn, const RecordId& id, Record& out);
+  // Sets grow_budget for a new write transaction: free pages in the map beyond the headroom.
+  int measureFreePages(MDB_txn* txn);
   int put(MDB_txn* txn, const RecordId& id, const Record& rec, const Record* old);
   int erase(MDB_txn* txn, const RecordId& id, const Record* old);
 
@@ -204,6 +226,8 @@ struct LmdbStore::Impl {
   MDB_env* env = nullptr;
   MDB_dbi records = 0;
   MDB_dbi expiry = 0;
+  size_t page_size = 4096;
+  int64_t grow_budget = 0;  // writer thread only: bytes growing writes may still take
 
   std::shared_mutex map_mu;  // shared: a transaction is active; exclusive: resizing the map
 
@@ -240,7 +264,35 @@ int LmdbStore::Impl::get(MDB_txn* txn, const RecordId& id, Record& out) {
   return MDB_SUCCESS;
 }
 
+int LmdbStore::Impl::measureFreePages(MDB_txn* txn) {
+  MDB_envinfo info;
+  int rc = mdb_env_info(env, &info);
+  if (rc != MDB_SUCCESS) return rc;
+  const uint64_t map_pages = info.me_mapsize / page_size;
+  uint64_t in_use = 2;  // meta pages
+  for (MDB_dbi dbi : {MDB_dbi{0} /* free list */, MDB_dbi{1} /* main */, records, expiry}) {
+    MDB_stat st;
+    rc = mdb_stat(txn, dbi, &st);
+    if (rc != MDB_SUCCESS) return rc;
+    in_use += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+  }
+  const uint64_t headroom = std::clamp(map_pages / 32, kMinHeadroomPages, kMaxHeadroomPages);
+  grow_budget = (static_cast<int64_t>(map_pages) - static_cast<int64_t>(in_use) -
+                 static_cast<int64_t>(headroom)) *
+                static_cast<int64_t>(page_size);
+  return MDB_SUCCESS;
+}
+
 int LmdbStore::Impl::put(MDB_txn* txn, const RecordId& id, const Record& rec, const Record* old) {
+  const std::string bytes = encodeRecord(rec);
+  // Estimate in bytes: a small value shares a leaf page, a large one (over half a page) takes
+  // whole overflow pages; plus both keys and node headers. Page splits and the paths copied
+  // once per transaction are covered by the headroom.
+  const size_t value = bytes.size() + 16;
+  const int64_t need = static_cast<int64_t>(
+      (value > page_size / 2 ? (value + page_size - 1) / page_size * page_size : value) +
+      sizeof(RecordId) + sizeof(ExpiryKey) + 32);
+  if (need > grow_budget) return MDB_MAP_FULL;
   int rc;
   if (old != nullptr && old->expires_at_ms != rec.expires_at_ms) {
     ExpiryKey ok = expiryKey(old->expires_at_ms, id);
@@ -255,10 +307,11 @@ int LmdbStore::Impl::put(MDB_txn* txn, const RecordId& id, const Record& rec, co
     rc = mdb_put(txn, expiry, &k, &empty, 0);
     if (rc != MDB_SUCCESS) return rc;
   }
-  const std::string bytes = encodeRecord(rec);
   MDB_val k = mdbVal(id);
   MDB_val v = mdbVal(bytes);
-  return mdb_put(txn, records, &k, &v, 0);
+  rc = mdb_put(txn, records, &k, &v, 0);
+  if (rc == MDB_SUCCESS) grow_budget -= need;
+  return rc;
 }
 
 int LmdbStore::Impl::erase(MDB_txn* txn, const RecordId& id, const Record* old) {
@@ -354,8 +407,8 @@ struct LmdbStore::Impl::RecordOp final : OpWith<RecordResult> {
     if (rc != MDB_SUCCESS) return rc;
 
     const bool mine = cur.owner == req.owner;
-    const bool writable = mine && (cur.state == RecordState::InFlight ||
-                                   (cur.flags & kFlagOutcomeUnknown) != 0);
+    const bool writable =
+        mine && (cur.state == RecordState::InFlight || (cur.flags & kFlagOutcomeUnknown) != 0);
     if (!writable) {
       // Another outcome stands, or another owner took the reservation over.
       result.status = RecordStatus::AlreadyFinal;
@@ -365,7 +418,7 @@ struct LmdbStore::Impl::RecordOp final : OpWith<RecordResult> {
     Record rec = cur;
     rec.state = RecordState::Completed;
     rec.flags = req.flags;
-    rec.answer = req.answer;  // copied: apply may run again if the commit fails
+    rec.answer = req.answer;             // copied: apply may run again if the commit fails
     rc = s.put(txn, req.id, rec, &cur);  // same expires_at: the index is untouched
     if (rc != MDB_SUCCESS) return rc;
     result.status = RecordStatus::Recorded;
@@ -420,6 +473,21 @@ struct LmdbStore::Impl::SweepOp final : OpWith<WriteResult> {
   SweepOp(size_t l, std::function<void(WriteResult)> d) : OpWith(std::move(d)), limit(l) {}
 
   int apply(Impl& s, MDB_txn* txn, int64_t now) override {
+    // Each attempt in its own nested transaction, so that a slice too large for the space left
+    // can be retried smaller.
+    for (size_t slice = limit;; slice /= 2) {
+      MDB_txn* nested = nullptr;
+      int rc = mdb_txn_begin(s.env, txn, 0, &nested);
+      if (rc != MDB_SUCCESS) return rc;
+      result = WriteResult{};
+      rc = sweepSlice(s, nested, now, slice);
+      if (rc == MDB_SUCCESS) return mdb_txn_commit(nested);
+      mdb_txn_abort(nested);
+      if (rc != MDB_MAP_FULL || slice <= 1) return rc;
+    }
+  }
+
+  int sweepSlice(Impl& s, MDB_txn* txn, int64_t now, size_t slice) {
     // Collect the due index entries first (copied out), then delete by key.
     std::vector<std::string> due;
     {
@@ -428,7 +496,7 @@ struct LmdbStore::Impl::SweepOp final : OpWith<WriteResult> {
       if (rc != MDB_SUCCESS) return rc;
       MDB_val k, v;
       rc = mdb_cursor_get(cur.get(), &k, &v, MDB_FIRST);
-      while (rc == MDB_SUCCESS && due.size() < limit) {
+      while (rc == MDB_SUCCESS && due.size() < slice) {
         if (k.mv_size == sizeof(ExpiryKey) &&
             expiryTime(static_cast<const uint8_t*>(k.mv_data)) > now) {
           break;  // the index is in time order: nothing further is due
@@ -543,6 +611,12 @@ bool LmdbStore::Impl::open(std::string& error) {
     error = where + "cannot initialise: " + mdbError(rc);
     return false;
   }
+  MDB_stat est;
+  if ((rc = mdb_env_stat(env, &est)) != MDB_SUCCESS) {
+    error = where + "mdb_env_stat: " + mdbError(rc);
+    return false;
+  }
+  page_size = est.ms_psize;
   return true;
 }
 
@@ -722,6 +796,11 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
     return ops.size();
   }
   Txn txn(raw);
+  rc = measureFreePages(txn.get());
+  if (rc != MDB_SUCCESS) {
+    for (Op* op : ops) op->finish(StoreError::Io);
+    return ops.size();
+  }
 
   const int64_t now = clock.wallMs();
   std::vector<StoreError> errors;

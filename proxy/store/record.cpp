@@ -111,10 +111,14 @@ class Reader {
 
 const char* toString(DecodeError e) {
   switch (e) {
-    case DecodeError::None: return "none";
-    case DecodeError::Truncated: return "truncated";
-    case DecodeError::UnknownVersion: return "unknown version";
-    case DecodeError::BadValue: return "bad value";
+    case DecodeError::None:
+      return "none";
+    case DecodeError::Truncated:
+      return "truncated";
+    case DecodeError::UnknownVersion:
+      return "unknown version";
+    case DecodeError::BadValue:
+      return "bad value";
   }
   return "?";
 }

@@ -7,10 +7,14 @@ namespace idem {
 
 const char* toString(StoreError e) {
   switch (e) {
-    case StoreError::None: return "none";
-    case StoreError::Full: return "store full";
-    case StoreError::Io: return "store i/o error";
-    case StoreError::Closed: return "store closed";
+    case StoreError::None:
+      return "none";
+    case StoreError::Full:
+      return "store full";
+    case StoreError::Io:
+      return "store i/o error";
+    case StoreError::Closed:
+      return "store closed";
   }
   return "?";
 }
@@ -31,8 +35,7 @@ Result waitFor(Call&& call) {
 }  // namespace
 
 ReserveResult reserveSync(Store& store, ReserveRequest req) {
-  return waitFor<ReserveResult>(
-      [&](auto done) { store.reserve(std::move(req), std::move(done)); });
+  return waitFor<ReserveResult>([&](auto done) { store.reserve(std::move(req), std::move(done)); });
 }
 
 RecordResult recordSync(Store& store, RecordRequest req) {
