@@ -209,6 +209,7 @@ struct LmdbStore::Impl {
   void process(std::span<const std::unique_ptr<Op>> batch, bool& dirty);
   size_t runGroup(std::span<Op* const> ops, bool& dirty);
   void adoptMapSize();
+  void syncToDisk();
 
   // Runs `fn` in a read-only transaction on the calling thread; returns an LMDB code.
   int withRead(const std::function<int(MDB_txn*)>& fn);
@@ -473,6 +474,10 @@ struct LmdbStore::Impl::SweepOp final : OpWith<WriteResult> {
   SweepOp(size_t l, std::function<void(WriteResult)> d) : OpWith(std::move(d)), limit(l) {}
 
   int apply(Impl& s, MDB_txn* txn, int64_t now) override {
+    // Free the reader slots of processes that died holding a read transaction: they would pin
+    // old pages and keep the space this sweep frees from being reused.
+    int dead = 0;
+    mdb_reader_check(s.env, &dead);
     // Each attempt in its own nested transaction, so that a slice too large for the space left
     // can be retried smaller.
     for (size_t slice = limit;; slice /= 2) {
@@ -630,6 +635,11 @@ LmdbStore::Impl::~Impl() {
   }
 }
 
+void LmdbStore::Impl::syncToDisk() {
+  std::shared_lock lock(map_mu);
+  mdb_env_sync(env, 1);
+}
+
 void LmdbStore::Impl::adoptMapSize() {
   std::unique_lock lock(map_mu);
   mdb_env_set_mapsize(env, 0);
@@ -744,13 +754,13 @@ void LmdbStore::Impl::writerLoop() {
       if (!dirty) {
         next_sync = now + opts.relaxed_sync_interval;
       } else if (now >= next_sync) {
-        mdb_env_sync(env, 1);
+        syncToDisk();
         dirty = false;
         next_sync = now + opts.relaxed_sync_interval;
       }
     }
   }
-  if (relaxed && dirty) mdb_env_sync(env, 1);
+  if (relaxed && dirty) syncToDisk();
 }
 
 void LmdbStore::Impl::process(std::span<const std::unique_ptr<Op>> batch, bool& dirty) {
@@ -769,7 +779,7 @@ void LmdbStore::Impl::process(std::span<const std::unique_ptr<Op>> batch, bool& 
   }
   if (barrier) {
     if (opts.durability == Durability::Relaxed && dirty) {
-      mdb_env_sync(env, 1);
+      syncToDisk();
       dirty = false;
     }
     for (const auto& op : batch) {
