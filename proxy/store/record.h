@@ -56,6 +56,8 @@ constexpr uint8_t kRecordVersion = 1;
 
 std::string encodeRecord(const Record& r);
 // Validates everything: a short, trailing-garbage or unknown-version value is an error.
+// `out` is assigned only on success.
 DecodeError decodeRecord(std::string_view bytes, Record& out);
+const char* toString(DecodeError e);
 
 }  // namespace idem

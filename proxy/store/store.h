@@ -18,9 +18,9 @@ namespace idem {
 
 enum class StoreError {
   None,
-  Full,     // the map is full: nothing was written (→ 503 store-unavailable)
-  Io,       // the backend failed (disk, corruption): nothing was written
-  Closed,   // the store is shutting down
+  Full,    // the map is full: nothing was written (→ 503 store-unavailable)
+  Io,      // the backend failed (disk, corruption): nothing was written
+  Closed,  // the store is shutting down
 };
 const char* toString(StoreError e);
 
@@ -60,9 +60,9 @@ struct RecordRequest {
 };
 
 enum class RecordStatus {
-  Recorded,     // the answer is now the key's outcome
-  AlreadyFinal, // another outcome stands (record holds it); the caller's answer was not written
-  Missing,      // no record (forgotten or swept meanwhile); nothing written
+  Recorded,      // the answer is now the key's outcome
+  AlreadyFinal,  // another outcome stands (record holds it); the caller's answer was not written
+  Missing,       // no record (forgotten or swept meanwhile); nothing written
 };
 
 struct RecordResult {
@@ -78,11 +78,12 @@ struct WriteResult {
 };
 
 struct StoreStats {
-  uint64_t records = 0;      // entries in the main table
-  uint64_t bytes_used = 0;   // pages in use × page size
-  uint64_t map_size = 0;     // configured limit
-  uint64_t commits = 0;      // write transactions committed by this process
-  uint64_t operations = 0;   // write operations applied by this process
+  uint64_t records = 0;        // entries in the main table
+  uint64_t bytes_used = 0;     // pages in use × page size
+  uint64_t map_size = 0;       // configured limit
+  uint64_t commits = 0;        // write transactions committed by this process
+  uint64_t operations = 0;     // write operations applied by this process
+  uint64_t decode_errors = 0;  // stored values that failed to decode (read as absent)
 };
 
 // Called after every commit with the commit's duration and how many operations it carried.
@@ -111,7 +112,9 @@ class Store {
   virtual std::vector<std::pair<RecordId, Record>> list() = 0;
   virtual StoreStats stats() = 0;
 
-  // Block until everything queued so far is committed (used at shutdown and by tests).
+  // Block until everything queued so far is committed (used at shutdown and by tests). Under
+  // relaxed durability it also syncs to disk. Called from a completion callback (the writer
+  // thread) it returns at once: waiting there could never end.
   virtual void flush() = 0;
   virtual void setCommitObserver(CommitObserver observer) = 0;
 };

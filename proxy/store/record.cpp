@@ -1,0 +1,211 @@
+#include "store/record.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+// Layout of version 1 (all integers little-endian, strings u32-length-prefixed):
+//
+//   u8  version            u8  state             u32 flags
+//   i64 reserved_at_ms     i64 lease_until_ms    i64 expires_at_ms
+//   str owner              u8[32] fingerprint
+//   str route              str key               u32 n_scope, str scope[n_scope]
+//   u16 status             u32 n_headers, (str name, str value)[n_headers]
+//   str body
+//
+// Nothing follows the body: trailing bytes are an error, as is any short field.
+
+namespace idem {
+namespace {
+
+constexpr uint32_t kKnownFlags = kFlagProxyError | kFlagOutcomeUnknown | kFlagNotReplayable;
+constexpr int kMaxStatus = 999;
+
+class Writer {
+ public:
+  explicit Writer(std::string& out) : out_(out) {}
+  void u8(uint8_t v) { out_.push_back(static_cast<char>(v)); }
+  void u16(uint16_t v) { le(v, 2); }
+  void u32(uint32_t v) { le(v, 4); }
+  void i64(int64_t v) { le(static_cast<uint64_t>(v), 8); }
+  void bytes(const void* p, size_t n) { out_.append(static_cast<const char*>(p), n); }
+  void str(std::string_view s) {
+    if (s.size() > std::numeric_limits<uint32_t>::max()) {
+      std::abort();  // broken invariant: records are bounded far below 4 GiB per field
+    }
+    u32(static_cast<uint32_t>(s.size()));
+    out_.append(s);
+  }
+  void count(size_t n) {
+    if (n > std::numeric_limits<uint32_t>::max()) std::abort();
+    u32(static_cast<uint32_t>(n));
+  }
+
+ private:
+  void le(uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) out_.push_back(static_cast<char>(v >> (8 * i)));
+  }
+  std::string& out_;
+};
+
+// Reads fields from the front of a buffer; every read checks the remaining length first.
+class Reader {
+ public:
+  explicit Reader(std::string_view in) : in_(in) {}
+  size_t remaining() const { return in_.size() - pos_; }
+
+  bool u8(uint8_t& v) {
+    uint64_t x;
+    if (!le(x, 1)) return false;
+    v = static_cast<uint8_t>(x);
+    return true;
+  }
+  bool u16(uint16_t& v) {
+    uint64_t x;
+    if (!le(x, 2)) return false;
+    v = static_cast<uint16_t>(x);
+    return true;
+  }
+  bool u32(uint32_t& v) {
+    uint64_t x;
+    if (!le(x, 4)) return false;
+    v = static_cast<uint32_t>(x);
+    return true;
+  }
+  bool i64(int64_t& v) {
+    uint64_t x;
+    if (!le(x, 8)) return false;
+    v = static_cast<int64_t>(x);
+    return true;
+  }
+  bool bytes(void* p, size_t n) {
+    if (remaining() < n) return false;
+    std::memcpy(p, in_.data() + pos_, n);
+    pos_ += n;
+    return true;
+  }
+  bool str(std::string& s) {
+    uint32_t n;
+    if (!u32(n) || remaining() < n) return false;
+    s.assign(in_.data() + pos_, n);
+    pos_ += n;
+    return true;
+  }
+
+ private:
+  bool le(uint64_t& v, int n) {
+    if (remaining() < static_cast<size_t>(n)) return false;
+    v = 0;
+    for (int i = 0; i < n; ++i) {
+      v |= static_cast<uint64_t>(static_cast<uint8_t>(in_[pos_ + static_cast<size_t>(i)]))
+           << (8 * i);
+    }
+    pos_ += static_cast<size_t>(n);
+    return true;
+  }
+  std::string_view in_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+const char* toString(DecodeError e) {
+  switch (e) {
+    case DecodeError::None:
+      return "none";
+    case DecodeError::Truncated:
+      return "truncated";
+    case DecodeError::UnknownVersion:
+      return "unknown version";
+    case DecodeError::BadValue:
+      return "bad value";
+  }
+  return "?";
+}
+
+std::string encodeRecord(const Record& r) {
+  std::string out;
+  size_t estimate = 64 + r.owner.size() + r.route.size() + r.key.size() + r.answer.body.size();
+  for (const auto& s : r.scope) estimate += 4 + s.size();
+  for (const auto& h : r.answer.headers) estimate += 8 + h.name.size() + h.value.size();
+  out.reserve(estimate);
+
+  Writer w(out);
+  w.u8(kRecordVersion);
+  w.u8(static_cast<uint8_t>(r.state));
+  w.u32(r.flags);
+  w.i64(r.reserved_at_ms);
+  w.i64(r.lease_until_ms);
+  w.i64(r.expires_at_ms);
+  w.str(r.owner);
+  w.bytes(r.fingerprint.data(), r.fingerprint.size());
+  w.str(r.route);
+  w.str(r.key);
+  w.count(r.scope.size());
+  for (const auto& s : r.scope) w.str(s);
+  if (r.answer.status < 0 || r.answer.status > kMaxStatus) std::abort();  // broken invariant
+  w.u16(static_cast<uint16_t>(r.answer.status));
+  w.count(r.answer.headers.size());
+  for (const auto& h : r.answer.headers) {
+    w.str(h.name);
+    w.str(h.value);
+  }
+  w.str(r.answer.body);
+  return out;
+}
+
+DecodeError decodeRecord(std::string_view bytes, Record& out) {
+  Reader rd(bytes);
+  Record r;
+
+  uint8_t version = 0;
+  if (!rd.u8(version)) return DecodeError::Truncated;
+  if (version != kRecordVersion) return DecodeError::UnknownVersion;
+
+  uint8_t state = 0;
+  if (!rd.u8(state)) return DecodeError::Truncated;
+  if (state != static_cast<uint8_t>(RecordState::InFlight) &&
+      state != static_cast<uint8_t>(RecordState::Completed)) {
+    return DecodeError::BadValue;
+  }
+  r.state = static_cast<RecordState>(state);
+
+  if (!rd.u32(r.flags)) return DecodeError::Truncated;
+  if ((r.flags & ~kKnownFlags) != 0) return DecodeError::BadValue;
+  if (!rd.i64(r.reserved_at_ms) || !rd.i64(r.lease_until_ms) || !rd.i64(r.expires_at_ms) ||
+      !rd.str(r.owner) || !rd.bytes(r.fingerprint.data(), r.fingerprint.size()) ||
+      !rd.str(r.route) || !rd.str(r.key)) {
+    return DecodeError::Truncated;
+  }
+
+  uint32_t n_scope = 0;
+  if (!rd.u32(n_scope)) return DecodeError::Truncated;
+  // Each entry needs at least its 4-byte length: a larger count cannot fit (and must not make
+  // us allocate for it).
+  if (n_scope > rd.remaining() / 4) return DecodeError::Truncated;
+  r.scope.resize(n_scope);
+  for (auto& s : r.scope) {
+    if (!rd.str(s)) return DecodeError::Truncated;
+  }
+
+  uint16_t status = 0;
+  if (!rd.u16(status)) return DecodeError::Truncated;
+  if (status > kMaxStatus) return DecodeError::BadValue;
+  r.answer.status = status;
+
+  uint32_t n_headers = 0;
+  if (!rd.u32(n_headers)) return DecodeError::Truncated;
+  if (n_headers > rd.remaining() / 8) return DecodeError::Truncated;
+  r.answer.headers.resize(n_headers);
+  for (auto& h : r.answer.headers) {
+    if (!rd.str(h.name) || !rd.str(h.value)) return DecodeError::Truncated;
+  }
+
+  if (!rd.str(r.answer.body)) return DecodeError::Truncated;
+  if (rd.remaining() != 0) return DecodeError::BadValue;  // trailing garbage
+
+  out = std::move(r);
+  return DecodeError::None;
+}
+
+}  // namespace idem

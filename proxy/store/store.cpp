@@ -1,0 +1,58 @@
+#include "store/store.h"
+
+#include <future>
+#include <utility>
+
+namespace idem {
+
+const char* toString(StoreError e) {
+  switch (e) {
+    case StoreError::None:
+      return "none";
+    case StoreError::Full:
+      return "store full";
+    case StoreError::Io:
+      return "store i/o error";
+    case StoreError::Closed:
+      return "store closed";
+  }
+  return "?";
+}
+
+namespace {
+
+// Runs one asynchronous store call and waits for its completion. Every Store implementation
+// runs each completion exactly once (with StoreError::Closed at shutdown), so this never hangs.
+// Must not be called from a completion callback (it would wait on the thread that completes).
+template <typename Result, typename Call>
+Result waitFor(Call&& call) {
+  std::promise<Result> promise;
+  auto future = promise.get_future();
+  call([&promise](Result r) { promise.set_value(std::move(r)); });
+  return future.get();
+}
+
+}  // namespace
+
+ReserveResult reserveSync(Store& store, ReserveRequest req) {
+  return waitFor<ReserveResult>([&](auto done) { store.reserve(std::move(req), std::move(done)); });
+}
+
+RecordResult recordSync(Store& store, RecordRequest req) {
+  return waitFor<RecordResult>([&](auto done) { store.record(std::move(req), std::move(done)); });
+}
+
+WriteResult releaseSync(Store& store, const RecordId& id, std::string owner) {
+  return waitFor<WriteResult>(
+      [&](auto done) { store.release(id, std::move(owner), std::move(done)); });
+}
+
+WriteResult forgetSync(Store& store, const RecordId& id) {
+  return waitFor<WriteResult>([&](auto done) { store.forget(id, std::move(done)); });
+}
+
+WriteResult sweepSync(Store& store, size_t limit) {
+  return waitFor<WriteResult>([&](auto done) { store.sweep(limit, std::move(done)); });
+}
+
+}  // namespace idem
