@@ -153,8 +153,25 @@ bool ProxyRequest::readRequest() {
   if (const char* q = evhttp_uri_get_query(uri)) query_ = q;
 
   const evkeyvalq* in = evhttp_request_get_input_headers(req_);
+  const char* contentLength = nullptr;
+  bool ambiguousFraming = false;
+  bool chunked = false;
   for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
     headers_.push_back({kv->key, kv->value});
+    if (iequals(kv->key, "Content-Length")) {
+      ambiguousFraming |= contentLength != nullptr && std::string_view(contentLength) != kv->value;
+      contentLength = kv->value;
+    } else if (iequals(kv->key, "Transfer-Encoding")) {
+      chunked = true;
+    }
+  }
+  // Conflicting Content-Length fields, or Content-Length with Transfer-Encoding, frame the
+  // body ambiguously (RFC 9112 §6.3): refuse and close, so nothing can be smuggled behind it.
+  if (ambiguousFraming || (chunked && contentLength != nullptr)) {
+    close_connection_ = true;
+    respondProblem(Problem::BadRequest, "the request's message framing is ambiguous",
+                   Outcome::Invalid);
+    return false;
   }
   evbuffer* body = evhttp_request_get_input_buffer(req_);
   const size_t n = evbuffer_get_length(body);
@@ -583,6 +600,7 @@ void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outc
     evhttp_add_header(out, h.name.c_str(), h.value.c_str());
   }
   if (replayed) evhttp_add_header(out, "Idempotent-Replayed", "true");
+  if (close_connection_) evhttp_add_header(out, "Connection", "close");
   evbuffer* buf = evhttp_request_get_output_buffer(req_);
   evbuffer_add(buf, answer.body.data(), answer.body.size());
   evhttp_send_reply(req_, answer.status, reasonPhrase(answer.status), nullptr);

@@ -85,6 +85,7 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   Headers headers_;
   std::string body_;
   std::string peer_;
+  bool close_connection_ = false;  // answer with Connection: close
 
   std::string key_;
   std::string key_hash_;

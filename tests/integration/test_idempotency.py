@@ -410,7 +410,8 @@ class ExpiryTest(ProxyTestCase):
     """§1.7: a record lives ttl from its reservation; expiry is checked on lookup."""
 
     def test_ttl_expiry_forwards_again(self):
-        proxy = self.start_proxy(payments={"ttl": "1s"}, store={"sweep_interval": "1h"})
+        proxy = self.start_proxy(payments={"ttl": "1s", "lease": "900ms"}, upstream={"timeout": "500ms"},
+                                   store={"sweep_interval": "1h"})
         k = self.new_key()
         t0 = time.monotonic()
         r1 = self.post(proxy, key=k)
@@ -432,7 +433,8 @@ class ExpiryTest(ProxyTestCase):
         self.assertCount(2)
 
     def test_expired_record_accepts_another_fingerprint(self):
-        proxy = self.start_proxy(payments={"ttl": "1s"}, store={"sweep_interval": "1h"})
+        proxy = self.start_proxy(payments={"ttl": "1s", "lease": "900ms"}, upstream={"timeout": "500ms"},
+                                   store={"sweep_interval": "1h"})
         k = self.new_key()
         self.assertEqual(self.post(proxy, key=k, body=b"one").status, 201)
         time.sleep(1.2)  # past the ttl: this is the behaviour under test
