@@ -467,6 +467,7 @@ class Proxy:
         self.port = None
         # argv to start the daemon; a test may replace it (e.g. to omit "run")
         self.command = lambda: [IDEMPROXY_BIN, "run", "--config", self.config_path]
+        self.env = None  # environment for the process (None: inherit)
 
     def write_config(self):
         with open(self.config_path, "w") as f:
@@ -483,7 +484,7 @@ class Proxy:
             self.write_config()
             with open(self.stderr_path, "ab") as err:
                 self.proc = subprocess.Popen(self.command(),
-                                             stdin=subprocess.DEVNULL,
+                                             stdin=subprocess.DEVNULL, env=self.env,
                                              stdout=err, stderr=err)
             if wait_for_port(self.port, time.monotonic() + timeout, self.proc):
                 return self
