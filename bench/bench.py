@@ -667,12 +667,15 @@ class Bench:
             e["idemproxy"] = (v.stdout.strip() or v.stderr.strip()).splitlines()[0] if (v.stdout or v.stderr) else "?"
         if self.a.wait_idle > 0:
             deadline = time.time() + self.a.wait_idle
+            said = 0.0
             while True:
                 load = foreign_load(1.0)
                 if load <= self.a.max_foreign or time.time() >= deadline:
                     break
-                log(f"machine busy ({load:.2f} CPUs used by other processes); waiting up to "
-                    f"{deadline - time.time():.0f} s more for it to be idle")
+                if time.time() - said >= 15:
+                    said = time.time()
+                    log(f"machine busy ({load:.2f} CPUs used by other processes); waiting up to "
+                        f"{deadline - time.time():.0f} s more for it to be idle")
             e["other load at start"] = f"{load:.2f} CPUs"
         e["store fs"] = f"{fs_type(self.a.store_root)} ({self.a.store_root})"
         os.makedirs(self.a.store_root, exist_ok=True)
