@@ -339,13 +339,20 @@ class Bench:
     def __init__(self, a):
         self.a = a
         self.out = a.out
-        self.procs = Procs(os.path.join(self.out, "pids"))
+        self.procs = Procs(os.environ.get("BENCH_PIDFILE") or os.path.join(self.out, "pids"))
         self.results = {}       # (scenario, conns) -> measurement
         self.notes = []
         self.scale = []
         self.env = {}
         self.backend = None
         self.wrk_env = dict(os.environ, LUA_PATH=os.path.join(BENCH_DIR, "?.lua") + ";;")
+
+    def pin(self, cpu):
+        """taskset to one CPU; with --nice (root), a higher priority than other work on it."""
+        argv = ["taskset", "-c", cpu]
+        if self.a.nice:
+            argv += ["nice", "-n", str(self.a.nice)]
+        return argv
 
     # -- starting servers
 
@@ -356,7 +363,7 @@ class Bench:
                       dict(DIR=d, PORT=port, RESPONSE=RESPONSE_BODY, **extra))
         if port_open(port):
             raise Fail(f"port {port} is already in use (use --port-base)")
-        p = self.procs.start(["taskset", "-c", self.a.server_cpu, self.a.nginx, "-p", d, "-c", conf],
+        p = self.procs.start(self.pin(self.a.server_cpu) + [self.a.nginx, "-p", d, "-c", conf],
                              os.path.join(d, f"{name}.out"))
         if not wait_port(port, p):
             raise Fail(f"nginx {name} did not start:\n{tail(os.path.join(d, f'{name}.out'))}\n"
@@ -385,7 +392,7 @@ class Bench:
             if port_open(pp):
                 raise Fail(f"port {pp} is already in use (use --port-base)")
         logpath = os.path.join(d, "idemproxy.log")
-        p = self.procs.start(["taskset", "-c", self.a.server_cpu, self.a.bin, "run", "--config", conf],
+        p = self.procs.start(self.pin(self.a.server_cpu) + [self.a.bin, "run", "--config", conf],
                              logpath)
         if not wait_port(port, p, timeout=15):
             self.procs.stop(p)
@@ -400,7 +407,7 @@ class Bench:
     # -- one wrk run
 
     def wrk(self, port, script, script_args, conns, duration, label, extra_timeout=60):
-        argv = ["taskset", "-c", self.a.client_cpu, self.a.wrk, "-t1", f"-c{conns}", f"-d{duration}s",
+        argv = self.pin(self.a.client_cpu) + [self.a.wrk, "-t1", f"-c{conns}", f"-d{duration}s",
                 "--timeout", "10s", "-s", os.path.join(BENCH_DIR, script),
                 f"http://127.0.0.1:{port}", "--"] + [str(x) for x in script_args]
         ru0 = os.times()
@@ -477,7 +484,7 @@ class Bench:
         marker = os.path.join(self.out, f"preload-{setname}.done")
         if os.path.exists(marker):
             os.unlink(marker)
-        argv = ["taskset", "-c", self.a.client_cpu, self.a.wrk, "-t1", f"-c{self.a.preload_conns}",
+        argv = self.pin(self.a.client_cpu) + [self.a.wrk, "-t1", f"-c{self.a.preload_conns}",
                 f"-d{int(timeout)}s", "--timeout", "10s", "-s", os.path.join(BENCH_DIR, "preload.lua"),
                 f"http://127.0.0.1:{srv.port}", "--", setname, str(count), marker, PAY_PATH]
         t0 = time.time()
@@ -659,7 +666,8 @@ class Bench:
                     break
         except OSError:
             pass
-        e["cpu"] = f"{model}, {os.cpu_count()} CPUs; wrk on CPU {self.a.client_cpu}, servers on CPU {self.a.server_cpu}"
+        e["cpu"] = (f"{model}, {os.cpu_count()} CPUs; wrk on CPU {self.a.client_cpu}, servers on CPU "
+                    f"{self.a.server_cpu}" + (f", nice {self.a.nice}" if self.a.nice else ""))
         e["nginx"] = subprocess.run([self.a.nginx, "-v"], capture_output=True, text=True).stderr.strip()
         e["wrk"] = subprocess.run([self.a.wrk, "-v"], capture_output=True, text=True).stdout.splitlines()[0].strip()
         if self.a.bin and os.access(self.a.bin, os.X_OK):
@@ -865,6 +873,9 @@ def parse_args():
                     help="wait up to this many seconds for other processes to go quiet (30)")
     ap.add_argument("--max-foreign", type=float, default=0.1,
                     help="CPUs of other load above which a row is flagged (0.1)")
+    ap.add_argument("--nice", type=int, default=None,
+                    help="nice value for wrk and the servers (-20 as root, so that other work on a "
+                         "shared machine disturbs less; 0 turns it off)")
     ap.add_argument("--client-cpu", default="0")
     ap.add_argument("--server-cpu", default="1")
     a = ap.parse_args()
@@ -889,6 +900,8 @@ def parse_args():
     a.bin = os.path.abspath(a.bin) if a.bin else a.bin
     a.nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     a.wrk = shutil.which("wrk") or "wrk"
+    if a.nice is None:
+        a.nice = -20 if os.geteuid() == 0 else 0
     if (os.cpu_count() or 1) < 2:
         a.client_cpu = a.server_cpu = "0"
     return a

@@ -43,21 +43,24 @@ if [ $want_idem = 1 ] && [ ! -x "$BIN" ] && [ -z "${IDEMPROXY_BIN:-}" ] && [ "${
   fi
 fi
 
-# bench.py kills what it starts; this trap is the second line of defence (pids it recorded).
+# bench.py kills what it starts; this trap is the second line of defence: it kills the process
+# groups bench.py recorded in $BENCH_PIDFILE (each server and wrk runs in its own group).
+BENCH_PIDFILE=$(mktemp /tmp/idemproxy-bench-pids.XXXXXX)
+export BENCH_PIDFILE
 child=""
+# shellcheck disable=SC2317  # invoked by trap
 cleanup() {
   trap - EXIT INT TERM HUP
   if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then
     kill -TERM "$child" 2>/dev/null || true
     wait "$child" 2>/dev/null || true
   fi
-  for f in "$REPO"/build/bench/*/pids; do
-    [ -f "$f" ] || continue
+  if [ -f "$BENCH_PIDFILE" ]; then
     while read -r pid; do
       [ -n "$pid" ] && kill -KILL -- "-$pid" 2>/dev/null || true
-    done <"$f"
-    rm -f "$f"
-  done
+    done <"$BENCH_PIDFILE"
+    rm -f "$BENCH_PIDFILE"
+  fi
 }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM HUP
