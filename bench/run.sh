@@ -31,6 +31,9 @@ if [ ${#need[@]} -gt 0 ] && [ "${BENCH_NO_INSTALL:-0}" != 1 ]; then
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop nginx >/dev/null 2>&1 || true; fi
 fi
 
+# 1,000 keep-alive clients need more descriptors than the usual soft limit of 1024
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+
 BIN=${IDEMPROXY_BIN:-$REPO/build/release/idemproxy}
 want_idem=1
 for arg in "$@"; do case "$arg" in --only=nginx|nginx|direct|proxy_pass|direct,proxy_pass) want_idem=0 ;; esac; done
