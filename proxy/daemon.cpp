@@ -113,7 +113,8 @@ class Daemon {
     armSweep(config_->store.sweep_interval);
     drain_timer_.reset(event_new(base_.get(), -1, EV_PERSIST, &Daemon::onDrainTimer, this));
 
-    notifier_.startWatchdog(base_.get());
+    // A stuck worker loop stops the pings, and systemd restarts the service.
+    notifier_.startWatchdog(base_.get(), [this] { return proxy_->healthy(); });
     log::info("started", {{"version", IDEMPROXY_VERSION},
                           {"listen", config_->server.listen.text},
                           {"port", proxy_->port()},

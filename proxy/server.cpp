@@ -133,6 +133,15 @@ void Proxy::stop() {
   workers_.clear();
 }
 
+bool Proxy::healthy(std::chrono::milliseconds maxSilence) const {
+  if (workers_.empty()) return false;
+  const int64_t now = Worker::steadyMs();
+  for (const auto& w : workers_) {
+    if (now - w->lastBeatMs() > maxSilence.count()) return false;
+  }
+  return true;
+}
+
 std::string Proxy::newOwnerToken() {
   return owner_prefix_ + std::to_string(owner_seq_.fetch_add(1, std::memory_order_relaxed));
 }
@@ -152,6 +161,7 @@ Worker::~Worker() {
   if (bound_ != nullptr && http_) evhttp_del_accept_socket(http_.get(), bound_);
   http_.reset();
   mailbox_event_.reset();
+  heartbeat_.reset();
   base_.reset();
 }
 
@@ -166,6 +176,10 @@ bool Worker::init(int listenFd, std::string& error) {
   }
   mailbox_event_.reset(event_new(base_.get(), -1, EV_PERSIST, &Worker::onMailbox, this));
   event_add(mailbox_event_.get(), nullptr);
+  heartbeat_.reset(event_new(base_.get(), -1, EV_PERSIST, &Worker::onHeartbeat, this));
+  const timeval second{1, 0};
+  event_add(heartbeat_.get(), &second);
+  last_beat_ms_ = steadyMs();
   http_.reset(evhttp_new(base_.get()));
   const ServerConfig& s = config_->server;
   // evhttp enforces a hard cap; bodies between the configured limit and the cap are read and
@@ -220,6 +234,17 @@ void Worker::onMailbox(evutil_socket_t, short, void* arg) {
     batch.swap(self->mailbox_);
   }
   for (auto& fn : batch) fn();
+}
+
+int64_t Worker::steadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void Worker::onHeartbeat(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Worker*>(arg);
+  self->last_beat_ms_.store(steadyMs(), std::memory_order_relaxed);
 }
 
 void Worker::reload(ConfigPtr config) {

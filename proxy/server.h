@@ -68,6 +68,8 @@ class Proxy {
   size_t active() const { return active_.load(); }
   size_t parkedWaiters() const { return waiters_.parked(); }
   size_t upstreamInFlight() const { return upstream_in_flight_.load(); }
+  // Every worker loop ticked within `maxSilence` (the systemd watchdog asks this).
+  bool healthy(std::chrono::milliseconds maxSilence = std::chrono::milliseconds(5000)) const;
   // Stop the workers' loops and join them. In-flight work is abandoned: drain first.
   void stop();
 

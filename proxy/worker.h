@@ -3,6 +3,7 @@
 // clients and a mailbox through which other threads (the store writer, waiters) post work.
 #include <event2/listener.h>
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -44,9 +45,14 @@ class Worker {
   const ConfigPtr& config() const { return config_; }
   std::shared_ptr<Upstream> upstream(const std::string& name);
 
+  // Thread-safe: steady-clock milliseconds of the loop's last heartbeat (every second).
+  int64_t lastBeatMs() const { return last_beat_ms_.load(std::memory_order_relaxed); }
+  static int64_t steadyMs();
+
  private:
   static void onRequest(evhttp_request* req, void* arg);
   static void onMailbox(evutil_socket_t, short, void* arg);
+  static void onHeartbeat(evutil_socket_t, short, void* arg);
   void rebuildUpstreams();
 
   Proxy& proxy_;
@@ -57,6 +63,8 @@ class Worker {
   EvhttpPtr http_;
   evhttp_bound_socket* bound_ = nullptr;
   EventPtr mailbox_event_;
+  EventPtr heartbeat_;
+  std::atomic<int64_t> last_beat_ms_{0};
   std::mutex mailbox_mu_;
   std::vector<std::function<void()>> mailbox_;
   std::map<std::string, std::shared_ptr<Upstream>> upstreams_;
