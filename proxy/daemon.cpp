@@ -32,6 +32,9 @@ std::vector<std::string> restartOnlyChanges(const Config& a, const Config& b) {
     out.push_back("server.listen");
   if (a.server.workers != b.server.workers) out.push_back("server.workers");
   if (a.server.client_timeout != b.server.client_timeout) out.push_back("server.client_timeout");
+  if (a.server.max_request_body != b.server.max_request_body) {
+    out.push_back("server.max_request_body");  // the HTTP layer's hard cap is set at start
+  }
   if (a.store.path != b.store.path) out.push_back("store.path");
   if (a.store.max_size != b.store.max_size) out.push_back("store.max_size");
   if (a.store.durability != b.store.durability) out.push_back("store.durability");
@@ -125,12 +128,14 @@ class Daemon {
 
     event_base_dispatch(base_.get());
 
+    // Order matters: stop the loops; let the store writer commit everything queued (its
+    // completions land in the stopped workers' mailboxes); then free the workers.
     proxy_->stop();
-    store_->flush();
     gauges_.clear();
-    log::info("stopped", {{"unfinished", static_cast<uint64_t>(proxy_->active())}});
-    proxy_.reset();
+    const size_t unfinished = proxy_->active();
     store_.reset();
+    proxy_.reset();
+    log::info("stopped", {{"unfinished", static_cast<uint64_t>(unfinished)}});
     return kExitOk;
   }
 

@@ -1,6 +1,7 @@
 #pragma once
 // Plain HTTP value types shared by the store, the upstream client and the server.
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace idem {
@@ -24,5 +25,11 @@ struct HttpAnswer {
 
 // ASCII case-insensitive comparison for header names.
 bool iequals(std::string_view a, std::string_view b);
+
+// The form of a request path used for routing and fingerprints (the raw path is forwarded):
+// percent-encoded unreserved characters decoded, other escapes' hex upper-cased, repeated
+// slashes merged, "." and ".." segments resolved (RFC 3986 §6.2.2, §5.2.4). So "/v1//pay",
+// "/v1/%70ay" and "/v1/x/../pay" all match a route for "/v1/pay", as the backend would see it.
+std::string normalizePath(std::string_view raw);
 
 }  // namespace idem

@@ -12,7 +12,7 @@ ParsedKey parseIdempotencyKey(const std::vector<std::string_view>& values) {
   if (values.empty()) return out;
   out.status = KeyStatus::Invalid;
   if (values.size() > 1) {
-    out.reason = "the Idempotency-Key field appears more than once";
+    out.reason = "the key header appears more than once";
     return out;
   }
   std::string_view v = values.front();

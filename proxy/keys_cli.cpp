@@ -7,6 +7,7 @@
 #include "c_handles.h"
 #include "cli.h"
 #include "digest.h"
+#include "idempotency.h"
 #include "store/lmdb_store.h"
 
 namespace idem {
@@ -118,7 +119,13 @@ int cmdKeys(const CliOptions& o) {
     return kExitFailure;
   }
   scope.resize(route->idempotency->scope.size());
-  const RecordId id = recordId(route->name, scope, o.key);
+  // The key as a client would send it: a quoted sf-string is unquoted, like the proxy does.
+  ParsedKey parsed = parseIdempotencyKey({o.key});
+  if (parsed.status != KeyStatus::Ok) {
+    std::fprintf(stderr, "idemproxy: invalid key: %s\n", parsed.reason.c_str());
+    return kExitFailure;
+  }
+  const RecordId id = recordId(route->name, scope, parsed.key);
 
   if (o.keys == KeysCommand::Forget) {
     WriteResult r = forgetSync(*store, id);
@@ -137,6 +144,8 @@ int cmdKeys(const CliOptions& o) {
     CJsonPtr j(recordJson(r, now));
     cJSON_AddStringToObject(j.get(), "id", toHex(rid).c_str());
     cJSON_AddStringToObject(j.get(), "owner", r.owner.c_str());
+    cJSON* scopeValues = cJSON_AddArrayToObject(j.get(), "scope");
+    for (const auto& v : r.scope) cJSON_AddItemToArray(scopeValues, cJSON_CreateString(v.c_str()));
     if (r.state == RecordState::Completed) {
       cJSON* headers = cJSON_AddArrayToObject(j.get(), "headers");
       for (const auto& h : r.answer.headers) {

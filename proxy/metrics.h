@@ -158,7 +158,7 @@ inline constexpr std::string_view kRequestsTotalHelp =
     "passthrough, released, error).";
 inline constexpr std::string_view kUpstreamLatency = "idemproxy_upstream_latency_seconds";
 inline constexpr std::string_view kUpstreamLatencyHelp =
-    "Time from sending a request upstream to its complete answer.";
+    "Time from sending a request upstream to the end of the exchange (answer or failure).";
 inline constexpr std::string_view kStoreCommitLatency = "idemproxy_store_commit_latency_seconds";
 inline constexpr std::string_view kStoreCommitLatencyHelp =
     "Duration of one store write transaction, commit (and fsync) included.";
@@ -168,7 +168,9 @@ inline constexpr std::string_view kStoreCommitBatchHelp =
 inline constexpr std::string_view kRecordsHeld = "idemproxy_store_records";
 inline constexpr std::string_view kRecordsHeldHelp = "Records held in the store.";
 inline constexpr std::string_view kStoreBytes = "idemproxy_store_bytes_used";
-inline constexpr std::string_view kStoreBytesHelp = "Bytes of the store's map in use.";
+inline constexpr std::string_view kStoreBytesHelp =
+    "Bytes of the store's map used so far (high-water mark: freed pages are reused, not "
+    "returned).";
 
 // 0.5ms … 60s: payment backends are slow; a few buckets below 1ms show local hops.
 std::vector<double> latencyBuckets();

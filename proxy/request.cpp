@@ -87,7 +87,7 @@ ProxyRequest::ProxyRequest(Worker& worker, evhttp_request* req)
 }
 
 ProxyRequest::~ProxyRequest() {
-  if (own_reservation_ && state_ != RequestState::Responded) ownerDone();
+  if (own_reservation_) ownerDone();
   worker_.proxy().activeCounter().fetch_sub(1, std::memory_order_relaxed);
 }
 
@@ -128,9 +128,15 @@ void ProxyRequest::setState(RequestState next) {
 
 void ProxyRequest::run() {
   if (!readRequest()) return;
-  route_ = config_->findRoute(method_, path_);
+  route_ = config_->findRoute(method_, match_path_);
   if (route_ == nullptr) {
     respondProblem(Problem::NoRoute, "no route for " + method_ + " " + path_, Outcome::Invalid);
+    return;
+  }
+  upstream_ = worker_.upstream(route_->upstream);  // from the same snapshot as the route
+  if (!upstream_) {
+    respondProblem(Problem::UpstreamUnavailable, "the route's upstream is not configured",
+                   Outcome::Error);
     return;
   }
   if (!route_->idempotency) {
@@ -142,15 +148,25 @@ void ProxyRequest::run() {
 
 bool ProxyRequest::readRequest() {
   method_ = methodName(evhttp_request_get_command(req_));
-  const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req_);
-  const char* path = uri ? evhttp_uri_get_path(uri) : nullptr;
-  if (path == nullptr || path[0] != '/') {
+  // Origin-form targets are split by hand: evhttp's URI parser reads "//a/b" as an authority.
+  const char* target = evhttp_request_get_uri(req_);
+  std::string_view raw = target ? target : "";
+  std::string path;
+  if (raw.starts_with('/')) {
+    const size_t q = raw.find('?');
+    path.assign(raw.substr(0, q));
+    if (q != std::string_view::npos) query_.assign(raw.substr(q + 1));
+  } else if (const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req_)) {  // absolute-form
+    if (const char* p = evhttp_uri_get_path(uri)) path = p;
+    if (const char* q = evhttp_uri_get_query(uri)) query_ = q;
+  }
+  if (path.empty() || path[0] != '/') {
     respondProblem(Problem::BadRequest, "the request target must be an absolute path",
                    Outcome::Invalid);
     return false;
   }
-  path_ = path;
-  if (const char* q = evhttp_uri_get_query(uri)) query_ = q;
+  path_ = std::move(path);
+  match_path_ = normalizePath(path_);
 
   const evkeyvalq* in = evhttp_request_get_input_headers(req_);
   const char* contentLength = nullptr;
@@ -219,7 +235,7 @@ void ProxyRequest::beginIdempotent() {
   key_ = std::move(parsed.key);
   key_hash_ = keyHashForLog(key_);
   id_ = recordId(route_->name, scopeValues(ic, headers_), key_);
-  fingerprint_ = requestFingerprint(ic, {method_, path_, query_, body_});
+  fingerprint_ = requestFingerprint(ic, {method_, match_path_, query_, body_});
 
   // Fast path: a completed record is replayed from a read transaction, no write at all.
   if (auto rec = worker_.proxy().store().lookup(id_)) {
@@ -308,11 +324,12 @@ void onWaitTimer(evutil_socket_t, short, void* arg);
 void ProxyRequest::waitForOwner(const Record& inFlight) {
   Proxy& proxy = worker_.proxy();
   const auto now = Steady::now();
-  if (state_ != RequestState::Waiting) {
-    setState(RequestState::Waiting);
+  if (state_ != RequestState::Waiting) setState(RequestState::Waiting);
+  if (!wait_timer_) {
+    // The first wait fixes the deadline: reserving again after a release does not extend it.
     wait_deadline_ = now + route_->idempotency->wait_timeout;
     wait_timer_.reset(evtimer_new(worker_.base(), &onWaitTimer, this));
-    poll_interval_ = std::chrono::milliseconds(5);
+    poll_interval_ = std::chrono::milliseconds(2);
   }
   const int64_t left = inFlight.lease_until_ms - proxy.clock().wallMs();
   retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
@@ -321,8 +338,10 @@ void ProxyRequest::waitForOwner(const Record& inFlight) {
     return;
   }
   const uint64_t ticket = ++wait_ticket_;
-  auto wake = [w = &worker_, self = shared_from_this(), ticket] {
-    w->post([self, ticket] {
+  // Called on the owner's thread; the reference moves into the posted task so that the last
+  // reference to this request is always dropped on its own worker.
+  auto wake = [w = &worker_, self = shared_from_this(), ticket]() mutable {
+    w->post([self = std::move(self), ticket] {
       if (self->wait_ticket_ == ticket && self->parked_) {
         self->parked_ = false;
         self->onWaitWake();
@@ -330,13 +349,12 @@ void ProxyRequest::waitForOwner(const Record& inFlight) {
     });
   };
   std::chrono::steady_clock::duration until;
-  if (proxy.ownsToken(inFlight.owner) && proxy.waiters().park(id_, ticket, wake)) {
+  if (proxy.ownsToken(inFlight.owner) && proxy.waiters().park(id_, ticket, std::move(wake))) {
     parked_ = true;
     until = wait_deadline_ - now;  // woken by the owner; the timer only bounds the wait
-  } else if (proxy.ownsToken(inFlight.owner)) {
-    until = std::chrono::milliseconds(1);  // our own owner just finished: look again now
   } else {
-    // Another process owns the key: poll the store with back-off.
+    // Another process owns the key (or our own owner has just finished, or left the record in
+    // flight after a failed write): look at the store again, backing off.
     until = std::min<std::chrono::steady_clock::duration>(poll_interval_, wait_deadline_ - now);
     poll_interval_ = std::min(poll_interval_ * 2, std::chrono::milliseconds(200));
   }
@@ -357,11 +375,8 @@ void ProxyRequest::onWaitTimerFired() {
   if (parked_) {
     worker_.proxy().waiters().cancel(id_, wait_ticket_);
     parked_ = false;
-    if (Steady::now() >= wait_deadline_) {
-      onWaitTimeout();
-      return;
-    }
   }
+  // Poll tick or deadline: either way look at the store once more before answering 409.
   onWaitWake();
 }
 
@@ -403,13 +418,6 @@ void ProxyRequest::onWaitTimeout() {
 void ProxyRequest::forward(bool recordOutcome) {
   setState(RequestState::Forwarding);
   (void)recordOutcome;
-  upstream_ = worker_.upstream(route_->upstream);
-  if (!upstream_) {
-    // Config validation makes this unreachable; answer rather than crash.
-    respondProblem(Problem::UpstreamUnavailable, "the route's upstream is not configured",
-                   Outcome::Error);
-    return;
-  }
   UpstreamRequest ur;
   ur.method = method_;
   ur.path_and_query = query_.empty() ? path_ : path_ + "?" + query_;
@@ -417,13 +425,13 @@ void ProxyRequest::forward(bool recordOutcome) {
   removeHopByHopFields(endToEnd);
   std::string forwardedFor;
   std::string host;
+  bool hasProto = false;  // set by a proxy in front of us (e.g. a TLS terminator): kept
+  bool hasHost = false;
   ur.headers.reserve(endToEnd.size() + 3);
   for (auto& h : endToEnd) {
-    if (iequals(h.name, "Content-Length") || iequals(h.name, "Expect") ||
-        iequals(h.name, "X-Forwarded-Proto") ||
-        iequals(h.name, "X-Forwarded-Host")) {
-      continue;
-    }
+    if (iequals(h.name, "Content-Length") || iequals(h.name, "Expect")) continue;
+    if (iequals(h.name, "X-Forwarded-Proto")) hasProto = true;
+    if (iequals(h.name, "X-Forwarded-Host")) hasHost = true;
     if (iequals(h.name, "X-Forwarded-For")) {
       forwardedFor += forwardedFor.empty() ? h.value : ", " + h.value;
       continue;
@@ -433,8 +441,8 @@ void ProxyRequest::forward(bool recordOutcome) {
   }
   if (!peer_.empty()) forwardedFor += forwardedFor.empty() ? peer_ : ", " + peer_;
   if (!forwardedFor.empty()) ur.headers.push_back({"X-Forwarded-For", forwardedFor});
-  ur.headers.push_back({"X-Forwarded-Proto", "http"});
-  if (!host.empty()) ur.headers.push_back({"X-Forwarded-Host", host});
+  if (!hasProto) ur.headers.push_back({"X-Forwarded-Proto", "http"});
+  if (!hasHost && !host.empty()) ur.headers.push_back({"X-Forwarded-Host", host});
   ur.body = body_;
 
   worker_.proxy().upstreamCounter().fetch_add(1, std::memory_order_relaxed);
@@ -543,8 +551,16 @@ void ProxyRequest::recordOutcome(HttpAnswer clientAnswer, HttpAnswer recorded, u
             self->worker_.proxy().observer().event(
                 "late-owner", self->route_->name,
                 "status " + std::to_string(clientAnswer.status) +
-                    " not recorded: another outcome stands");
-            self->replay(res.record);
+                    " not recorded: the key was taken over or another outcome stands");
+            if (res.record.state == RecordState::Completed &&
+                res.record.fingerprint == self->fingerprint_) {
+              self->replay(res.record);  // one answer per key: the one that stands
+            } else {
+              // Taken over under `abandoned: retry` and still in flight (or expired and reused
+              // by another request): no outcome of this request stands, so this client gets
+              // what its own exchange produced.
+              self->respond(clientAnswer, false, outcome);
+            }
           } else {
             self->respond(clientAnswer, false, outcome);
           }
@@ -600,7 +616,9 @@ void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outc
     evhttp_add_header(out, h.name.c_str(), h.value.c_str());
   }
   if (replayed) evhttp_add_header(out, "Idempotent-Replayed", "true");
-  if (close_connection_) evhttp_add_header(out, "Connection", "close");
+  if (close_connection_ || worker_.proxy().draining()) {
+    evhttp_add_header(out, "Connection", "close");  // draining: keep-alive clients move on
+  }
   evbuffer* buf = evhttp_request_get_output_buffer(req_);
   evbuffer_add(buf, answer.body.data(), answer.body.size());
   evhttp_send_reply(req_, answer.status, reasonPhrase(answer.status), nullptr);

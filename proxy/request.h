@@ -80,7 +80,8 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   std::chrono::steady_clock::time_point started_;
 
   std::string method_;
-  std::string path_;
+  std::string path_;        // raw, as the client sent it: forwarded as is
+  std::string match_path_;  // normalised: routing and fingerprint
   std::string query_;
   Headers headers_;
   std::string body_;

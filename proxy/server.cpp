@@ -8,7 +8,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
+#include <random>
 #include <fstream>
 
 #include "request.h"
@@ -79,12 +81,26 @@ std::string bootId() {
 
 Proxy::Proxy(ConfigPtr config, Store& store, ProxyObserver& observer, const Clock& clock)
     : config_(std::move(config)), store_(store), observer_(observer), clock_(clock) {
-  owner_prefix_ = bootId() + ":" + std::to_string(getpid()) + ":";
+  // boot id + pid + a random nonce: containers on one host share the boot id and often the
+  // pid (1), and a restarted process must not mistake its predecessor's reservations for its own.
+  std::random_device rd;
+  char nonce[9];
+  std::snprintf(nonce, sizeof nonce, "%08x", rd());
+  owner_prefix_ = bootId() + ":" + std::to_string(getpid()) + ":" + nonce + ":";
 }
 
 Proxy::~Proxy() {
   stop();
-  if (listen_fd_ >= 0) close(listen_fd_);
+  // Parked waiters and queued completions are dropped without running; each worker clears its
+  // mailbox while its loop's base is still alive.
+  waiters_.clear();
+  workers_.clear();
+  closeListener();
+}
+
+void Proxy::closeListener() {
+  const int fd = listen_fd_.exchange(-1);
+  if (fd >= 0) close(fd);
 }
 
 bool Proxy::start(std::string& error) {
@@ -106,6 +122,7 @@ bool Proxy::start(std::string& error) {
     if (!w->init(listen_fd_, error)) return false;
     workers_.push_back(std::move(w));
   }
+  listeners_open_ = workers_.size();
   for (auto& w : workers_) w->startThread();
   return true;
 }
@@ -124,17 +141,24 @@ ConfigPtr Proxy::config() const {
 }
 
 void Proxy::stopAccepting() {
+  draining_ = true;
   for (auto& w : workers_) w->stopAccepting();
 }
 
+void Proxy::listenerRemoved() {
+  // The last worker stopped watching the socket: close it, so that new connections are refused
+  // at once (and can go elsewhere) instead of waiting in the backlog.
+  if (listeners_open_.fetch_sub(1) == 1) closeListener();
+}
+
 void Proxy::stop() {
+  if (stopped_.exchange(true)) return;
   for (auto& w : workers_) w->stop();
   for (auto& w : workers_) w->join();
-  workers_.clear();
 }
 
 bool Proxy::healthy(std::chrono::milliseconds maxSilence) const {
-  if (workers_.empty()) return false;
+  if (workers_.empty() || stopped_) return false;
   const int64_t now = Worker::steadyMs();
   for (const auto& w : workers_) {
     if (now - w->lastBeatMs() > maxSilence.count()) return false;
@@ -157,6 +181,12 @@ Worker::Worker(Proxy& proxy, unsigned index, unsigned workerCount, ConfigPtr con
 
 Worker::~Worker() {
   join();
+  std::vector<std::function<void()>> dropped;
+  {
+    std::lock_guard lock(mailbox_mu_);
+    dropped.swap(mailbox_);
+  }
+  dropped.clear();  // may destroy requests: their timers and upstreams need the base alive
   upstreams_.clear();
   if (bound_ != nullptr && http_) evhttp_del_accept_socket(http_.get(), bound_);
   http_.reset();
@@ -233,7 +263,13 @@ void Worker::onMailbox(evutil_socket_t, short, void* arg) {
     std::lock_guard lock(self->mailbox_mu_);
     batch.swap(self->mailbox_);
   }
-  for (auto& fn : batch) fn();
+  for (auto& fn : batch) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      self->proxy_.observer().event("worker-task-failed", "", e.what());
+    }
+  }
 }
 
 int64_t Worker::steadyMs() {
@@ -259,6 +295,7 @@ void Worker::stopAccepting() {
     if (bound_ != nullptr) {
       evhttp_del_accept_socket(http_.get(), bound_);
       bound_ = nullptr;
+      proxy_.listenerRemoved();
     }
   });
 }
@@ -293,7 +330,11 @@ std::shared_ptr<Upstream> Worker::upstream(const std::string& name) {
 
 void Worker::onRequest(evhttp_request* req, void* arg) {
   auto* self = static_cast<Worker*>(arg);
-  ProxyRequest::start(*self, req);
+  try {
+    ProxyRequest::start(*self, req);
+  } catch (const std::exception& e) {
+    self->proxy_.observer().event("request-failed", "", e.what());
+  }
 }
 
 }  // namespace idem

@@ -62,16 +62,21 @@ class Proxy {
   void reload(ConfigPtr config);
   ConfigPtr config() const;
 
-  // Stop accepting new connections (drain begins).
+  // Stop accepting new connections and close the listening socket once no worker watches it
+  // (drain begins; answers now carry Connection: close).
   void stopAccepting();
+  bool draining() const { return draining_.load(std::memory_order_relaxed); }
   // Requests received and not yet finished (recorded and answered).
   size_t active() const { return active_.load(); }
   size_t parkedWaiters() const { return waiters_.parked(); }
   size_t upstreamInFlight() const { return upstream_in_flight_.load(); }
   // Every worker loop ticked within `maxSilence` (the systemd watchdog asks this).
   bool healthy(std::chrono::milliseconds maxSilence = std::chrono::milliseconds(5000)) const;
-  // Stop the workers' loops and join them. In-flight work is abandoned: drain first.
+  // Stop the workers' loops and join them. In-flight work is abandoned: drain first. The
+  // workers themselves live until the Proxy is destroyed (after the store has drained).
   void stop();
+  // A worker stopped accepting (called on that worker's thread).
+  void listenerRemoved();
 
   // Shared by the workers.
   Store& store() { return store_; }
@@ -87,6 +92,8 @@ class Proxy {
   size_t workerCount() const { return workers_.size(); }
 
  private:
+  void closeListener();
+
   mutable std::mutex config_mu_;
   ConfigPtr config_;
   Store& store_;
@@ -94,12 +101,15 @@ class Proxy {
   const Clock& clock_;
   WaiterRegistry waiters_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  int listen_fd_ = -1;
+  std::atomic<int> listen_fd_{-1};
+  std::atomic<bool> stopped_{false};
   uint16_t port_ = 0;
   std::string owner_prefix_;
   std::atomic<uint64_t> owner_seq_{0};
   std::atomic<size_t> active_{0};
   std::atomic<size_t> upstream_in_flight_{0};
+  std::atomic<bool> draining_{false};
+  std::atomic<size_t> listeners_open_{0};
 };
 
 // Opens a listening TCP socket (non-blocking, SO_REUSEADDR) on `addr`. Returns -1 with `error`.

@@ -492,10 +492,14 @@ void Upstream::Impl::onDeliver(evutil_socket_t, short, void* arg) noexcept {
   // Only what is queued now: a callback that keeps failing new sends cannot starve the loop.
   size_t n = self->finished_.size();
   for (size_t i = 0; i < n; ++i) {
-    Finished f = std::move(self->finished_.front());
-    self->finished_.pop_front();
-    f.done(std::move(f.result));
-    if (alive.expired()) return;  // the callback destroyed the Upstream
+    {
+      Finished f = std::move(self->finished_.front());
+      self->finished_.pop_front();
+      f.done(std::move(f.result));
+      // `f` dies here: its callback may hold the last reference to this Upstream (a request
+      // that outlived a reload), so nothing of `self` is touched before `alive` is checked.
+    }
+    if (alive.expired()) return;  // the callback (or its destruction) destroyed the Upstream
   }
   if (!self->finished_.empty()) self->scheduleDelivery();
 }

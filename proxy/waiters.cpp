@@ -46,6 +46,16 @@ void WaiterRegistry::cancel(const RecordId& id, uint64_t ticket) {
   if (list.empty()) waiters_.erase(w);
 }
 
+void WaiterRegistry::clear() {
+  decltype(waiters_) dropped;
+  {
+    std::lock_guard lock(mu_);
+    dropped.swap(waiters_);
+    owned_.clear();
+    parked_ = 0;
+  }
+}
+
 size_t WaiterRegistry::parked() const {
   std::lock_guard lock(mu_);
   return parked_;

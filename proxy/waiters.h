@@ -39,6 +39,8 @@ class WaiterRegistry {
   void cancel(const RecordId& id, uint64_t ticket);
 
   size_t parked() const;
+  // Shutdown: forget every waiter without waking it.
+  void clear();
 
  private:
   struct Waiter {

@@ -5,6 +5,8 @@ import threading
 import time
 import unittest
 
+import harness
+
 from harness import (ProxyTestCase, Response, build_request, poll_until, request, requires_proxy,
                      run_cli)
 
@@ -101,6 +103,38 @@ class CrashTest(ProxyTestCase):
         self.assertReplayOf(self.post(a, key=k), replay)
         self.assertCount(1)
 
+    def test_stalled_owner_whose_key_was_taken_over_still_answers(self):
+        """abandoned: retry. The owner stalls past its lease; another process takes the key over
+        and is still forwarding when the owner resumes. No outcome stands yet, so the owner's
+        client gets a real answer (never an empty reply); the key's outcome is the new owner's."""
+        retry = dict(LEASE, abandoned="retry")
+        a = self.start_proxy(payments=retry, upstream=SHORT_TIMEOUT)
+        b = self.start_proxy(config=self.config(payments=retry, upstream=SHORT_TIMEOUT))
+        self.up.script(queue=[{"delay_ms": 200}, {"delay_ms": 600}])
+        k = self.new_key()
+        result = {}
+        ta = threading.Thread(target=lambda: result.setdefault("a", self.post(a, key=k)))
+        ta.start()
+        self.assertTrue(self.up.wait_for_count(1, 5))
+        a.signal(signal.SIGSTOP)
+        try:
+            tb = threading.Thread(
+                target=lambda: result.setdefault("b", self.post_until_not_in_use(b, k)))
+            tb.start()
+            self.assertTrue(self.up.wait_for_count(2, 5))  # b took the key over
+        finally:
+            a.signal(signal.SIGCONT)
+        ta.join(15)
+        tb.join(15)
+        ra, rb = result.get("a"), result.get("b")
+        self.assertIsInstance(ra, Response)
+        self.assertIn(ra.status, (201, 504), ra)  # its own exchange's outcome
+        self.assertTrue(ra.body)
+        self.assertEqual(rb.status, 201, rb)
+        self.assertReplayOf(self.post(b, key=k), rb)
+        self.assertReplayOf(self.post(a, key=k), rb)
+        self.assertCount(2)
+
     def test_sigterm_finishes_in_flight_exchange_and_records_it(self):
         proxy = self.start_proxy()
         self.up.script(queue=[{"delay_ms": 700}])
@@ -155,6 +189,67 @@ class ReloadTest(ProxyTestCase):
         k = self.new_key()
         r1 = self.post(proxy, key=k)
         self.assertReplayOf(self.post(proxy, key=k), r1)
+
+
+    def test_reload_changing_an_upstream_while_a_request_is_in_flight(self):
+        """The request keeps the upstream client it started with; the old client is freed
+        only after its last exchange has been delivered."""
+        proxy = self.start_proxy()
+        self.up.script(queue=[{"status": 200, "delay_ms": 1200, "body": "slow"}])
+        result = {}
+        t = threading.Thread(
+            target=lambda: result.setdefault("r", request(proxy.port, "GET", "/v1/plain/slow")))
+        t.start()
+        self.assertTrue(self.up.wait_for_count(1, 5))
+        proxy.config["upstreams"]["backend"]["timeout"] = "1900ms"
+        proxy.config["routes"].insert(0, {"name": "v2", "path": "/v2/*", "upstream": "backend"})
+        proxy.write_config()
+        proxy.signal(signal.SIGHUP)
+        self.assertTrue(poll_until(
+            lambda: request(proxy.port, "GET", "/v2/thing").status == 200, 5))
+        t.join(10)
+        r = result.get("r")
+        self.assertIsInstance(r, Response)
+        self.assertEqual((r.status, r.body), (200, b"slow"))
+        self.assertTrue(proxy.running, proxy.stderr_tail())
+        self.assertEqual(request(proxy.port, "GET", "/v1/plain/after").status, 200)
+
+
+@requires_proxy
+class DrainTest(ProxyTestCase):
+    def test_sigterm_closes_busy_keep_alive_connections_and_exits(self):
+        """A client that keeps sending on one keep-alive connection does not hold the drain
+        open: answers during the drain carry Connection: close, and the process exits 0."""
+        proxy = self.start_proxy(server={"drain_timeout": "30s"})
+        self.up.script(default={"status": 200, "delay_ms": 50, "body": "ok"})
+        seen = {"close": False, "answers": 0, "error": None}
+        stop = threading.Event()
+
+        def client():
+            c = harness.KeepAliveClient(proxy.port, timeout=10)
+            try:
+                while not stop.is_set():
+                    r = c.request("GET", "/v1/plain/x")
+                    seen["answers"] += 1
+                    if (r.header("Connection") or "").lower() == "close":
+                        seen["close"] = True
+                        return
+            except Exception as e:  # the connection may also be closed under us
+                seen["error"] = e
+            finally:
+                c.close()
+
+        t = threading.Thread(target=client)
+        t.start()
+        self.assertTrue(self.up.wait_for_count(3, 5))
+        proxy.signal(signal.SIGTERM)
+        try:
+            rc = proxy.proc.wait(10)
+        finally:
+            stop.set()
+            t.join(10)
+        self.assertEqual(rc, 0, proxy.stderr_tail())
+        self.assertTrue(seen["close"], seen)
 
 
 @requires_proxy

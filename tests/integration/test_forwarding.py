@@ -63,6 +63,32 @@ class ForwardedRequestTest(ProxyTestCase):
         req = self.send_with_hop_by_hop("/v1/payments/charge?currency=EUR&x=%20y", key=k)
         self.assertEqual(header_values(req, "Idempotency-Key"), [k])
 
+    def test_forwarded_headers_from_a_proxy_in_front_are_extended_not_replaced(self):
+        """Behind a TLS terminator: its X-Forwarded-Proto/Host stay; X-Forwarded-For grows."""
+        r = request(self.proxy.port, "POST", "/v1/plain/x", [
+            ("Host", "internal:8080"), ("X-Forwarded-For", "203.0.113.7"),
+            ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "pay.example.com")], b"{}")
+        self.assertEqual(r.status, 201, r)
+        req = self.up.last_request()
+        self.assertEqual(header_values(req, "X-Forwarded-Proto"), ["https"])
+        self.assertEqual(header_values(req, "X-Forwarded-Host"), ["pay.example.com"])
+        self.assertEqual(header_values(req, "X-Forwarded-For"), ["203.0.113.7, 127.0.0.1"])
+
+    def test_routes_match_the_normalised_path(self):
+        """Spellings of an idempotent path that a backend would treat as the same path cannot
+        slip past its route into a pass-through one."""
+        for path in ("//v1/payments/charge", "/v1/%70ayments/charge", "/v1/plain/../payments/c",
+                     "/v1/./payments//c"):
+            r = request(self.proxy.port, "POST", path, [("Authorization", "t")], b"{}")
+            self.assertProblem(r, 400, "idempotency-key-missing")
+        self.assertCount(0)
+        # Same key, same request under another spelling: a replay, not a second charge.
+        k = self.new_key()
+        first = self.post(self.proxy, path="/v1/payments/charge", key=k)
+        again = self.post(self.proxy, path="/v1//payments/%63harge", key=k)
+        self.assertReplayOf(again, first)
+        self.assertCount(1)
+
     def test_plain_route_forwards_request_faithfully(self):
         self.send_with_hop_by_hop("/v1/plain/anything/deeper?a=1&a=2")
 
