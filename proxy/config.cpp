@@ -6,6 +6,8 @@
 // Syntaxes of single values (durations, sizes, addresses, URLs) are in config_values.cpp.
 #include "config.h"
 
+#include <unistd.h>
+
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -436,6 +438,16 @@ void Parser::parseUpstreams(const Field& f, std::map<std::string, UpstreamConfig
                   }},
                  {"max_connections",
                   [&](const Field& k) { readUnsigned(k, upstream.max_connections, 1, 65536); }},
+                 {"tls_ca_file",
+                  [&](const Field& k) {
+                    std::string path;
+                    if (!readText(k, path)) return;
+                    if (access(path.c_str(), R_OK) != 0) {
+                      error(k, "tls_ca_file '" + path + "' cannot be read");
+                      return;
+                    }
+                    upstream.tls_ca_file = path;
+                  }},
              });
     if (seen.count("url") == 0) {
       error(field.value.Mark(), field.path + ": missing required key 'url'");

@@ -48,6 +48,7 @@ struct UpstreamConfig {
   Millis connect_timeout{2'000};
   Millis timeout{30'000};
   unsigned max_connections = 64;
+  std::string tls_ca_file;  // https: CA bundle to verify the upstream with; "" = system CAs
 };
 
 enum class FingerprintPart { Method, Path, Query, Body, BodyJson };

@@ -312,7 +312,8 @@ void Worker::rebuildUpstreams() {
     if (it != upstreams_.end()) {
       const UpstreamConfig& old = it->second->config();
       if (old.url == uc.url && old.connect_timeout == uc.connect_timeout &&
-          old.timeout == uc.timeout && old.max_connections == uc.max_connections) {
+          old.timeout == uc.timeout && old.max_connections == uc.max_connections &&
+          old.tls_ca_file == uc.tls_ca_file) {
         next.emplace(name, it->second);
         continue;
       }

@@ -308,6 +308,9 @@ std::string Upstream::Impl::configure(Exchange& ex) {
     if (rc == CURLE_OK) rc = r;
   };
   set(curl_easy_setopt(e, CURLOPT_URL, ex.url.c_str()));
+  if (!config_.tls_ca_file.empty()) {
+    set(curl_easy_setopt(e, CURLOPT_CAINFO, config_.tls_ca_file.c_str()));
+  }
   set(curl_easy_setopt(e, CURLOPT_PRIVATE, &ex));
   set(curl_easy_setopt(e, CURLOPT_ERRORBUFFER, ex.error));
   set(curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L));

@@ -563,6 +563,18 @@ TEST(ConfigErrors, StoreAndLogEnums) {
                  "expected one of debug, info, warn, error, got 'trace'");
 }
 
+TEST(ConfigErrors, UpstreamTlsCaFileMustBeReadable) {
+  auto withCa = [](const std::string& path) {
+    return "upstreams:\n  api:\n    url: https://127.0.0.1\n    tls_ca_file: " + path +
+           "\nroutes:\n  - {name: a, path: /, upstream: api}\n";
+  };
+  expectOneError(withCa("/nonexistent/ca.pem"), 4, 18, "cannot be read");
+  ConfigResult ok = parse(withCa(IDEMPROXY_SOURCE_DIR "/config/idemproxy.yaml"));
+  ASSERT_TRUE(ok.ok()) << dump(ok);
+  EXPECT_EQ(ok.config->upstreams.at("api").tls_ca_file,
+            IDEMPROXY_SOURCE_DIR "/config/idemproxy.yaml");
+}
+
 TEST(ConfigErrors, UpstreamTimeoutMustBeShorterThanLease) {
   // An explicit lease: the error is at the lease and names the upstream timeout's line.
   expectOneError(R"(upstreams:
