@@ -198,12 +198,12 @@ class Daemon {
   static void onSweepTimer(evutil_socket_t, short, void* arg) {
     auto* self = static_cast<Daemon*>(arg);
     constexpr size_t kSlice = 1000;
-    auto more = self->sweep_more_;
-    self->store_->sweep(kSlice, [more](WriteResult r) {
-      more->store(r.error == StoreError::None && r.removed == kSlice);
+    event* timer = self->sweep_timer_.get();
+    self->store_->sweep(kSlice, [timer](WriteResult r) {
+      // A full slice means more expired records wait: sweep the next slice right away.
+      if (r.error == StoreError::None && r.removed == kSlice) event_active(timer, EV_TIMEOUT, 0);
     });
-    // A full slice means more expired records wait: come back soon rather than in an interval.
-    self->armSweep(more->load() ? std::chrono::milliseconds(50) : self->config_->store.sweep_interval);
+    self->armSweep(self->config_->store.sweep_interval);
   }
 
   std::string config_path_;
@@ -218,7 +218,6 @@ class Daemon {
   Notifier notifier_;
   EventPtr sweep_timer_;
   EventPtr drain_timer_;
-  std::shared_ptr<std::atomic<bool>> sweep_more_ = std::make_shared<std::atomic<bool>>(false);
   std::vector<GaugeCallbackRegistration> gauges_;
   bool draining_ = false;
   std::chrono::steady_clock::time_point drain_deadline_;

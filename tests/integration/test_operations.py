@@ -136,6 +136,22 @@ class MetricsTest(ProxyTestCase):
         self.assertEqual(value(s, "idemproxy_upstream_in_flight"), 0)
         self.assertEqual(value(s, "idemproxy_waiters"), 0)
 
+    def test_background_sweep_deletes_expired_records(self):
+        admin = free_port()
+        proxy = self.start_proxy(admin_port=admin, payments={"ttl": "1s", "lease": "900ms"},
+                                 upstream={"timeout": "500ms"}, store={"sweep_interval": "200ms"})
+        self.assertTrue(harness.wait_for_port(admin, time.monotonic() + 10))
+
+        def records():
+            _, s = parse_prometheus(request(admin, "GET", "/metrics").body.decode())
+            return value(s, "idemproxy_store_records")
+
+        for _ in range(3):
+            self.assertEqual(self.post(proxy, key=self.new_key()).status, 201)
+        self.assertEqual(records(), 3)
+        self.assertTrue(harness.poll_until(lambda: records() == 0, 10),
+                        "expired records were not swept")
+
     def test_readyz_and_healthz(self):
         admin = free_port()
         self.start_proxy(admin_port=admin)
