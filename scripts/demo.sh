@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
-cmake --build --preset release
+cmake --build --preset release --target idemproxy
 BIN=build/release/idemproxy
 rm -rf /tmp/idemproxy-demo && mkdir -p /tmp/idemproxy-demo
 
@@ -44,7 +44,7 @@ wait "${pids[@]}"
 sort /tmp/idemproxy-demo/answer-*.json | uniq -c
 say "5. The backend counted these charges (expected 2: order-1001 and order-1002)"
 curl -s http://127.0.0.1:9000/charges; echo
-say "6. Without idempotency (straight to the backend), a retry charges twice"
+say "6. Without idempotency (straight to the backend), a request and its retry charge twice: 2 -> 4"
 curl -s -X POST http://127.0.0.1:9000/v1/payments --data '{"amount": 1}' >/dev/null
 curl -s -X POST http://127.0.0.1:9000/v1/payments --data '{"amount": 1}' >/dev/null
 curl -s http://127.0.0.1:9000/charges; echo
