@@ -387,7 +387,8 @@ class Bench:
         port, admin = self.a.port_base + 1, self.a.port_base + 1101
         conf = render("idemproxy.yaml.in", os.path.join(d, "idemproxy.yaml"),
                       dict(PORT=port, ADMIN_PORT=admin, STORE=store, MAX_SIZE=max_size,
-                           DURABILITY=durability, BACKEND_PORT=self.backend.port))
+                           DURABILITY=durability, BACKEND_PORT=self.backend.port,
+                           LOG_LEVEL=self.a.log_level))
         for pp in (port, admin):
             if port_open(pp):
                 raise Fail(f"port {pp} is already in use (use --port-base)")
@@ -691,7 +692,8 @@ class Bench:
         e["fsync_p50_us"] = p50
         e["fsync (4 KiB pwrite+fdatasync)"] = f"p50 {p50:.0f} µs, p99 {p99:.0f} µs"
         e["method"] = (f"wrk -t1, {self.a.warmup} s warm-up, median of {self.a.runs} runs of "
-                       f"{self.a.duration} s; POST {len(BODY)}-byte JSON, 201 with 64-byte JSON")
+                       f"{self.a.duration} s; POST {len(BODY)}-byte JSON, 201 with 64-byte JSON; "
+                       f"idemproxy log.level {self.a.log_level}")
 
     def run(self):
         a = self.a
@@ -873,6 +875,9 @@ def parse_args():
                     help="wait up to this many seconds for other processes to go quiet (30)")
     ap.add_argument("--max-foreign", type=float, default=0.1,
                     help="CPUs of other load above which a row is flagged (0.1)")
+    ap.add_argument("--log-level", default="warn", choices=["debug", "info", "warn", "error"],
+                    help="idemproxy log.level (warn: no per-request log line, like nginx's "
+                         "access_log off; info: one JSON line per request)")
     ap.add_argument("--nice", type=int, default=None,
                     help="nice value for wrk and the servers (-20 as root, so that other work on a "
                          "shared machine disturbs less; 0 turns it off)")

@@ -36,7 +36,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 
 BIN=${IDEMPROXY_BIN:-$REPO/build/release/idemproxy}
 want_idem=1
-for arg in "$@"; do case "$arg" in --only=nginx|nginx|direct|proxy_pass|direct,proxy_pass) want_idem=0 ;; esac; done
+for arg in "$@"; do case "$arg" in --only=nginx|nginx|direct|proxy_pass|direct,proxy_pass|-h|--help) want_idem=0 ;; esac; done
 if [ $want_idem = 1 ] && [ ! -x "$BIN" ] && [ -z "${IDEMPROXY_BIN:-}" ] && [ "${BENCH_NO_BUILD:-0}" != 1 ] \
    && command -v cmake >/dev/null 2>&1; then
   echo "[bench] $BIN missing: building it (cmake --preset release)" >&2

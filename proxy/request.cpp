@@ -172,6 +172,7 @@ bool ProxyRequest::readRequest() {
   const char* contentLength = nullptr;
   bool ambiguousFraming = false;
   bool chunked = false;
+  headers_.reserve(16);
   for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
     headers_.push_back({kv->key, kv->value});
     if (iequals(kv->key, "Content-Length")) {
@@ -421,7 +422,8 @@ void ProxyRequest::forward(bool recordOutcome) {
   UpstreamRequest ur;
   ur.method = method_;
   ur.path_and_query = query_.empty() ? path_ : path_ + "?" + query_;
-  Headers endToEnd = headers_;
+  // Moved, not copied: nothing reads the request's headers or body once it is forwarded.
+  Headers endToEnd = std::move(headers_);
   removeHopByHopFields(endToEnd);
   std::string forwardedFor;
   std::string host;
@@ -443,7 +445,7 @@ void ProxyRequest::forward(bool recordOutcome) {
   if (!forwardedFor.empty()) ur.headers.push_back({"X-Forwarded-For", forwardedFor});
   if (!hasProto) ur.headers.push_back({"X-Forwarded-Proto", "http"});
   if (!hasHost && !host.empty()) ur.headers.push_back({"X-Forwarded-Host", host});
-  ur.body = body_;
+  ur.body = std::move(body_);  // the fingerprint is taken; the body is not needed again
 
   worker_.proxy().upstreamCounter().fetch_add(1, std::memory_order_relaxed);
   upstream_->send(std::move(ur), [self = shared_from_this()](UpstreamResult r) {

@@ -167,6 +167,8 @@ struct Upstream::Impl {
   void start(UpstreamRequest request, std::function<void(UpstreamResult)> done);
   // Fills the easy handle; returns why the request cannot be sent, or "" when it can.
   std::string configure(Exchange& ex);
+  // The options every exchange shares, set once when a handle is created.
+  std::string setConstantOptions(CURL* e);
   void failBeforeSend(std::unique_ptr<Exchange> ex, std::string detail);
   void recycle(CurlPtr easy);
   void socketAction(curl_socket_t fd, int flags);
@@ -250,6 +252,13 @@ void Upstream::Impl::start(UpstreamRequest request, std::function<void(UpstreamR
     idleEasy_.pop_back();
   } else {
     ex->easy.reset(curl_easy_init());
+    if (ex->easy) {
+      std::string problem = setConstantOptions(ex->easy.get());
+      if (!problem.empty()) {
+        ex->easy.reset();
+        return failBeforeSend(std::move(ex), std::move(problem));
+      }
+    }
   }
   if (!ex->easy) return failBeforeSend(std::move(ex), "curl_easy_init failed");
   std::string problem = configure(*ex);
@@ -302,6 +311,9 @@ std::string Upstream::Impl::configure(Exchange& ex) {
   if (!ok) return "out of memory";
   ex.headerList = std::move(list);
 
+  // Only what differs between exchanges: the handle is reused without curl_easy_reset (its
+  // fixed options were set once by setConstantOptions), so every per-exchange option —
+  // the method ones included — is set here each time.
   CURL* e = ex.easy.get();
   CURLcode rc = CURLE_OK;
   auto set = [&rc](CURLcode r) {
@@ -313,6 +325,35 @@ std::string Upstream::Impl::configure(Exchange& ex) {
   }
   set(curl_easy_setopt(e, CURLOPT_PRIVATE, &ex));
   set(curl_easy_setopt(e, CURLOPT_ERRORBUFFER, ex.error));
+  set(curl_easy_setopt(e, CURLOPT_HTTPHEADER, ex.headerList.get()));
+  set(curl_easy_setopt(e, CURLOPT_HEADERDATA, &ex));
+  set(curl_easy_setopt(e, CURLOPT_WRITEDATA, &ex));
+  set(curl_easy_setopt(e, CURLOPT_PREREQDATA, &ex));
+
+  const std::string& method = req.method;
+  const bool bodyMethod = method == "POST" || method == "PUT" || method == "PATCH";
+  // Back to a plain GET without a custom method, whatever the previous exchange used.
+  set(curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, static_cast<char*>(nullptr)));
+  set(curl_easy_setopt(e, CURLOPT_HTTPGET, 1L));
+  if (method == "HEAD") {
+    set(curl_easy_setopt(e, CURLOPT_NOBODY, 1L));
+  } else if (!req.body.empty() || bodyMethod) {
+    // Binary safe; an empty POST still sends "Content-Length: 0".
+    set(curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size())));
+    set(curl_easy_setopt(e, CURLOPT_POSTFIELDS, req.body.data()));
+    if (method != "POST") set(curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method.c_str()));
+  } else if (method != "GET") {
+    set(curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method.c_str()));
+  }
+  if (rc != CURLE_OK) return std::string("curl_easy_setopt: ") + curl_easy_strerror(rc);
+  return {};
+}
+
+std::string Upstream::Impl::setConstantOptions(CURL* e) {
+  CURLcode rc = CURLE_OK;
+  auto set = [&rc](CURLcode r) {
+    if (rc == CURLE_OK) rc = r;
+  };
   set(curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L));
   set(curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https"));
   set(curl_easy_setopt(e, CURLOPT_PROXY, ""));  // ignore http_proxy & co. from the environment
@@ -325,28 +366,9 @@ std::string Upstream::Impl::configure(Exchange& ex) {
                        static_cast<long>(config_.connect_timeout.count())));
   set(curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(config_.timeout.count())));
   set(curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, static_cast<long>(kMaxIdleConnectionAge.count())));
-  set(curl_easy_setopt(e, CURLOPT_HTTPHEADER, ex.headerList.get()));
   set(curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::onHeader));
-  set(curl_easy_setopt(e, CURLOPT_HEADERDATA, &ex));
   set(curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::onWrite));
-  set(curl_easy_setopt(e, CURLOPT_WRITEDATA, &ex));
   set(curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &Impl::onPrereq));
-  set(curl_easy_setopt(e, CURLOPT_PREREQDATA, &ex));
-
-  const std::string& method = req.method;
-  const bool bodyMethod = method == "POST" || method == "PUT" || method == "PATCH";
-  if (method == "HEAD") {
-    set(curl_easy_setopt(e, CURLOPT_NOBODY, 1L));
-  } else if (!req.body.empty() || bodyMethod) {
-    // Binary safe; an empty POST still sends "Content-Length: 0".
-    set(curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size())));
-    set(curl_easy_setopt(e, CURLOPT_POSTFIELDS, req.body.data()));
-    if (method != "POST") set(curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method.c_str()));
-  } else if (method == "GET") {
-    set(curl_easy_setopt(e, CURLOPT_HTTPGET, 1L));
-  } else {
-    set(curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method.c_str()));
-  }
   if (rc != CURLE_OK) return std::string("curl_easy_setopt: ") + curl_easy_strerror(rc);
   return {};
 }
@@ -364,7 +386,10 @@ void Upstream::Impl::failBeforeSend(std::unique_ptr<Exchange> ex, std::string de
 
 void Upstream::Impl::recycle(CurlPtr easy) {
   if (idleEasy_.size() >= kMaxPooledEasyHandles) return;  // `easy` is cleaned up here
-  curl_easy_reset(easy.get());
+  // No curl_easy_reset: the fixed options stay; configure() sets the rest for the next
+  // exchange. Drop the pointers into this exchange, which is about to be freed.
+  curl_easy_setopt(easy.get(), CURLOPT_HTTPHEADER, static_cast<curl_slist*>(nullptr));
+  curl_easy_setopt(easy.get(), CURLOPT_ERRORBUFFER, static_cast<char*>(nullptr));
   idleEasy_.push_back(std::move(easy));
 }
 
