@@ -234,7 +234,6 @@ void ProxyRequest::beginIdempotent() {
     return;
   }
   key_ = std::move(parsed.key);
-  key_hash_ = keyHashForLog(key_);
   id_ = recordId(route_->name, scopeValues(ic, headers_), key_);
   fingerprint_ = requestFingerprint(ic, {method_, match_path_, query_, body_});
 
@@ -634,7 +633,7 @@ void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outc
   report.outcome = outcome;
   report.duration_ms =
       std::chrono::duration<double, std::milli>(Steady::now() - started_).count();
-  report.key_hash = key_hash_;
+  report.key = key_;
   report.detail = detail;
   worker_.proxy().observer().requestDone(report);
 }

@@ -89,7 +89,6 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   bool close_connection_ = false;  // answer with Connection: close
 
   std::string key_;
-  std::string key_hash_;
   RecordId id_{};
   Fingerprint fingerprint_{};
   std::string owner_;  // our reservation token once we won

@@ -29,7 +29,9 @@ struct RequestReport {
   int status = 0;
   Outcome outcome = Outcome::Error;
   double duration_ms = 0;
-  std::string_view key_hash;  // "" when the request carried no key
+  // The raw key ("" when none): an observer that logs it must hash it (keyHashForLog), so
+  // the hash is only computed when a log line is actually written.
+  std::string_view key;
   std::string_view detail;    // short reason for errors, never a body or secret
 };
 

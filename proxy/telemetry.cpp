@@ -1,5 +1,6 @@
 #include "telemetry.h"
 
+#include "digest.h"
 #include "log.h"
 
 namespace idem {
@@ -48,7 +49,7 @@ void Telemetry::requestDone(const RequestReport& r) {
   log::Fields f{{"route", r.route},       {"method", r.method},
                 {"path", r.path},         {"status", r.status},
                 {"outcome", toString(r.outcome)}, {"duration_ms", r.duration_ms}};
-  if (!r.key_hash.empty()) f.add("key_hash", r.key_hash);
+  if (!r.key.empty()) f.add("key_hash", keyHashForLog(r.key));
   if (!r.detail.empty()) f.add("detail", r.detail);
   log::info("request", f);
 }
