@@ -18,8 +18,8 @@ bool AdminServer::start(const ListenAddress& address, std::string& error) {
   evhttp_set_allowed_methods(http_.get(), EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
   evhttp_set_default_content_type(http_.get(), nullptr);
   evhttp_set_gencb(http_.get(), &AdminServer::onRequest, this);
-  evconnlistener* listener = evconnlistener_new(base_, nullptr, nullptr,
-                                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 0, fd);
+  evconnlistener* listener =
+      evconnlistener_new(base_, nullptr, nullptr, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 0, fd);
   if (listener == nullptr || evhttp_bind_listener(http_.get(), listener) == nullptr) {
     error = "cannot attach the admin listener";
     return false;
@@ -52,8 +52,10 @@ void AdminServer::onRequest(evhttp_request* req, void* arg) {
     evhttp_add_header(out, "Content-Type", "text/plain");
     evbuffer_add_printf(body, "not found\n");
   }
-  evhttp_send_reply(req, status, status == 200 ? "OK" : status == 503 ? "Service Unavailable"
-                                                                     : "Not Found",
+  evhttp_send_reply(req, status,
+                    status == 200   ? "OK"
+                    : status == 503 ? "Service Unavailable"
+                                    : "Not Found",
                     nullptr);
 }
 

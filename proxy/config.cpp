@@ -7,7 +7,6 @@
 #include "config.h"
 
 #include <unistd.h>
-
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>

@@ -22,7 +22,7 @@ struct ListenAddress {
 
 struct ServerConfig {
   ListenAddress listen{"127.0.0.1", 8080, "127.0.0.1:8080"};
-  unsigned workers = 0;                   // 0 = one per CPU
+  unsigned workers = 0;                    // 0 = one per CPU
   uint64_t max_request_body = 1ull << 20;  // 1MiB
   Millis client_timeout{30'000};
   Millis drain_timeout{30'000};  // SIGTERM: how long in-flight exchanges may take to finish
@@ -113,7 +113,7 @@ struct ConfigError {
 };
 
 struct ConfigResult {
-  ConfigPtr config;                  // set when errors is empty
+  ConfigPtr config;                 // set when errors is empty
   std::vector<ConfigError> errors;  // every problem found, in file order
   bool ok() const { return errors.empty() && config != nullptr; }
 };

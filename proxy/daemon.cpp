@@ -67,11 +67,11 @@ class Daemon {
                            metric::commitLatencyBuckets());
     Histogram& commitBatch = metrics_.histogram(
         metric::kStoreCommitBatch, metric::kStoreCommitBatchHelp, metric::batchSizeBuckets());
-    store_->setCommitObserver([&commitLatency, &commitBatch](std::chrono::microseconds d,
-                                                             size_t ops) {
-      commitLatency.observe(static_cast<double>(d.count()) / 1e6);
-      commitBatch.observe(static_cast<double>(ops));
-    });
+    store_->setCommitObserver(
+        [&commitLatency, &commitBatch](std::chrono::microseconds d, size_t ops) {
+          commitLatency.observe(static_cast<double>(d.count()) / 1e6);
+          commitBatch.observe(static_cast<double>(ops));
+        });
     telemetry_.install(*config_);
 
     proxy_ = std::make_unique<Proxy>(config_, *store_, telemetry_);
@@ -79,14 +79,12 @@ class Daemon {
       log::error("listen-failed", {{"listen", config_->server.listen.text}, {"error", error}});
       return kExitFailure;
     }
-    gauges_.push_back(metrics_.gaugeCallback(metric::kRecordsHeld, metric::kRecordsHeldHelp, {},
-                                             [this] {
-                                               return static_cast<double>(
-                                                   store_->stats().records);
-                                             }));
-    gauges_.push_back(metrics_.gaugeCallback(
-        metric::kStoreBytes, metric::kStoreBytesHelp, {},
-        [this] { return static_cast<double>(store_->stats().bytes_used); }));
+    gauges_.push_back(
+        metrics_.gaugeCallback(metric::kRecordsHeld, metric::kRecordsHeldHelp, {},
+                               [this] { return static_cast<double>(store_->stats().records); }));
+    gauges_.push_back(
+        metrics_.gaugeCallback(metric::kStoreBytes, metric::kStoreBytesHelp, {},
+                               [this] { return static_cast<double>(store_->stats().bytes_used); }));
     gauges_.push_back(metrics_.gaugeCallback(
         "idemproxy_upstream_in_flight", "Exchanges with an upstream in progress.", {},
         [this] { return static_cast<double>(proxy_->upstreamInFlight()); }));
@@ -99,8 +97,7 @@ class Daemon {
 
     base_.reset(event_base_new());
     if (config_->admin) {
-      admin_ = std::make_unique<AdminServer>(base_.get(), metrics_,
-                                             [this] { return !draining_; });
+      admin_ = std::make_unique<AdminServer>(base_.get(), metrics_, [this] { return !draining_; });
       if (!admin_->start(config_->admin->listen, error)) {
         log::error("admin-listen-failed",
                    {{"listen", config_->admin->listen.text}, {"error", error}});

@@ -46,14 +46,21 @@ ProblemInfo info(Problem p) {
 
 }  // namespace
 
-int problemStatus(Problem p) { return info(p).status; }
-const char* problemSlug(Problem p) { return info(p).slug; }
-const char* problemTitle(Problem p) { return info(p).title; }
+int problemStatus(Problem p) {
+  return info(p).status;
+}
+const char* problemSlug(Problem p) {
+  return info(p).slug;
+}
+const char* problemTitle(Problem p) {
+  return info(p).title;
+}
 
 HttpAnswer problemAnswer(Problem p, std::string_view detail) {
   const ProblemInfo i = info(p);
   CJsonPtr obj(cJSON_CreateObject());
-  cJSON_AddStringToObject(obj.get(), "type", (std::string("urn:idemproxy:problem:") + i.slug).c_str());
+  cJSON_AddStringToObject(obj.get(), "type",
+                          (std::string("urn:idemproxy:problem:") + i.slug).c_str());
   cJSON_AddStringToObject(obj.get(), "title", i.title);
   cJSON_AddNumberToObject(obj.get(), "status", i.status);
   cJSON_AddStringToObject(obj.get(), "detail", std::string(detail).c_str());

@@ -13,13 +13,20 @@ namespace idem {
 
 const char* toString(RequestState s) {
   switch (s) {
-    case RequestState::Received: return "received";
-    case RequestState::Reserving: return "reserving";
-    case RequestState::Waiting: return "waiting";
-    case RequestState::Forwarding: return "forwarding";
-    case RequestState::Recording: return "recording";
-    case RequestState::Releasing: return "releasing";
-    case RequestState::Responded: return "responded";
+    case RequestState::Received:
+      return "received";
+    case RequestState::Reserving:
+      return "reserving";
+    case RequestState::Waiting:
+      return "waiting";
+    case RequestState::Forwarding:
+      return "forwarding";
+    case RequestState::Recording:
+      return "recording";
+    case RequestState::Releasing:
+      return "releasing";
+    case RequestState::Responded:
+      return "responded";
   }
   return "?";
 }
@@ -30,42 +37,72 @@ using Steady = std::chrono::steady_clock;
 
 const char* methodName(evhttp_cmd_type cmd) {
   switch (cmd) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
+    case EVHTTP_REQ_GET:
+      return "GET";
+    case EVHTTP_REQ_POST:
+      return "POST";
+    case EVHTTP_REQ_HEAD:
+      return "HEAD";
+    case EVHTTP_REQ_PUT:
+      return "PUT";
+    case EVHTTP_REQ_DELETE:
+      return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+      return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+      return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+      return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+      return "PATCH";
   }
   return "GET";
 }
 
 const char* reasonPhrase(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 402: return "Payment Required";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Status";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 304:
+      return "Not Modified";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 402:
+      return "Payment Required";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 409:
+      return "Conflict";
+    case 413:
+      return "Content Too Large";
+    case 422:
+      return "Unprocessable Content";
+    case 429:
+      return "Too Many Requests";
+    case 500:
+      return "Internal Server Error";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "Status";
   }
 }
 
@@ -193,10 +230,10 @@ bool ProxyRequest::readRequest() {
   evbuffer* body = evhttp_request_get_input_buffer(req_);
   const size_t n = evbuffer_get_length(body);
   if (n > config_->server.max_request_body) {
-    respondProblem(Problem::RequestTooLarge,
-                   "the body is larger than " + std::to_string(config_->server.max_request_body) +
-                       " bytes",
-                   Outcome::Invalid);
+    respondProblem(
+        Problem::RequestTooLarge,
+        "the body is larger than " + std::to_string(config_->server.max_request_body) + " bytes",
+        Outcome::Invalid);
     return false;
   }
   body_.resize(n);
@@ -211,7 +248,9 @@ bool ProxyRequest::readRequest() {
   return true;
 }
 
-void ProxyRequest::passThrough() { forward(false); }
+void ProxyRequest::passThrough() {
+  forward();
+}  // own_reservation_ stays false
 
 void ProxyRequest::beginIdempotent() {
   const IdempotencyConfig& ic = *route_->idempotency;
@@ -266,9 +305,10 @@ void ProxyRequest::reserve() {
   rr.ttl_ms = ic.ttl.count();
   rr.lease_ms = ic.lease.count();
   rr.retry_abandoned = ic.abandoned == AbandonedMode::Retry;
-  rr.abandoned_answer = problemAnswer(
-      Problem::OutcomeUnknown, "the proxy that forwarded the original request stopped before "
-                               "recording its outcome; the request is not sent again");
+  rr.abandoned_answer =
+      problemAnswer(Problem::OutcomeUnknown,
+                    "the proxy that forwarded the original request stopped before "
+                    "recording its outcome; the request is not sent again");
   Worker* w = &worker_;
   WaiterRegistry* waiters = &worker_.proxy().waiters();
   worker_.proxy().store().reserve(
@@ -293,7 +333,7 @@ void ProxyRequest::onReserved(ReserveResult r) {
   switch (r.status) {
     case ReserveStatus::Won:
       own_reservation_ = true;
-      forward(true);
+      forward();
       return;
     case ReserveStatus::Completed:
       replay(r.record);
@@ -415,9 +455,8 @@ void ProxyRequest::onWaitTimeout() {
 
 // ---- Forwarding ----
 
-void ProxyRequest::forward(bool recordOutcome) {
+void ProxyRequest::forward() {
   setState(RequestState::Forwarding);
-  (void)recordOutcome;
   UpstreamRequest ur;
   ur.method = method_;
   ur.path_and_query = query_.empty() ? path_ : path_ + "?" + query_;
@@ -468,8 +507,7 @@ HttpAnswer ProxyRequest::forRecording(const HttpAnswer& a) const {
 void ProxyRequest::onUpstream(UpstreamResult r) {
   Proxy& proxy = worker_.proxy();
   proxy.upstreamCounter().fetch_sub(1, std::memory_order_relaxed);
-  proxy.observer().upstreamDone(route_->upstream, r.latency,
-                                r.failure != UpstreamFailure::None);
+  proxy.observer().upstreamDone(route_->upstream, r.latency, r.failure != UpstreamFailure::None);
   if (!own_reservation_) {  // pass-through
     switch (r.failure) {
       case UpstreamFailure::None:
@@ -631,8 +669,7 @@ void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outc
   report.path = path_;
   report.status = answer.status;
   report.outcome = outcome;
-  report.duration_ms =
-      std::chrono::duration<double, std::milli>(Steady::now() - started_).count();
+  report.duration_ms = std::chrono::duration<double, std::milli>(Steady::now() - started_).count();
   report.key = key_;
   report.detail = detail;
   worker_.proxy().observer().requestDone(report);

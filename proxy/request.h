@@ -54,15 +54,16 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   void onReserved(ReserveResult result);
   void waitForOwner(const Record& inFlight);
   void onWaitWake();
+
  public:
   void onWaitTimerFired();
 
  private:
   void onWaitTimeout();
-  void forward(bool recordOutcome);
+  // Sends the request upstream; the outcome is recorded when this request owns a reservation.
+  void forward();
   void onUpstream(UpstreamResult result);
-  void recordOutcome(HttpAnswer clientAnswer, HttpAnswer recorded, uint32_t flags,
-                     Outcome outcome);
+  void recordOutcome(HttpAnswer clientAnswer, HttpAnswer recorded, uint32_t flags, Outcome outcome);
   void release(HttpAnswer clientAnswer, Outcome outcome, std::string_view detail);
   void ownerDone();
 

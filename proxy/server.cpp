@@ -10,8 +10,8 @@
 
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <fstream>
+#include <random>
 
 #include "request.h"
 #include "worker.h"
@@ -20,14 +20,22 @@ namespace idem {
 
 const char* toString(Outcome o) {
   switch (o) {
-    case Outcome::Forwarded: return "forwarded";
-    case Outcome::Replayed: return "replayed";
-    case Outcome::Conflict: return "conflict";
-    case Outcome::Mismatch: return "mismatch";
-    case Outcome::Invalid: return "invalid";
-    case Outcome::Passthrough: return "passthrough";
-    case Outcome::Released: return "released";
-    case Outcome::Error: return "error";
+    case Outcome::Forwarded:
+      return "forwarded";
+    case Outcome::Replayed:
+      return "replayed";
+    case Outcome::Conflict:
+      return "conflict";
+    case Outcome::Mismatch:
+      return "mismatch";
+    case Outcome::Invalid:
+      return "invalid";
+    case Outcome::Passthrough:
+      return "passthrough";
+    case Outcome::Released:
+      return "released";
+    case Outcome::Error:
+      return "error";
   }
   return "error";
 }
@@ -118,7 +126,7 @@ bool Proxy::start(std::string& error) {
   unsigned n = cfg->server.workers;
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) {
-    auto w = std::make_unique<Worker>(*this, i, n, cfg);
+    auto w = std::make_unique<Worker>(*this, n, cfg);
     if (!w->init(listen_fd_, error)) return false;
     workers_.push_back(std::move(w));
   }
@@ -176,8 +184,8 @@ bool Proxy::ownsToken(std::string_view owner) const {
 
 // ---- Worker ----
 
-Worker::Worker(Proxy& proxy, unsigned index, unsigned workerCount, ConfigPtr config)
-    : proxy_(proxy), index_(index), worker_count_(workerCount), config_(std::move(config)) {}
+Worker::Worker(Proxy& proxy, unsigned workerCount, ConfigPtr config)
+    : proxy_(proxy), worker_count_(workerCount), config_(std::move(config)) {}
 
 Worker::~Worker() {
   join();

@@ -19,7 +19,16 @@
 namespace idem {
 
 // What happened to a request, for metrics (SPEC §7 outcome label).
-enum class Outcome { Forwarded, Replayed, Conflict, Mismatch, Invalid, Passthrough, Released, Error };
+enum class Outcome {
+  Forwarded,
+  Replayed,
+  Conflict,
+  Mismatch,
+  Invalid,
+  Passthrough,
+  Released,
+  Error
+};
 const char* toString(Outcome o);
 
 struct RequestReport {
@@ -32,7 +41,7 @@ struct RequestReport {
   // The raw key ("" when none): an observer that logs it must hash it (keyHashForLog), so
   // the hash is only computed when a log line is actually written.
   std::string_view key;
-  std::string_view detail;    // short reason for errors, never a body or secret
+  std::string_view detail;  // short reason for errors, never a body or secret
 };
 
 // Telemetry seam: the server reports, the wiring (metrics, logs) listens. Called on worker

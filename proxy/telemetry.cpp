@@ -6,9 +6,9 @@
 namespace idem {
 
 namespace {
-constexpr Outcome kAllOutcomes[] = {Outcome::Forwarded,   Outcome::Replayed, Outcome::Conflict,
-                                    Outcome::Mismatch,    Outcome::Invalid,  Outcome::Passthrough,
-                                    Outcome::Released,    Outcome::Error};
+constexpr Outcome kAllOutcomes[] = {Outcome::Forwarded, Outcome::Replayed, Outcome::Conflict,
+                                    Outcome::Mismatch,  Outcome::Invalid,  Outcome::Passthrough,
+                                    Outcome::Released,  Outcome::Error};
 }
 
 Telemetry::Telemetry(MetricsRegistry& metrics) : metrics_(metrics) {
@@ -18,9 +18,9 @@ Telemetry::Telemetry(MetricsRegistry& metrics) : metrics_(metrics) {
 std::array<Counter*, Telemetry::kOutcomes> Telemetry::routeCounters(const std::string& route) {
   std::array<Counter*, kOutcomes> out{};
   for (Outcome o : kAllOutcomes) {
-    out[static_cast<size_t>(o)] = &metrics_.counter(metric::kRequestsTotal,
-                                                    metric::kRequestsTotalHelp,
-                                                    {{"route", route}, {"outcome", toString(o)}});
+    out[static_cast<size_t>(o)] =
+        &metrics_.counter(metric::kRequestsTotal, metric::kRequestsTotalHelp,
+                          {{"route", route}, {"outcome", toString(o)}});
   }
   return out;
 }
@@ -46,9 +46,12 @@ void Telemetry::requestDone(const RequestReport& r) {
   auto it = t->requests.find(r.route);
   if (it != t->requests.end()) it->second[static_cast<size_t>(r.outcome)]->inc();
   if (!log::enabled(LogLevel::Info)) return;
-  log::Fields f{{"route", r.route},       {"method", r.method},
-                {"path", r.path},         {"status", r.status},
-                {"outcome", toString(r.outcome)}, {"duration_ms", r.duration_ms}};
+  log::Fields f{{"route", r.route},
+                {"method", r.method},
+                {"path", r.path},
+                {"status", r.status},
+                {"outcome", toString(r.outcome)},
+                {"duration_ms", r.duration_ms}};
   if (!r.key.empty()) f.add("key_hash", keyHashForLog(r.key));
   if (!r.detail.empty()) f.add("detail", r.detail);
   log::info("request", f);

@@ -22,7 +22,7 @@ class Proxy;
 
 class Worker {
  public:
-  Worker(Proxy& proxy, unsigned index, unsigned workerCount, ConfigPtr config);
+  Worker(Proxy& proxy, unsigned workerCount, ConfigPtr config);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -56,7 +56,6 @@ class Worker {
   void rebuildUpstreams();
 
   Proxy& proxy_;
-  unsigned index_;
   unsigned worker_count_;
   ConfigPtr config_;
   EventBasePtr base_;

@@ -15,10 +15,9 @@ struct LmdbOptions {
   uint64_t max_size = 1ull << 30;  // map size limit
   Durability durability = Durability::Full;
   std::chrono::milliseconds relaxed_sync_interval{1000};  // relaxed: how often to fsync
-  size_t max_batch = 256;          // operations committed together at most
-  bool read_only = false;          // for `keys list/show` (writes then fail with Io)
+  size_t max_batch = 256;                                 // operations committed together at most
+  bool read_only = false;  // for `keys list/show` (writes then fail with Io)
 };
-
 
 class LmdbStore;
 // Opens (creating if needed) the environment. On failure returns nullptr and sets `error`.

@@ -2,13 +2,15 @@
 
 #include <gtest/gtest.h>
 
-#include "problem.h"
 #include "c_handles.h"
+#include "problem.h"
 
 namespace idem {
 namespace {
 
-ParsedKey parse1(std::string_view v) { return parseIdempotencyKey({v}); }
+ParsedKey parse1(std::string_view v) {
+  return parseIdempotencyKey({v});
+}
 
 TEST(KeyParsing, MissingWhenAbsent) {
   EXPECT_EQ(parseIdempotencyKey({}).status, KeyStatus::Missing);
@@ -75,7 +77,8 @@ TEST(Fingerprint, BodyJsonIgnoresKeyOrderAndWhitespace) {
   IdempotencyConfig ic;
   ic.fingerprint = {FingerprintPart::Method, FingerprintPart::BodyJson};
   auto a = requestFingerprint(ic, {"POST", "/", "", R"({"b":1,"a":{"y":[1,2],"x":null}})"});
-  auto b = requestFingerprint(ic, {"POST", "/", "", "{ \"a\" : {\"x\":null, \"y\":[1, 2]},\n\"b\":1 }"});
+  auto b =
+      requestFingerprint(ic, {"POST", "/", "", "{ \"a\" : {\"x\":null, \"y\":[1, 2]},\n\"b\":1 }"});
   EXPECT_EQ(a, b);
   EXPECT_NE(a, requestFingerprint(ic, {"POST", "/", "", R"({"b":2,"a":{"y":[1,2],"x":null}})"}));
   EXPECT_NE(a, requestFingerprint(ic, {"POST", "/", "", R"({"b":1,"a":{"y":[2,1],"x":null}})"}));
