@@ -7,6 +7,8 @@
 //                       `finished_` queue and activate the delivery event.
 //   onDeliver         → runs the `done` callbacks from the top of the event loop, never inside
 //                       a curl call, so a callback may send() again or destroy the Upstream.
+// http:// upstreams whose host is an IP literal use the built-in HTTP/1.1 client instead
+// (upstream_http1.cpp); Upstream picks the backend in its constructor.
 #include "upstream.h"
 
 #include <curl/curl.h>
@@ -22,13 +24,10 @@
 #include <vector>
 
 #include "c_handles.h"
+#include "upstream_backend.h"
 
 namespace idem {
-namespace {
-
-using SteadyClock = std::chrono::steady_clock;
-
-constexpr size_t kMaxPooledEasyHandles = 64;
+namespace upstream_detail {
 
 std::string_view trimOws(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
@@ -36,11 +35,15 @@ std::string_view trimOws(std::string_view s) {
   return s;
 }
 
+namespace {
+
 // RFC 9110 tchar.
 bool isTokenChar(char c) {
   if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
   return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != '\0';
 }
+
+}  // namespace
 
 bool isToken(std::string_view s) {
   if (s.empty()) return false;
@@ -50,7 +53,6 @@ bool isToken(std::string_view s) {
   return true;
 }
 
-// A value that cannot smuggle a line break into the request head (curl_slist is a C string).
 bool isSafeFieldValue(std::string_view v) {
   return v.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
 }
@@ -62,7 +64,6 @@ bool hasHeader(const Headers& headers, std::string_view name) {
   return false;
 }
 
-// Parses "HTTP/1.1 200 Reason" → 200, or 0 when malformed.
 int parseStatusLine(std::string_view line) {
   size_t sp = line.find(' ');
   if (sp == std::string_view::npos || line.size() < sp + 4) return 0;
@@ -75,7 +76,6 @@ int parseStatusLine(std::string_view line) {
   return status;
 }
 
-// The upstream URL without trailing slashes, so "/prefix/" + "/v1" does not double the slash.
 std::string baseUrlOf(const std::string& url) {
   std::string base = url;
   size_t scheme = base.find("://");
@@ -83,6 +83,14 @@ std::string baseUrlOf(const std::string& url) {
   while (base.size() > minSize && base.back() == '/') base.pop_back();
   return base;
 }
+
+}  // namespace upstream_detail
+
+using namespace upstream_detail;
+
+namespace {
+
+constexpr size_t kMaxPooledEasyHandles = 64;
 
 }  // namespace
 
@@ -132,10 +140,47 @@ void upstreamGlobalInit() {
   });
 }
 
-struct Upstream::Impl {
+Upstream::Impl::Impl(event_base* base, const UpstreamConfig& config)
+    : base_(base), config_(config) {
+  deliver_.reset(event_new(base_, -1, 0, &Impl::onDeliver, this));
+  if (!deliver_) throw std::runtime_error("upstream: out of memory");
+}
+
+Upstream::Impl::~Impl() {
+  alive_.reset();
+  finished_.clear();
+  deliver_.reset();
+}
+
+void Upstream::Impl::scheduleDelivery() {
+  event_active(deliver_.get(), EV_TIMEOUT, 0);
+}
+
+void Upstream::Impl::onDeliver(evutil_socket_t, short, void* arg) noexcept {
+  auto* self = static_cast<Impl*>(arg);
+  std::weak_ptr<bool> alive = self->alive_;
+  // Only what is queued now: a callback that keeps failing new sends cannot starve the loop.
+  size_t n = self->finished_.size();
+  for (size_t i = 0; i < n; ++i) {
+    {
+      Finished f = std::move(self->finished_.front());
+      self->finished_.pop_front();
+      f.done(std::move(f.result));
+      // `f` dies here: its callback may hold the last reference to this Upstream (a request
+      // that outlived a reload), so nothing of `self` is touched before `alive` is checked.
+    }
+    if (alive.expired()) return;  // the callback (or its destruction) destroyed the Upstream
+  }
+  if (!self->finished_.empty()) self->scheduleDelivery();
+}
+
+namespace {
+
+class CurlBackend final : public Upstream::Impl {
+ public:
   // One forwarded request. Lives in `active_` (keyed by its easy handle) while curl owns it.
   struct Exchange {
-    Impl* owner = nullptr;
+    CurlBackend* owner = nullptr;
     CurlPtr easy;
     CurlSlistPtr headerList;
     UpstreamRequest request;  // owns the body curl sends from (CURLOPT_POSTFIELDS: no copy)
@@ -151,20 +196,17 @@ struct Upstream::Impl {
 
   // One socket curl asked us to watch.
   struct SocketWatch {
-    Impl* owner = nullptr;
+    CurlBackend* owner = nullptr;
     curl_socket_t fd = CURL_SOCKET_BAD;
     EventPtr ev;
   };
 
-  struct Finished {
-    std::function<void(UpstreamResult)> done;
-    UpstreamResult result;
-  };
+  CurlBackend(event_base* base, const UpstreamConfig& config, unsigned connectionLimit);
+  ~CurlBackend() override;
 
-  Impl(event_base* base, const UpstreamConfig& config, unsigned connectionLimit);
-  ~Impl();
-
-  void start(UpstreamRequest request, std::function<void(UpstreamResult)> done);
+  void start(UpstreamRequest request, std::function<void(UpstreamResult)> done) override;
+  size_t active() const override { return active_.size(); }
+  const char* name() const override { return "curl"; }
   // Fills the easy handle; returns why the request cannot be sent, or "" when it can.
   std::string configure(Exchange& ex);
   // The options every exchange shares, set once when a handle is created.
@@ -174,7 +216,6 @@ struct Upstream::Impl {
   void socketAction(curl_socket_t fd, int flags);
   void collectFinished();
   UpstreamResult complete(Exchange& ex, CURLcode code);
-  void scheduleDelivery();
 
   static int onSocket(CURL* easy, curl_socket_t fd, int what, void* userp, void* socketp);
   static int onTimer(CURLM* multi, long timeoutMs, void* userp);
@@ -182,40 +223,32 @@ struct Upstream::Impl {
   // libevent; it terminates instead, like any other broken invariant.
   static void onEvent(evutil_socket_t fd, short what, void* arg) noexcept;
   static void onTimeout(evutil_socket_t fd, short what, void* arg) noexcept;
-  static void onDeliver(evutil_socket_t fd, short what, void* arg) noexcept;
   static size_t onHeader(char* data, size_t size, size_t count, void* userp);
   static size_t onWrite(char* data, size_t size, size_t count, void* userp);
   static int onPrereq(void* userp, char* primaryIp, char* localIp, int primaryPort, int localPort);
 
-  event_base* base_;
-  UpstreamConfig config_;
   std::string baseUrl_;
   CurlMultiPtr multi_;
   EventPtr timer_;
-  EventPtr deliver_;
   std::unordered_map<curl_socket_t, std::unique_ptr<SocketWatch>> sockets_;
   std::unordered_map<CURL*, std::unique_ptr<Exchange>> active_;
   std::vector<CurlPtr> idleEasy_;
-  std::deque<Finished> finished_;
-  // Expires when the Impl dies, so onDeliver notices a callback that destroyed the Upstream.
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
-Upstream::Impl::Impl(event_base* base, const UpstreamConfig& config, unsigned connectionLimit)
-    : base_(base), config_(config), baseUrl_(baseUrlOf(config.url)) {
+CurlBackend::CurlBackend(event_base* base, const UpstreamConfig& config, unsigned connectionLimit)
+    : Impl(base, config), baseUrl_(baseUrlOf(config.url)) {
   const long limit = connectionLimit == 0 ? 1L : static_cast<long>(connectionLimit);
   multi_.reset(curl_multi_init());
-  timer_.reset(evtimer_new(base_, &Impl::onTimeout, this));
-  deliver_.reset(event_new(base_, -1, 0, &Impl::onDeliver, this));
-  if (!multi_ || !timer_ || !deliver_) throw std::runtime_error("upstream: out of memory");
+  timer_.reset(evtimer_new(base_, &CurlBackend::onTimeout, this));
+  if (!multi_ || !timer_) throw std::runtime_error("upstream: out of memory");
   CURLM* m = multi_.get();
   CURLMcode rc = CURLM_OK;
   auto set = [&rc](CURLMcode r) {
     if (rc == CURLM_OK) rc = r;
   };
-  set(curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, &Impl::onSocket));
+  set(curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, &CurlBackend::onSocket));
   set(curl_multi_setopt(m, CURLMOPT_SOCKETDATA, this));
-  set(curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, &Impl::onTimer));
+  set(curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, &CurlBackend::onTimer));
   set(curl_multi_setopt(m, CURLMOPT_TIMERDATA, this));
   // Beyond the limit, curl queues transfers until a connection frees up.
   set(curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, limit));
@@ -227,7 +260,7 @@ Upstream::Impl::Impl(event_base* base, const UpstreamConfig& config, unsigned co
   }
 }
 
-Upstream::Impl::~Impl() {
+CurlBackend::~CurlBackend() {
   alive_.reset();
   // Abandon in-flight exchanges without calling their callbacks. Removing a handle may make
   // curl call onSocket/onTimer; the maps and events are still alive here.
@@ -241,7 +274,7 @@ Upstream::Impl::~Impl() {
   deliver_.reset();
 }
 
-void Upstream::Impl::start(UpstreamRequest request, std::function<void(UpstreamResult)> done) {
+void CurlBackend::start(UpstreamRequest request, std::function<void(UpstreamResult)> done) {
   auto ex = std::make_unique<Exchange>();
   ex->owner = this;
   ex->started = SteadyClock::now();
@@ -269,7 +302,7 @@ void Upstream::Impl::start(UpstreamRequest request, std::function<void(UpstreamR
   active_.emplace(easy, std::move(ex));
 }
 
-std::string Upstream::Impl::configure(Exchange& ex) {
+std::string CurlBackend::configure(Exchange& ex) {
   const UpstreamRequest& req = ex.request;
   if (!isToken(req.method)) return "invalid request method";
   for (const Header& h : req.headers) {
@@ -349,7 +382,7 @@ std::string Upstream::Impl::configure(Exchange& ex) {
   return {};
 }
 
-std::string Upstream::Impl::setConstantOptions(CURL* e) {
+std::string CurlBackend::setConstantOptions(CURL* e) {
   CURLcode rc = CURLE_OK;
   auto set = [&rc](CURLcode r) {
     if (rc == CURLE_OK) rc = r;
@@ -366,14 +399,14 @@ std::string Upstream::Impl::setConstantOptions(CURL* e) {
                        static_cast<long>(config_.connect_timeout.count())));
   set(curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(config_.timeout.count())));
   set(curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, static_cast<long>(kMaxIdleConnectionAge.count())));
-  set(curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::onHeader));
-  set(curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::onWrite));
-  set(curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &Impl::onPrereq));
+  set(curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlBackend::onHeader));
+  set(curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &CurlBackend::onWrite));
+  set(curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &CurlBackend::onPrereq));
   if (rc != CURLE_OK) return std::string("curl_easy_setopt: ") + curl_easy_strerror(rc);
   return {};
 }
 
-void Upstream::Impl::failBeforeSend(std::unique_ptr<Exchange> ex, std::string detail) {
+void CurlBackend::failBeforeSend(std::unique_ptr<Exchange> ex, std::string detail) {
   UpstreamResult result;
   result.failure = UpstreamFailure::BeforeSend;
   result.detail = std::move(detail);
@@ -384,7 +417,7 @@ void Upstream::Impl::failBeforeSend(std::unique_ptr<Exchange> ex, std::string de
   scheduleDelivery();
 }
 
-void Upstream::Impl::recycle(CurlPtr easy) {
+void CurlBackend::recycle(CurlPtr easy) {
   if (idleEasy_.size() >= kMaxPooledEasyHandles) return;  // `easy` is cleaned up here
   // No curl_easy_reset: the fixed options stay; configure() sets the rest for the next
   // exchange. Drop the pointers into this exchange, which is about to be freed.
@@ -393,13 +426,13 @@ void Upstream::Impl::recycle(CurlPtr easy) {
   idleEasy_.push_back(std::move(easy));
 }
 
-void Upstream::Impl::socketAction(curl_socket_t fd, int flags) {
+void CurlBackend::socketAction(curl_socket_t fd, int flags) {
   int running = 0;
   curl_multi_socket_action(multi_.get(), fd, flags, &running);
   collectFinished();
 }
 
-void Upstream::Impl::collectFinished() {
+void CurlBackend::collectFinished() {
   int left = 0;
   while (CURLMsg* msg = curl_multi_info_read(multi_.get(), &left)) {
     if (msg->msg != CURLMSG_DONE) continue;
@@ -417,7 +450,7 @@ void Upstream::Impl::collectFinished() {
   if (!finished_.empty()) scheduleDelivery();
 }
 
-UpstreamResult Upstream::Impl::complete(Exchange& ex, CURLcode code) {
+UpstreamResult CurlBackend::complete(Exchange& ex, CURLcode code) {
   UpstreamResult result;
   result.latency =
       std::chrono::duration_cast<std::chrono::microseconds>(SteadyClock::now() - ex.started);
@@ -459,12 +492,8 @@ UpstreamResult Upstream::Impl::complete(Exchange& ex, CURLcode code) {
   return result;
 }
 
-void Upstream::Impl::scheduleDelivery() {
-  event_active(deliver_.get(), EV_TIMEOUT, 0);
-}
-
-int Upstream::Impl::onSocket(CURL*, curl_socket_t fd, int what, void* userp, void* socketp) {
-  auto* self = static_cast<Impl*>(userp);
+int CurlBackend::onSocket(CURL*, curl_socket_t fd, int what, void* userp, void* socketp) {
+  auto* self = static_cast<CurlBackend*>(userp);
   auto* watch = static_cast<SocketWatch*>(socketp);
   if (what == CURL_POLL_REMOVE) {
     self->sockets_.erase(fd);  // event_free deletes the event, even from its own callback
@@ -485,13 +514,13 @@ int Upstream::Impl::onSocket(CURL*, curl_socket_t fd, int what, void* userp, voi
   short kind = EV_PERSIST;
   if (what & CURL_POLL_IN) kind |= EV_READ;
   if (what & CURL_POLL_OUT) kind |= EV_WRITE;
-  watch->ev.reset(event_new(self->base_, fd, kind, &Impl::onEvent, watch));
+  watch->ev.reset(event_new(self->base_, fd, kind, &CurlBackend::onEvent, watch));
   if (!watch->ev || event_add(watch->ev.get(), nullptr) != 0) return -1;
   return 0;
 }
 
-int Upstream::Impl::onTimer(CURLM*, long timeoutMs, void* userp) {
-  auto* self = static_cast<Impl*>(userp);
+int CurlBackend::onTimer(CURLM*, long timeoutMs, void* userp) {
+  auto* self = static_cast<CurlBackend*>(userp);
   if (timeoutMs < 0) {
     evtimer_del(self->timer_.get());
     return 0;
@@ -502,37 +531,19 @@ int Upstream::Impl::onTimer(CURLM*, long timeoutMs, void* userp) {
   return evtimer_add(self->timer_.get(), &tv) == 0 ? 0 : -1;
 }
 
-void Upstream::Impl::onEvent(evutil_socket_t fd, short what, void* arg) noexcept {
-  Impl* self = static_cast<SocketWatch*>(arg)->owner;  // the watch may die in socketAction
+void CurlBackend::onEvent(evutil_socket_t fd, short what, void* arg) noexcept {
+  CurlBackend* self = static_cast<SocketWatch*>(arg)->owner;  // the watch may die in socketAction
   int flags = 0;
   if (what & EV_READ) flags |= CURL_CSELECT_IN;
   if (what & EV_WRITE) flags |= CURL_CSELECT_OUT;
   self->socketAction(fd, flags);
 }
 
-void Upstream::Impl::onTimeout(evutil_socket_t, short, void* arg) noexcept {
-  static_cast<Impl*>(arg)->socketAction(CURL_SOCKET_TIMEOUT, 0);
+void CurlBackend::onTimeout(evutil_socket_t, short, void* arg) noexcept {
+  static_cast<CurlBackend*>(arg)->socketAction(CURL_SOCKET_TIMEOUT, 0);
 }
 
-void Upstream::Impl::onDeliver(evutil_socket_t, short, void* arg) noexcept {
-  auto* self = static_cast<Impl*>(arg);
-  std::weak_ptr<bool> alive = self->alive_;
-  // Only what is queued now: a callback that keeps failing new sends cannot starve the loop.
-  size_t n = self->finished_.size();
-  for (size_t i = 0; i < n; ++i) {
-    {
-      Finished f = std::move(self->finished_.front());
-      self->finished_.pop_front();
-      f.done(std::move(f.result));
-      // `f` dies here: its callback may hold the last reference to this Upstream (a request
-      // that outlived a reload), so nothing of `self` is touched before `alive` is checked.
-    }
-    if (alive.expired()) return;  // the callback (or its destruction) destroyed the Upstream
-  }
-  if (!self->finished_.empty()) self->scheduleDelivery();
-}
-
-size_t Upstream::Impl::onHeader(char* data, size_t size, size_t count, void* userp) {
+size_t CurlBackend::onHeader(char* data, size_t size, size_t count, void* userp) {
   auto* ex = static_cast<Exchange*>(userp);
   const size_t total = size * count;
   std::string_view line(data, total);
@@ -565,7 +576,7 @@ size_t Upstream::Impl::onHeader(char* data, size_t size, size_t count, void* use
   return total;
 }
 
-size_t Upstream::Impl::onWrite(char* data, size_t size, size_t count, void* userp) {
+size_t CurlBackend::onWrite(char* data, size_t size, size_t count, void* userp) {
   auto* ex = static_cast<Exchange*>(userp);
   const size_t total = size * count;
   try {
@@ -576,7 +587,7 @@ size_t Upstream::Impl::onWrite(char* data, size_t size, size_t count, void* user
   return total;
 }
 
-int Upstream::Impl::onPrereq(void* userp, char*, char*, int, int) {
+int CurlBackend::onPrereq(void* userp, char*, char*, int, int) {
   auto* ex = static_cast<Exchange*>(userp);
   // A second call means curl is about to re-send the request on a fresh connection after a
   // reused one closed without answering. The upstream may have acted on the first copy.
@@ -587,8 +598,15 @@ int Upstream::Impl::onPrereq(void* userp, char*, char*, int, int) {
   return CURL_PREREQFUNC_OK;
 }
 
-Upstream::Upstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit)
-    : impl_(std::make_unique<Impl>(base, config, connectionLimit)) {}
+}  // namespace
+
+Upstream::Upstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
+                   UpstreamBackend backend) {
+  if (backend == UpstreamBackend::Auto) {
+    impl_ = makeHttp1Backend(base, config, connectionLimit);
+  }
+  if (!impl_) impl_ = std::make_unique<CurlBackend>(base, config, connectionLimit);
+}
 
 Upstream::~Upstream() = default;
 
@@ -597,7 +615,11 @@ void Upstream::send(UpstreamRequest request, std::function<void(UpstreamResult)>
 }
 
 size_t Upstream::inFlight() const {
-  return impl_->active_.size() + impl_->finished_.size();
+  return impl_->inFlight();
+}
+
+const char* Upstream::backendName() const {
+  return impl_->name();
 }
 
 const UpstreamConfig& Upstream::config() const {

@@ -1,6 +1,7 @@
 #pragma once
-// Forwarding with libcurl's multi interface driven by a libevent loop (one Upstream per
-// upstream per worker). Knows nothing of keys or the store.
+// Forwarding to one upstream from a libevent loop (one Upstream per upstream per worker):
+// http:// upstreams at an IP literal use a built-in HTTP/1.1 client; https:// and host names
+// use libcurl's multi interface. Knows nothing of keys or the store.
 #include <event2/event.h>
 
 #include <chrono>
@@ -36,35 +37,44 @@ struct UpstreamResult {
   std::chrono::microseconds latency{0};
 };
 
-// Pooled connections idle longer than this are not reused but closed. libcurl 7.88 silently
-// re-sends a request (any method, body included) on a fresh connection when a *reused* one
-// yields no response byte at all; Upstream refuses that re-send (the exchange fails as
-// AfterSend instead), so a stale pooled connection costs a failed exchange. Keeping this
-// shorter than common backend keep-alive timeouts (Node 5s, Apache 5s, gunicorn 2s, nginx 75s)
-// makes that race rare.
+// Pooled connections idle longer than this are not reused but closed. Neither backend ever
+// sends a request twice: libcurl 7.88 silently re-sends a request (any method, body included)
+// on a fresh connection when a *reused* one yields no response byte at all; Upstream refuses
+// that re-send (the exchange fails as AfterSend instead), and the built-in client never
+// retries. So a stale pooled connection costs a failed exchange. Keeping this shorter than
+// common backend keep-alive timeouts (Node 5s, Apache 5s, gunicorn 2s, nginx 75s) makes that
+// race rare; the built-in client also drops an idle connection as soon as the upstream
+// closes it, and checks it (recv MSG_PEEK) before reuse.
 inline constexpr std::chrono::seconds kMaxIdleConnectionAge{2};
+
+// Which client an Upstream uses. Auto: the built-in HTTP/1.1 client for http:// URLs whose
+// host is an IP literal, libcurl otherwise. Curl forces libcurl (tests compare the two).
+enum class UpstreamBackend { Auto, Curl };
 
 class Upstream {
  public:
-  // `base` must outlive the Upstream. The multi handle's sockets and timer live on `base`.
-  Upstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit);
+  // `base` must outlive the Upstream. Its sockets and timers live on `base`.
+  Upstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
+           UpstreamBackend backend = UpstreamBackend::Auto);
   ~Upstream();
   Upstream(const Upstream&) = delete;
   Upstream& operator=(const Upstream&) = delete;
 
   // Starts the exchange; `done` runs later on the base's thread (never from inside send()),
-  // from its own event callback, never from inside a libcurl call. It must not throw (it runs
-  // in a noexcept context: an escaping exception terminates the process). It may call send()
-  // or destroy this Upstream.
+  // from its own event callback, never from inside a libcurl call or a socket callback. It
+  // must not throw (it runs in a noexcept context: an escaping exception terminates the
+  // process). It may call send() or destroy this Upstream.
   // The exchange runs to its end even if the caller's client is gone.
   // Destroying the Upstream abandons in-flight exchanges: their `done` is never called.
-  // Framing is curl's: Content-Length and Expect in `request.headers` are not forwarded (curl
-  // writes Content-Length from the body); hop-by-hop fields are dropped too. A method that is
-  // not a token, or a header name/value with CR, LF or NUL fails the exchange as BeforeSend.
+  // Framing is the backend's: Content-Length and Expect in `request.headers` are not forwarded
+  // (Content-Length is written from the body); hop-by-hop fields are dropped too. A method that
+  // is not a token, or a header name/value with CR, LF or NUL fails the exchange as BeforeSend.
   void send(UpstreamRequest request, std::function<void(UpstreamResult)> done);
   // Exchanges started whose `done` has not run yet.
   size_t inFlight() const;
   const UpstreamConfig& config() const;
+  // "http1" (the built-in client) or "curl".
+  const char* backendName() const;
 
   struct Impl;
 
