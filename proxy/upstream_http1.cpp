@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -416,8 +417,21 @@ void Http1Backend::beginWrite(Conn* c) {
 }
 
 bool Http1Backend::flush(Conn* c) {
-  int n = evbuffer_write(c->out.get(), c->fd);
-  if (n > 0 && c->ex) c->ex->wrote = true;
+  // sendmsg with MSG_NOSIGNAL rather than evbuffer_write: no SIGPIPE whatever the process's
+  // signal setup. evbuffer_iovec has iovec's layout on POSIX.
+  evbuffer_iovec vec[16];
+  int nvec = evbuffer_peek(c->out.get(), -1, nullptr, vec, 16);
+  ssize_t n = 0;
+  if (nvec > 0) {
+    msghdr msg{};
+    msg.msg_iov = reinterpret_cast<iovec*>(vec);
+    msg.msg_iovlen = static_cast<size_t>(std::min(nvec, 16));
+    n = ::sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+  }
+  if (n > 0) {
+    evbuffer_drain(c->out.get(), static_cast<size_t>(n));
+    if (c->ex) c->ex->wrote = true;
+  }
   if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
     failOnConn(c, std::string("send: ") + std::strerror(errno), false);
     return false;
