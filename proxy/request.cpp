@@ -235,8 +235,8 @@ bool ProxyRequest::readRequest() {
         Outcome::Invalid);
     return false;
   }
-  body_.resize(n);
-  if (n > 0) evbuffer_remove(body, body_.data(), n);
+  // Left in evhttp's buffer (made contiguous): copied only when the request is forwarded.
+  if (n > 0) body_ = std::string_view(reinterpret_cast<const char*>(evbuffer_pullup(body, -1)), n);
 
   char* addr = nullptr;
   ev_uint16_t port = 0;
@@ -513,7 +513,7 @@ void ProxyRequest::forward() {
   if (!forwardedFor.empty()) ur.headers.push_back({"X-Forwarded-For", forwardedFor});
   if (!hasProto) ur.headers.push_back({"X-Forwarded-Proto", "http"});
   if (!hasHost && !host.empty()) ur.headers.push_back({"X-Forwarded-Host", host});
-  ur.body = std::move(body_);  // the fingerprint is taken; the body is not needed again
+  ur.body.assign(body_);
 
   worker_.proxy().upstreamCounter().fetch_add(1, std::memory_order_relaxed);
   upstream_->send(std::move(ur), [self = shared_from_this()](UpstreamResult r) {

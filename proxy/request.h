@@ -90,7 +90,7 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   std::string path_;        // raw, as the client sent it: forwarded as is
   std::string match_path_;  // normalised: routing and fingerprint
   std::string query_;
-  std::string body_;
+  std::string_view body_;  // in evhttp's input buffer, which lives until the reply is sent
   std::string peer_;
   bool close_connection_ = false;  // answer with Connection: close
 
