@@ -8,14 +8,18 @@
 namespace idem {
 
 ParsedKey parseIdempotencyKey(const std::vector<std::string_view>& values) {
+  return parseIdempotencyKey(values.empty() ? std::string_view() : values.front(), values.size());
+}
+
+ParsedKey parseIdempotencyKey(std::string_view first, size_t count) {
   ParsedKey out;
-  if (values.empty()) return out;
+  if (count == 0) return out;
   out.status = KeyStatus::Invalid;
-  if (values.size() > 1) {
+  if (count > 1) {
     out.reason = "the key header appears more than once";
     return out;
   }
-  std::string_view v = values.front();
+  std::string_view v = first;
   // evhttp keeps the field value without surrounding whitespace, but be strict anyway.
   while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
   while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
@@ -62,17 +66,24 @@ ParsedKey parseIdempotencyKey(const std::vector<std::string_view>& values) {
 }
 
 std::vector<std::string> scopeValues(const IdempotencyConfig& cfg, const Headers& headers) {
+  return scopeValuesOf(cfg, [&](HeaderVisitor fn) {
+    for (const auto& h : headers) fn(h.name, h.value);
+  });
+}
+
+std::vector<std::string> scopeValuesOf(const IdempotencyConfig& cfg,
+                                       FunctionRef<void(HeaderVisitor)> forEachHeader) {
   std::vector<std::string> out;
   out.reserve(cfg.scope.size());
   for (const auto& name : cfg.scope) {
     std::string v;
     bool first = true;
-    for (const auto& h : headers) {
-      if (!iequals(h.name, name)) continue;
+    forEachHeader([&](std::string_view hname, std::string_view hvalue) {
+      if (!iequals(hname, name)) return;
       if (!first) v += ", ";
-      v += h.value;
+      v += hvalue;
       first = false;
-    }
+    });
     out.push_back(std::move(v));
   }
   return out;

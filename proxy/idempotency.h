@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "config.h"
+#include "function_ref.h"
 #include "http_types.h"
 #include "store/record.h"
 
@@ -21,10 +22,17 @@ struct ParsedKey {
 
 // `values` are every value of the key header in the request (the header may repeat).
 ParsedKey parseIdempotencyKey(const std::vector<std::string_view>& values);
+// The same without a vector: `count` values of which `first` is the first (ignored when 0).
+ParsedKey parseIdempotencyKey(std::string_view first, size_t count);
 
 // The values of the route's scope headers, in the configured order ("" when absent; repeated
 // fields joined with ", ").
 std::vector<std::string> scopeValues(const IdempotencyConfig& cfg, const Headers& headers);
+// The same over any header source: forEachHeader(fn) calls fn(name, value) for every field of
+// the request, in order.
+using HeaderVisitor = FunctionRef<void(std::string_view name, std::string_view value)>;
+std::vector<std::string> scopeValuesOf(const IdempotencyConfig& cfg,
+                                       FunctionRef<void(HeaderVisitor)> forEachHeader);
 
 struct RequestParts {
   std::string_view method;

@@ -205,13 +205,12 @@ bool ProxyRequest::readRequest() {
   path_ = std::move(path);
   match_path_ = normalizePath(path_);
 
+  // The fields stay in evhttp's list: they are copied only when the request is forwarded.
   const evkeyvalq* in = evhttp_request_get_input_headers(req_);
   const char* contentLength = nullptr;
   bool ambiguousFraming = false;
   bool chunked = false;
-  headers_.reserve(16);
   for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
-    headers_.push_back({kv->key, kv->value});
     if (iequals(kv->key, "Content-Length")) {
       ambiguousFraming |= contentLength != nullptr && std::string_view(contentLength) != kv->value;
       contentLength = kv->value;
@@ -236,8 +235,8 @@ bool ProxyRequest::readRequest() {
         Outcome::Invalid);
     return false;
   }
-  body_.resize(n);
-  if (n > 0) evbuffer_remove(body, body_.data(), n);
+  // Left in evhttp's buffer (made contiguous): copied only when the request is forwarded.
+  if (n > 0) body_ = std::string_view(reinterpret_cast<const char*>(evbuffer_pullup(body, -1)), n);
 
   char* addr = nullptr;
   ev_uint16_t port = 0;
@@ -254,11 +253,13 @@ void ProxyRequest::passThrough() {
 
 void ProxyRequest::beginIdempotent() {
   const IdempotencyConfig& ic = *route_->idempotency;
-  std::vector<std::string_view> values;
-  for (const auto& h : headers_) {
-    if (iequals(h.name, ic.key_header)) values.push_back(h.value);
+  std::string_view firstValue;
+  size_t values = 0;
+  const evkeyvalq* in = evhttp_request_get_input_headers(req_);
+  for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
+    if (iequals(kv->key, ic.key_header) && values++ == 0) firstValue = kv->value;
   }
-  ParsedKey parsed = parseIdempotencyKey(values);
+  ParsedKey parsed = parseIdempotencyKey(firstValue, values);
   if (parsed.status == KeyStatus::Missing) {
     if (ic.required) {
       respondProblem(Problem::KeyMissing, "this route requires the " + ic.key_header + " header",
@@ -273,22 +274,42 @@ void ProxyRequest::beginIdempotent() {
     return;
   }
   key_ = std::move(parsed.key);
-  id_ = recordId(route_->name, scopeValues(ic, headers_), key_);
+  id_ = recordId(route_->name, scopeValues(), key_);
   fingerprint_ = requestFingerprint(ic, {method_, match_path_, query_, body_});
 
-  // Fast path: a completed record is replayed from a read transaction, no write at all.
-  if (auto rec = worker_.proxy().store().lookup(id_)) {
-    if (rec->state == RecordState::Completed) {
-      if (rec->fingerprint == fingerprint_) {
-        replay(*rec);
-      } else {
-        respondProblem(Problem::KeyMismatch, "the key was used with a different request",
-                       Outcome::Mismatch);
-      }
+  // Fast path: a completed record is replayed from a read transaction, no write at all, and
+  // straight from the store's mapped memory into the output buffer.
+  bool completed = false;
+  bool mismatch = false;
+  bool sent = false;
+  int status = 0;
+  worker_.proxy().store().visit(id_, [&](const RecordView& rec) {
+    if (rec.state != RecordState::Completed) return;
+    completed = true;
+    if (rec.fingerprint != fingerprint_) {
+      mismatch = true;
       return;
     }
+    status = rec.status;
+    sent = replayView(rec);
+  });
+  if (!completed) {
+    reserve();
+  } else if (mismatch) {
+    respondProblem(Problem::KeyMismatch, "the key was used with a different request",
+                   Outcome::Mismatch);
+  } else if (sent) {
+    report(status, Outcome::Replayed, {});  // outside the read transaction
   }
-  reserve();
+}
+
+std::vector<std::string> ProxyRequest::scopeValues() const {
+  const evkeyvalq* in = evhttp_request_get_input_headers(req_);
+  return scopeValuesOf(*route_->idempotency, [in](HeaderVisitor fn) {
+    for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
+      fn(kv->key, kv->value);
+    }
+  });
 }
 
 void ProxyRequest::reserve() {
@@ -299,7 +320,7 @@ void ProxyRequest::reserve() {
   rr.fingerprint = fingerprint_;
   rr.route = route_->name;
   rr.key = key_;
-  rr.scope = scopeValues(ic, headers_);
+  rr.scope = scopeValues();
   owner_ = worker_.proxy().newOwnerToken();
   rr.owner = owner_;
   rr.ttl_ms = ic.ttl.count();
@@ -460,8 +481,17 @@ void ProxyRequest::forward() {
   UpstreamRequest ur;
   ur.method = method_;
   ur.path_and_query = query_.empty() ? path_ : path_ + "?" + query_;
-  // Moved, not copied: nothing reads the request's headers or body once it is forwarded.
-  Headers endToEnd = std::move(headers_);
+  // Copied from evhttp's list only now, in order: a replay never needs them as strings.
+  Headers endToEnd;
+  {
+    const evkeyvalq* in = evhttp_request_get_input_headers(req_);
+    size_t n = 0;
+    for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) ++n;
+    endToEnd.reserve(n);
+    for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
+      endToEnd.push_back({kv->key, kv->value});
+    }
+  }
   removeHopByHopFields(endToEnd);
   std::string forwardedFor;
   std::string host;
@@ -483,7 +513,7 @@ void ProxyRequest::forward() {
   if (!forwardedFor.empty()) ur.headers.push_back({"X-Forwarded-For", forwardedFor});
   if (!hasProto) ur.headers.push_back({"X-Forwarded-Proto", "http"});
   if (!hasHost && !host.empty()) ur.headers.push_back({"X-Forwarded-Host", host});
-  ur.body = std::move(body_);  // the fingerprint is taken; the body is not needed again
+  ur.body.assign(body_);
 
   worker_.proxy().upstreamCounter().fetch_add(1, std::memory_order_relaxed);
   upstream_->send(std::move(ur), [self = shared_from_this()](UpstreamResult r) {
@@ -645,6 +675,26 @@ void ProxyRequest::respondProblem(Problem p, std::string_view detail, Outcome ou
   respond(a, false, outcome, problemSlug(p));
 }
 
+bool ProxyRequest::replayView(const RecordView& record) {
+  // respond(answer, true, Outcome::Replayed) without the copies; the caller reports when this
+  // returns true.
+  if (state_ == RequestState::Responded) return false;
+  setState(RequestState::Responded);
+  evkeyvalq* out = evhttp_request_get_output_headers(req_);
+  const bool head = method_ == "HEAD";
+  // evhttp wants NUL-terminated fields: one reused buffer holds "name\0value\0".
+  thread_local std::string field;
+  record.forEachHeader([&](std::string_view name, std::string_view value) {
+    if (!head && iequals(name, "Content-Length")) return;
+    field.assign(name);
+    field.push_back('\0');
+    field.append(value);
+    evhttp_add_header(out, field.c_str(), field.c_str() + name.size() + 1);
+  });
+  sendReply(record.status, record.body, true);
+  return true;
+}
+
 void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outcome,
                            std::string_view detail) {
   if (state_ == RequestState::Responded) return;
@@ -654,25 +704,33 @@ void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outc
     if (iequals(h.name, "Content-Length") && method_ != "HEAD") continue;
     evhttp_add_header(out, h.name.c_str(), h.value.c_str());
   }
+  sendReply(answer.status, answer.body, replayed);
+  report(answer.status, outcome, detail);
+}
+
+void ProxyRequest::sendReply(int status, std::string_view body, bool replayed) {
+  evkeyvalq* out = evhttp_request_get_output_headers(req_);
   if (replayed) evhttp_add_header(out, "Idempotent-Replayed", "true");
   if (close_connection_ || worker_.proxy().draining()) {
     evhttp_add_header(out, "Connection", "close");  // draining: keep-alive clients move on
   }
   evbuffer* buf = evhttp_request_get_output_buffer(req_);
-  evbuffer_add(buf, answer.body.data(), answer.body.size());
-  evhttp_send_reply(req_, answer.status, reasonPhrase(answer.status), nullptr);
+  evbuffer_add(buf, body.data(), body.size());
+  evhttp_send_reply(req_, status, reasonPhrase(status), nullptr);
   req_ = nullptr;
+}
 
-  RequestReport report;
-  report.route = route_ ? std::string_view(route_->name) : std::string_view();
-  report.method = method_;
-  report.path = path_;
-  report.status = answer.status;
-  report.outcome = outcome;
-  report.duration_ms = std::chrono::duration<double, std::milli>(Steady::now() - started_).count();
-  report.key = key_;
-  report.detail = detail;
-  worker_.proxy().observer().requestDone(report);
+void ProxyRequest::report(int status, Outcome outcome, std::string_view detail) {
+  RequestReport r;
+  r.route = route_ ? std::string_view(route_->name) : std::string_view();
+  r.method = method_;
+  r.path = path_;
+  r.status = status;
+  r.outcome = outcome;
+  r.duration_ms = std::chrono::duration<double, std::milli>(Steady::now() - started_).count();
+  r.key = key_;
+  r.detail = detail;
+  worker_.proxy().observer().requestDone(r);
 }
 
 }  // namespace idem

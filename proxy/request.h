@@ -68,10 +68,16 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   void ownerDone();
 
   void replay(const Record& record);
+  // Replays from the store's mapped memory; called inside the store's read transaction.
+  bool replayView(const RecordView& record);  // false: already answered
+  std::vector<std::string> scopeValues() const;
   void respondProblem(Problem p, std::string_view detail, Outcome outcome);
   void respond(const HttpAnswer& answer, bool replayed, Outcome outcome,
                std::string_view detail = {});
   HttpAnswer forRecording(const HttpAnswer& upstreamAnswer) const;
+  // respond() in parts: the closing header fields, body and status line; then the report.
+  void sendReply(int status, std::string_view body, bool replayed);
+  void report(int status, Outcome outcome, std::string_view detail);
 
   Worker& worker_;
   ConfigPtr config_;  // the snapshot this request started with
@@ -84,8 +90,7 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   std::string path_;        // raw, as the client sent it: forwarded as is
   std::string match_path_;  // normalised: routing and fingerprint
   std::string query_;
-  Headers headers_;
-  std::string body_;
+  std::string_view body_;  // in evhttp's input buffer, which lives until the reply is sent
   std::string peer_;
   bool close_connection_ = false;  // answer with Connection: close
 

@@ -212,7 +212,7 @@ struct LmdbStore::Impl {
   void syncToDisk();
 
   // Runs `fn` in a read-only transaction on the calling thread; returns an LMDB code.
-  int withRead(const std::function<int(MDB_txn*)>& fn);
+  int withRead(FunctionRef<int(MDB_txn*)> fn);
 
   // Record access inside a transaction. get: MDB_NOTFOUND when absent; an undecodable value
   // reads as absent (and is counted).
@@ -645,7 +645,7 @@ void LmdbStore::Impl::adoptMapSize() {
   mdb_env_set_mapsize(env, 0);
 }
 
-int LmdbStore::Impl::withRead(const std::function<int(MDB_txn*)>& fn) {
+int LmdbStore::Impl::withRead(FunctionRef<int(MDB_txn*)> fn) {
   for (int attempt = 0;; ++attempt) {
     std::shared_lock lock(map_mu);
     MDB_txn* txn = nullptr;
@@ -907,6 +907,26 @@ std::optional<Record> LmdbStore::lookup(const RecordId& id) {
     return rc;
   });
   return out;
+}
+
+bool LmdbStore::visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) {
+  bool found = false;
+  impl_->withRead([&](MDB_txn* txn) {
+    MDB_val k = mdbVal(id);
+    MDB_val v;
+    int rc = mdb_get(txn, impl_->records, &k, &v);
+    if (rc != MDB_SUCCESS) return rc;
+    RecordView rec;
+    if (decodeRecordView(view(v), rec) != DecodeError::None) {
+      impl_->decode_errors.fetch_add(1, std::memory_order_relaxed);
+      return MDB_NOTFOUND;
+    }
+    if (rec.expired(impl_->clock.wallMs())) return MDB_NOTFOUND;
+    found = true;
+    fn(rec);
+    return MDB_SUCCESS;
+  });
+  return found;
 }
 
 std::vector<std::pair<RecordId, Record>> LmdbStore::list() {

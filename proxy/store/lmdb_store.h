@@ -35,6 +35,7 @@ class LmdbStore : public Store {
   void forget(RecordId id, std::function<void(WriteResult)> done) override;
   void sweep(size_t limit, std::function<void(WriteResult)> done) override;
   std::optional<Record> lookup(const RecordId& id) override;
+  bool visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) override;
   std::vector<std::pair<RecordId, Record>> list() override;
   StoreStats stats() override;
   void flush() override;

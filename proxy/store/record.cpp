@@ -84,11 +84,21 @@ class Reader {
     pos_ += n;
     return true;
   }
-  bool str(std::string& s) {
+  bool str(std::string_view& s) {
     uint32_t n;
     if (!u32(n) || remaining() < n) return false;
-    s.assign(in_.data() + pos_, n);
+    s = in_.substr(pos_, n);
     pos_ += n;
+    return true;
+  }
+  // `n` consecutive strings, checked and skipped; `out` views them.
+  bool strings(size_t n, uint32_t count, EncodedStrings& out) {
+    const size_t start = pos_;
+    std::string_view s;
+    for (size_t i = 0; i < n; ++i) {
+      if (!str(s)) return false;
+    }
+    out = EncodedStrings(count, in_.substr(start, pos_ - start));
     return true;
   }
 
@@ -154,9 +164,9 @@ std::string encodeRecord(const Record& r) {
   return out;
 }
 
-DecodeError decodeRecord(std::string_view bytes, Record& out) {
+DecodeError decodeRecordView(std::string_view bytes, RecordView& out) {
   Reader rd(bytes);
-  Record r;
+  RecordView r;
 
   uint8_t version = 0;
   if (!rd.u8(version)) return DecodeError::Truncated;
@@ -181,31 +191,54 @@ DecodeError decodeRecord(std::string_view bytes, Record& out) {
   uint32_t n_scope = 0;
   if (!rd.u32(n_scope)) return DecodeError::Truncated;
   // Each entry needs at least its 4-byte length: a larger count cannot fit (and must not make
-  // us allocate for it).
+  // anyone allocate for it).
   if (n_scope > rd.remaining() / 4) return DecodeError::Truncated;
-  r.scope.resize(n_scope);
-  for (auto& s : r.scope) {
-    if (!rd.str(s)) return DecodeError::Truncated;
-  }
+  if (!rd.strings(n_scope, n_scope, r.scope)) return DecodeError::Truncated;
 
   uint16_t status = 0;
   if (!rd.u16(status)) return DecodeError::Truncated;
   if (status > kMaxStatus) return DecodeError::BadValue;
-  r.answer.status = status;
+  r.status = status;
 
   uint32_t n_headers = 0;
   if (!rd.u32(n_headers)) return DecodeError::Truncated;
   if (n_headers > rd.remaining() / 8) return DecodeError::Truncated;
-  r.answer.headers.resize(n_headers);
-  for (auto& h : r.answer.headers) {
-    if (!rd.str(h.name) || !rd.str(h.value)) return DecodeError::Truncated;
-  }
+  if (!rd.strings(size_t{n_headers} * 2, n_headers, r.headers)) return DecodeError::Truncated;
 
-  if (!rd.str(r.answer.body)) return DecodeError::Truncated;
+  if (!rd.str(r.body)) return DecodeError::Truncated;
   if (rd.remaining() != 0) return DecodeError::BadValue;  // trailing garbage
 
-  out = std::move(r);
+  out = r;
   return DecodeError::None;
+}
+
+Record RecordView::toRecord() const {
+  Record r;
+  r.state = state;
+  r.flags = flags;
+  r.reserved_at_ms = reserved_at_ms;
+  r.lease_until_ms = lease_until_ms;
+  r.expires_at_ms = expires_at_ms;
+  r.owner = owner;
+  r.fingerprint = fingerprint;
+  r.route = route;
+  r.key = key;
+  r.scope.reserve(scope.size());
+  for (std::string_view s : scope) r.scope.emplace_back(s);
+  r.answer.status = status;
+  r.answer.headers.reserve(headers.size());
+  forEachHeader([&](std::string_view name, std::string_view value) {
+    r.answer.headers.push_back({std::string(name), std::string(value)});
+  });
+  r.answer.body = body;
+  return r;
+}
+
+DecodeError decodeRecord(std::string_view bytes, Record& out) {
+  RecordView v;
+  const DecodeError e = decodeRecordView(bytes, v);
+  if (e == DecodeError::None) out = v.toRecord();
+  return e;
 }
 
 }  // namespace idem

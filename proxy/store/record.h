@@ -52,12 +52,80 @@ struct Record {
 
 enum class DecodeError { None, Truncated, UnknownVersion, BadValue };
 
+// A list of strings as encoded in a record (each a u32 little-endian length, then the bytes),
+// already validated by decodeRecordView. Views into the encoded bytes.
+class EncodedStrings {
+ public:
+  EncodedStrings() = default;
+  EncodedStrings(uint32_t count, std::string_view bytes) : count_(count), bytes_(bytes) {}
+  uint32_t size() const { return count_; }
+
+  class Iterator {
+   public:
+    explicit Iterator(const char* p) : p_(p) {}
+    std::string_view operator*() const { return {p_ + 4, length()}; }
+    Iterator& operator++() {
+      p_ += 4 + length();
+      return *this;
+    }
+    bool operator==(const Iterator&) const = default;
+
+   private:
+    size_t length() const {
+      const auto* b = reinterpret_cast<const unsigned char*>(p_);
+      return static_cast<size_t>(b[0]) | static_cast<size_t>(b[1]) << 8 |
+             static_cast<size_t>(b[2]) << 16 | static_cast<size_t>(b[3]) << 24;
+    }
+    const char* p_;
+  };
+  Iterator begin() const { return Iterator(bytes_.data()); }
+  Iterator end() const { return Iterator(bytes_.data() + bytes_.size()); }
+
+ private:
+  uint32_t count_ = 0;
+  std::string_view bytes_;
+};
+
+// A record read in place: every string is a view into the encoded bytes it was decoded from,
+// so it is valid only as long as those bytes are (for a store read: inside the callback).
+struct RecordView {
+  RecordState state = RecordState::InFlight;
+  uint32_t flags = kFlagNone;
+  int64_t reserved_at_ms = 0;
+  int64_t lease_until_ms = 0;
+  int64_t expires_at_ms = 0;
+  std::string_view owner;
+  Fingerprint fingerprint{};
+  std::string_view route;
+  std::string_view key;
+  EncodedStrings scope;    // scope values
+  int status = 0;          // the answer's
+  EncodedStrings headers;  // the answer's: name, value, name, value … (size() counts fields)
+  std::string_view body;   // the answer's
+
+  bool expired(int64_t nowMs) const { return nowMs >= expires_at_ms; }
+  // Calls fn(name, value) for every header field of the answer, in order.
+  template <class F>
+  void forEachHeader(F&& fn) const {
+    for (auto it = headers.begin(); it != headers.end();) {
+      const std::string_view name = *it;
+      const std::string_view value = *++it;
+      ++it;
+      fn(name, value);
+    }
+  }
+  Record toRecord() const;
+};
+
 constexpr uint8_t kRecordVersion = 1;
 
 std::string encodeRecord(const Record& r);
 // Validates everything: a short, trailing-garbage or unknown-version value is an error.
 // `out` is assigned only on success.
 DecodeError decodeRecord(std::string_view bytes, Record& out);
+// The same validation as decodeRecord, without copying: `out` views `bytes` and is assigned
+// only on success.
+DecodeError decodeRecordView(std::string_view bytes, RecordView& out);
 const char* toString(DecodeError e);
 
 }  // namespace idem

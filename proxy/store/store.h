@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "function_ref.h"
 #include "store/record.h"
 
 namespace idem {
@@ -108,6 +109,11 @@ class Store {
   // Read the record; an expired record reads as absent. Safe from any thread; never blocks on
   // the writer.
   virtual std::optional<Record> lookup(const RecordId& id) = 0;
+  // Zero-copy read: when the record exists and has not expired, calls `fn` with a view of it
+  // and returns true; otherwise returns false without calling `fn`. The view points into the
+  // store's mapped memory and is valid only until `fn` returns (the read transaction ends
+  // then); `fn` must not call the store. Safe from any thread; never blocks on the writer.
+  virtual bool visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) = 0;
   // Every record (expired ones included, so an operator sees them), in id order.
   virtual std::vector<std::pair<RecordId, Record>> list() = 0;
   virtual StoreStats stats() = 0;

@@ -60,6 +60,23 @@ TEST(Scope, ValuesInConfiguredOrderAbsentIsEmpty) {
   EXPECT_EQ(scopeValues(ic, {}), (std::vector<std::string>{"", ""}));
 }
 
+TEST(KeyParsing, CountFormMatchesVectorForm) {
+  EXPECT_EQ(parseIdempotencyKey({}, 0).status, KeyStatus::Missing);
+  EXPECT_EQ(parseIdempotencyKey("\"abc\"", 1).key, "abc");
+  EXPECT_EQ(parseIdempotencyKey("a", 2).status, KeyStatus::Invalid);
+}
+
+TEST(Scope, RepeatedFieldsJoinedInOrderOverAnyHeaderSource) {
+  IdempotencyConfig ic;
+  ic.scope = {"X-Tenant", "Authorization"};
+  const std::pair<const char*, const char*> fields[] = {
+      {"X-Tenant", "t1"}, {"Authorization", "Bearer a"}, {"x-tenant", "t2"}};
+  auto values = scopeValuesOf(ic, [&](HeaderVisitor fn) {
+    for (const auto& [name, value] : fields) fn(name, value);
+  });
+  EXPECT_EQ(values, (std::vector<std::string>{"t1, t2", "Bearer a"}));
+}
+
 TEST(Fingerprint, DependsOnConfiguredPartsOnly) {
   IdempotencyConfig ic;
   auto a = requestFingerprint(ic, {"POST", "/p", "x=1", "{}"});

@@ -154,5 +154,116 @@ TEST(Record, RandomGarbageNeverCrashes) {
   }
 }
 
+// ---- decodeRecordView: the same parser, views instead of copies ----
+
+void expectViewMatches(const RecordView& v, const Record& r, std::string_view bytes) {
+  EXPECT_EQ(v.state, r.state);
+  EXPECT_EQ(v.flags, r.flags);
+  EXPECT_EQ(v.reserved_at_ms, r.reserved_at_ms);
+  EXPECT_EQ(v.lease_until_ms, r.lease_until_ms);
+  EXPECT_EQ(v.expires_at_ms, r.expires_at_ms);
+  EXPECT_EQ(v.owner, r.owner);
+  EXPECT_EQ(v.fingerprint, r.fingerprint);
+  EXPECT_EQ(v.route, r.route);
+  EXPECT_EQ(v.key, r.key);
+  std::vector<std::string> scope;
+  for (std::string_view s : v.scope) scope.emplace_back(s);
+  EXPECT_EQ(v.scope.size(), r.scope.size());
+  EXPECT_EQ(scope, r.scope);
+  EXPECT_EQ(v.status, r.answer.status);
+  Headers headers;
+  v.forEachHeader([&](std::string_view name, std::string_view value) {
+    headers.push_back({std::string(name), std::string(value)});
+  });
+  EXPECT_EQ(v.headers.size(), r.answer.headers.size());
+  EXPECT_EQ(headers, r.answer.headers);
+  EXPECT_EQ(v.body, r.answer.body);
+  // Views, not copies: every string lies inside the encoded bytes.
+  const auto inside = [&](std::string_view s) {
+    return s.empty() ||
+           (s.data() >= bytes.data() && s.data() + s.size() <= bytes.data() + bytes.size());
+  };
+  EXPECT_TRUE(inside(v.owner));
+  EXPECT_TRUE(inside(v.body));
+  v.forEachHeader([&](std::string_view name, std::string_view value) {
+    EXPECT_TRUE(inside(name));
+    EXPECT_TRUE(inside(value));
+  });
+  EXPECT_EQ(v.toRecord(), r);
+}
+
+TEST(RecordView, RoundTrip) {
+  for (Record r : {sampleRecord(), Record{}}) {
+    const std::string bytes = encodeRecord(r);
+    RecordView v;
+    ASSERT_EQ(decodeRecordView(bytes, v), DecodeError::None);
+    expectViewMatches(v, r, bytes);
+  }
+  Record big = sampleRecord();
+  std::mt19937 rng(42);
+  big.answer.body.resize(1 << 20);
+  for (char& c : big.answer.body) c = static_cast<char>(rng());
+  const std::string bytes = encodeRecord(big);
+  RecordView v;
+  ASSERT_EQ(decodeRecordView(bytes, v), DecodeError::None);
+  expectViewMatches(v, big, bytes);
+}
+
+TEST(RecordView, EveryTruncationIsAnErrorAndLeavesTheOutputAlone) {
+  const std::string bytes = encodeRecord(sampleRecord());
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    RecordView out;
+    out.key = "untouched";
+    EXPECT_EQ(decodeRecordView(std::string_view(bytes).substr(0, n), out), DecodeError::Truncated)
+        << "length " << n;
+    EXPECT_EQ(out.key, "untouched");
+  }
+}
+
+TEST(RecordView, RejectsWhatDecodeRecordRejects) {
+  const std::string good = encodeRecord(sampleRecord());
+  RecordView v;
+  std::string bytes = good + '\0';
+  EXPECT_EQ(decodeRecordView(bytes, v), DecodeError::BadValue);  // trailing garbage
+  bytes = good;
+  bytes[0] = 2;
+  EXPECT_EQ(decodeRecordView(bytes, v), DecodeError::UnknownVersion);
+  bytes = good;
+  bytes[1] = 3;
+  EXPECT_EQ(decodeRecordView(bytes, v), DecodeError::BadValue);  // state
+  bytes = good;
+  bytes[5] = '\x80';
+  EXPECT_EQ(decodeRecordView(bytes, v), DecodeError::BadValue);  // unknown flag
+
+  Record r = sampleRecord();
+  r.answer.headers.clear();
+  r.answer.body.clear();
+  const std::string empty = encodeRecord(r);
+  bytes = empty;
+  const size_t n_headers_at = bytes.size() - 4 - 4;
+  for (int i = 0; i < 4; ++i) bytes[n_headers_at + static_cast<size_t>(i)] = '\xff';
+  EXPECT_EQ(decodeRecordView(bytes, v), DecodeError::Truncated);  // huge count
+  bytes = empty;
+  bytes[n_headers_at - 2] = '\xe8';  // status 1000
+  bytes[n_headers_at - 1] = '\x03';
+  EXPECT_EQ(decodeRecordView(bytes, v), DecodeError::BadValue);
+}
+
+TEST(RecordView, AgreesWithDecodeRecordOnGarbage) {
+  std::mt19937 rng(11);
+  const std::string good = encodeRecord(sampleRecord());
+  for (int i = 0; i < 20000; ++i) {
+    std::string bytes = good;
+    const int flips = 1 + static_cast<int>(rng() % 4);
+    for (int f = 0; f < flips; ++f) bytes[rng() % bytes.size()] = static_cast<char>(rng());
+    if (i % 3 == 0) bytes.resize(rng() % bytes.size());
+    Record rec;
+    RecordView view;
+    const DecodeError e = decodeRecord(bytes, rec);
+    ASSERT_EQ(decodeRecordView(bytes, view), e) << "iteration " << i;
+    if (e == DecodeError::None) EXPECT_EQ(view.toRecord(), rec);
+  }
+}
+
 }  // namespace
 }  // namespace idem

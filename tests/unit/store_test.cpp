@@ -247,6 +247,80 @@ TEST_F(LmdbStoreTest, ExpiryOnLookupAndReserve) {
   EXPECT_EQ(sweepSync(*store, 100).removed, 1u);
 }
 
+TEST_F(LmdbStoreTest, VisitSeesTheRecordInPlace) {
+  EXPECT_FALSE(store->visit(idFor("k"), [](const RecordView&) { ADD_FAILURE() << "called"; }));
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  RecordState state{};
+  ASSERT_TRUE(store->visit(idFor("k"), [&](const RecordView& v) { state = v.state; }));
+  EXPECT_EQ(state, RecordState::InFlight);
+  ASSERT_EQ(recordSync(*store, recordReq("k", "A", answer(201, "paid"))).status,
+            RecordStatus::Recorded);
+  Record seen;
+  ASSERT_TRUE(store->visit(idFor("k"), [&](const RecordView& v) { seen = v.toRecord(); }));
+  EXPECT_EQ(seen, *store->lookup(idFor("k")));
+  EXPECT_EQ(seen.answer, answer(201, "paid"));
+  EXPECT_EQ(seen.fingerprint, fp(1));
+}
+
+TEST_F(LmdbStoreTest, VisitTreatsExpiredAsAbsent) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A", 1, 1000)).status, ReserveStatus::Won);
+  ASSERT_EQ(recordSync(*store, recordReq("k", "A", answer(200))).status, RecordStatus::Recorded);
+  int calls = 0;
+  clock.advance(999ms);
+  EXPECT_TRUE(store->visit(idFor("k"), [&](const RecordView&) { ++calls; }));
+  clock.advance(1ms);
+  EXPECT_FALSE(store->visit(idFor("k"), [&](const RecordView&) { ++calls; }));
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(store->stats().records, 1u);  // still stored until swept
+}
+
+TEST_F(LmdbStoreTest, VisitReadsASnapshotWhileTheWriterCommits) {
+  // Readers run while the writer commits records and overwrites them (forget + reserve +
+  // record): every view a reader gets is a whole, consistent record of its snapshot.
+  constexpr int kKeys = 20;
+  constexpr int kRounds = 30;
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = "v" + std::to_string(i);
+    ASSERT_EQ(reserveSync(*store, reserveReq(key, "A")).status, ReserveStatus::Won);
+    ASSERT_EQ(recordSync(*store, recordReq(key, "A", answer(201, std::string(1000, 'a')))).status,
+              RecordStatus::Recorded);
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::atomic<long> seen{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) {
+    readers.emplace_back([&, t] {
+      for (int n = 0; !stop.load() || n < 100; ++n) {
+        const std::string key = "v" + std::to_string((n + t) % kKeys);
+        store->visit(idFor(key), [&](const RecordView& v) {
+          ++seen;
+          if (v.state != RecordState::Completed) return;  // between forget and record
+          // The body is one repeated letter of the length the writer wrote with it.
+          const char c = v.body.empty() ? '?' : v.body.front();
+          const size_t expected = c == 'a' ? 1000 : 3000;
+          if (v.status != 201 || v.body.size() != expected ||
+              v.body.find_first_not_of(c) != std::string_view::npos || v.headers.size() != 3) {
+            ++bad;
+          }
+        });
+      }
+    });
+  }
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string key = "v" + std::to_string(round % kKeys);
+    const std::string owner = "W" + std::to_string(round);
+    ASSERT_TRUE(forgetSync(*store, idFor(key)).changed);
+    ASSERT_EQ(reserveSync(*store, reserveReq(key, owner)).status, ReserveStatus::Won);
+    ASSERT_EQ(recordSync(*store, recordReq(key, owner, answer(201, std::string(3000, 'b')))).status,
+              RecordStatus::Recorded);
+  }
+  stop = true;
+  for (auto& th : readers) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_GT(seen.load(), 0);
+}
+
 TEST_F(LmdbStoreTest, SweepDeletesOnlyExpiredOldestFirstBoundedByLimit) {
   // ttl i seconds for key i; insertion order differs from both id order and expiry order.
   const std::vector<int> ttls = {7, 3, 9, 1, 5, 2, 8, 4, 6, 10};
