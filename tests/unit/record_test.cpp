@@ -261,7 +261,9 @@ TEST(RecordView, AgreesWithDecodeRecordOnGarbage) {
     RecordView view;
     const DecodeError e = decodeRecord(bytes, rec);
     ASSERT_EQ(decodeRecordView(bytes, view), e) << "iteration " << i;
-    if (e == DecodeError::None) EXPECT_EQ(view.toRecord(), rec);
+    if (e == DecodeError::None) {
+      EXPECT_EQ(view.toRecord(), rec);
+    }
   }
 }
 
