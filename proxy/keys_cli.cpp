@@ -31,7 +31,11 @@ std::string isoTime(int64_t ms) {
 }
 
 std::string seconds(int64_t ms) {
-  if (ms < 0) return "-" + seconds(-ms);
+  if (ms < 0) {
+    std::string s = seconds(-ms);
+    s.insert(s.begin(), '-');
+    return s;
+  }
   return std::to_string(ms / 1000) + "s";
 }
 
