@@ -515,6 +515,13 @@ TEST_P(UpstreamTest, QueuedExchangeThatTimesOutIsBeforeSend) {
   up.send({"POST", "/2", {}, "y"}, [&](UpstreamResult r) { second = std::move(r); });
   ASSERT_TRUE(runUntil([&] { return first && second; }));
   EXPECT_EQ(first->failure, UpstreamFailure::Timeout) << first->detail;
+  if (GetParam() == UpstreamBackend::Curl && second->failure != UpstreamFailure::BeforeSend) {
+    // libcurl may hand the freed slot to the queued transfer before that transfer's own timer
+    // fires (its clock starts late): then it was sent, and must say so.
+    EXPECT_EQ(second->failure, UpstreamFailure::Timeout) << second->detail;
+    EXPECT_EQ(server.requests(), 2);
+    return;
+  }
   EXPECT_EQ(second->failure, UpstreamFailure::BeforeSend) << second->detail;  // never sent
   EXPECT_EQ(server.requests(), 1);
   EXPECT_EQ(server.connections(), 1);
