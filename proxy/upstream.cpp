@@ -35,6 +35,22 @@ std::string_view trimOws(std::string_view s) {
   return s;
 }
 
+void appendHeaderLine(Headers& headers, std::string_view line) {
+  if (line.empty()) return;
+  if (line.front() == ' ' || line.front() == '\t') {
+    // obs-fold: continues the previous field's value (RFC 9112 §5.2)
+    std::string_view more = trimOws(line);
+    if (!headers.empty() && !more.empty()) {
+      std::string& value = headers.back().value;
+      if (!value.empty()) value += ' ';
+      value += more;
+    }
+  } else if (size_t colon = line.find(':'); colon != std::string_view::npos && colon > 0) {
+    headers.push_back({std::string(trimOws(line.substr(0, colon))),
+                       std::string(trimOws(line.substr(colon + 1)))});
+  }
+}
+
 namespace {
 
 // RFC 9110 tchar.
@@ -558,17 +574,8 @@ size_t CurlBackend::onHeader(char* data, size_t size, size_t count, void* userp)
       // trailer fields of a chunked body: not part of the recorded header block
     } else if (line.empty()) {
       ex->headersComplete = answer.status >= 200;
-    } else if (line.front() == ' ' || line.front() == '\t') {
-      // obs-fold: continues the previous field's value (RFC 9112 §5.2)
-      std::string_view more = trimOws(line);
-      if (!answer.headers.empty() && !more.empty()) {
-        std::string& value = answer.headers.back().value;
-        if (!value.empty()) value += ' ';
-        value += more;
-      }
-    } else if (size_t colon = line.find(':'); colon != std::string_view::npos && colon > 0) {
-      answer.headers.push_back({std::string(trimOws(line.substr(0, colon))),
-                                std::string(trimOws(line.substr(colon + 1)))});
+    } else {
+      appendHeaderLine(answer.headers, line);
     }
   } catch (...) {
     return 0;  // out of memory: curl fails the transfer with CURLE_WRITE_ERROR

@@ -55,6 +55,9 @@ namespace upstream_detail {
 using SteadyClock = std::chrono::steady_clock;
 
 std::string_view trimOws(std::string_view s);
+// Adds one response header line (without CRLF) to `headers`: "name: value", or an obs-fold
+// continuation of the previous field (RFC 9112 §5.2); anything else is ignored.
+void appendHeaderLine(Headers& headers, std::string_view line);
 bool isToken(std::string_view s);
 // A value that cannot smuggle a line break into the request head.
 bool isSafeFieldValue(std::string_view v);

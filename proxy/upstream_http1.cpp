@@ -570,17 +570,7 @@ Http1Backend::Parse Http1Backend::parseHead(Conn* c, evbuffer* in, std::string& 
       pos = e + 1;
       if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
       if (line.empty()) break;
-      if (line.front() == ' ' || line.front() == '\t') {
-        std::string_view more = trimOws(line);
-        if (!answer.headers.empty() && !more.empty()) {
-          std::string& value = answer.headers.back().value;
-          if (!value.empty()) value += ' ';
-          value += more;
-        }
-      } else if (size_t colon = line.find(':'); colon != std::string_view::npos && colon > 0) {
-        answer.headers.push_back({std::string(trimOws(line.substr(0, colon))),
-                                  std::string(trimOws(line.substr(colon + 1)))});
-      }
+      appendHeaderLine(answer.headers, line);
     }
     evbuffer_drain(in, end);
     if (status < 200) {
