@@ -274,7 +274,8 @@ void ProxyRequest::beginIdempotent() {
     return;
   }
   key_ = std::move(parsed.key);
-  id_ = recordId(route_->name, scopeValues(), key_);
+  scope_ = scopeValues();  // computed once: the identity here, the record on reserve
+  id_ = recordId(route_->name, scope_, key_);
   fingerprint_ = requestFingerprint(ic, {method_, match_path_, query_, body_});
 
   // Fast path: a completed record is replayed from a read transaction, no write at all, and
@@ -320,7 +321,7 @@ void ProxyRequest::reserve() {
   rr.fingerprint = fingerprint_;
   rr.route = route_->name;
   rr.key = key_;
-  rr.scope = scopeValues();
+  rr.scope = scope_;
   owner_ = worker_.proxy().newOwnerToken();
   rr.owner = owner_;
   rr.ttl_ms = ic.ttl.count();
@@ -562,17 +563,16 @@ void ProxyRequest::onUpstream(UpstreamResult r) {
                             "the upstream could not be reached; nothing was sent"),
               Outcome::Error, r.detail);
       return;
-    case UpstreamFailure::Timeout: {
-      HttpAnswer p = problemAnswer(Problem::UpstreamTimeout,
-                                   "the upstream did not answer in time; the request may have "
-                                   "taken effect and is not sent again under this key");
-      recordOutcome(p, p, kFlagProxyError, Outcome::Error);
-      return;
-    }
+    case UpstreamFailure::Timeout:
     case UpstreamFailure::AfterSend: {
-      HttpAnswer p = problemAnswer(Problem::UpstreamFailed,
-                                   "the upstream failed after the request was sent; the request "
-                                   "may have taken effect and is not sent again under this key");
+      // Sent without a complete answer: the payment may have happened, so the error is the
+      // key's outcome and the request is never sent again under it.
+      const bool timedOut = r.failure == UpstreamFailure::Timeout;
+      HttpAnswer p = problemAnswer(
+          timedOut ? Problem::UpstreamTimeout : Problem::UpstreamFailed,
+          std::string(timedOut ? "the upstream did not answer in time"
+                               : "the upstream failed after the request was sent") +
+              "; the request may have taken effect and is not sent again under this key");
       recordOutcome(p, p, kFlagProxyError, Outcome::Error);
       return;
     }

@@ -95,6 +95,7 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   bool close_connection_ = false;  // answer with Connection: close
 
   std::string key_;
+  std::vector<std::string> scope_;  // values of the route's scope headers
   RecordId id_{};
   Fingerprint fingerprint_{};
   std::string owner_;  // our reservation token once we won
