@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "http_types.h"
+#include "base/http_types.h"
 
 namespace idem {
 

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "function_ref.h"
+#include "base/function_ref.h"
 #include "store/record.h"
 
 namespace idem {

@@ -1,0 +1,79 @@
+#include "base/http_types.h"
+
+#include <strings.h>
+
+#include <vector>
+
+namespace idem {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+
+namespace {
+
+int hexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool unreserved(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
+}
+
+}  // namespace
+
+std::string normalizePath(std::string_view raw) {
+  // 1. Percent-encoding normalisation.
+  std::string decoded;
+  decoded.reserve(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    const char c = raw[i];
+    if (c == '%' && i + 2 < raw.size()) {
+      const int hi = hexValue(raw[i + 1]);
+      const int lo = hexValue(raw[i + 2]);
+      if (hi >= 0 && lo >= 0) {
+        const char v = static_cast<char>(hi * 16 + lo);
+        if (unreserved(v)) {
+          decoded.push_back(v);
+        } else {
+          static const char* digits = "0123456789ABCDEF";
+          decoded.push_back('%');
+          decoded.push_back(digits[hi]);
+          decoded.push_back(digits[lo]);
+        }
+        i += 2;
+        continue;
+      }
+    }
+    decoded.push_back(c);
+  }
+  // 2. Segments: merge empty ones, resolve "." and "..".
+  std::vector<std::string_view> segments;
+  std::string_view rest(decoded);
+  const bool trailingSlash = rest.size() > 1 && rest.back() == '/';
+  while (!rest.empty()) {
+    size_t slash = rest.find('/');
+    std::string_view seg = rest.substr(0, slash);
+    rest = slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
+    if (seg.empty() || seg == ".") continue;
+    if (seg == "..") {
+      if (!segments.empty()) segments.pop_back();
+      continue;
+    }
+    segments.push_back(seg);
+  }
+  std::string out;
+  out.reserve(decoded.size());
+  for (auto seg : segments) {
+    out.push_back('/');
+    out.append(seg);
+  }
+  if (out.empty() || trailingSlash) out.push_back('/');
+  return out;
+}
+
+}  // namespace idem

@@ -1,0 +1,116 @@
+#pragma once
+// JSON-lines logging (SPEC §7): one object per line on stderr,
+//   {"time":"2024-05-01T12:00:00.123Z","level":"info","event":"request","route":"p","status":201}
+//
+//   log::info("request", {{"route", route.name}, {"status", 201}, {"duration_ms", 1.2}});
+//   if (log::enabled(LogLevel::Debug)) log::debug("state", {{"from", a}, {"to", b}});
+//
+// Every line is written with one write(2), under a process-wide mutex, so lines from different
+// threads never interleave. Safe to call from any thread.
+//
+// Secrets stay out of logs by construction, not by care:
+//  - there is no API that takes a request or response body, and every string value is cut to
+//    kMaxValueBytes, so a body passed by mistake cannot be dumped whole;
+//  - values of fields named like credentials or payloads (authorization, cookie, set-cookie,
+//    proxy-authorization, body, request_body, response_body, idempotency_key, key, password,
+//    secret, token; case-insensitive, '-' and '_' alike) are replaced by "[redacted]";
+//  - idempotency keys are logged only hashed: the caller passes the raw key to log::keyHash(),
+//    which makes the field "key_hash" = keyHashForLog(key) (digest.h: first 16 hex chars of
+//    its SHA-256). Never put a raw key in any other field.
+// Event names and field names are meant to be literals; values may be any bytes (control
+// characters are escaped and invalid UTF-8 replaced by U+FFFD, so every line is valid JSON).
+// Fields named "time", "level" or "event" are written as "field_time" etc.
+#include <concepts>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "config/config.h"
+
+namespace idem {
+
+class Clock;
+
+namespace log {
+
+inline constexpr size_t kMaxValueBytes = 1024;
+
+struct Field {
+  using Value = std::variant<std::string, int64_t, uint64_t, double, bool>;
+
+  Field(std::string_view k, std::string_view v) : key(k), value(std::string(v)) {}
+  Field(std::string_view k, const std::string& v) : key(k), value(v) {}
+  Field(std::string_view k, const char* v) : key(k), value(std::string(v ? v : "")) {}
+  Field(std::string_view k, bool v) : key(k), value(v) {}
+  Field(std::string_view k, double v) : key(k), value(v) {}
+  template <std::signed_integral T>
+  requires(!std::same_as<T, bool> && !std::same_as<T, char>) Field(std::string_view k, T v)
+      : key(k), value(static_cast<int64_t>(v)) {}
+  template <std::unsigned_integral T>
+  requires(!std::same_as<T, bool> && !std::same_as<T, char>) Field(std::string_view k, T v)
+      : key(k), value(static_cast<uint64_t>(v)) {}
+
+  std::string key;
+  Value value;
+};
+
+// An ordered list of fields; a key given twice keeps its last value.
+class Fields {
+ public:
+  Fields() = default;
+  Fields(std::initializer_list<Field> fields) : fields_(fields) {}
+  template <typename V>
+  Fields& add(std::string_view key, V&& value) {
+    fields_.emplace_back(key, std::forward<V>(value));
+    return *this;
+  }
+  Fields& add(Field f) {
+    fields_.push_back(std::move(f));
+    return *this;
+  }
+  const std::vector<Field>& items() const { return fields_; }
+
+ private:
+  std::vector<Field> fields_;
+};
+
+// {"key_hash": keyHashForLog(rawKey)}: the only way an idempotency key reaches a log.
+Field keyHash(std::string_view rawKey);
+
+// Process-wide settings. Defaults: level Info, fd 2 (stderr), the system clock.
+void setLevel(LogLevel level);
+LogLevel level();
+bool enabled(LogLevel level);
+// Where lines go; the caller keeps the descriptor open. Returns the previous one.
+int setFd(int fd);
+// Time source for the "time" field (tests inject a FakeClock); nullptr = the system clock.
+// The clock must outlive its use.
+void setClock(const Clock* clock);
+
+std::string_view levelName(LogLevel level);  // "debug", "info", "warn", "error"
+
+// The line (with its trailing '\n') that write() would emit at wall time `wallMs`.
+std::string formatLine(LogLevel level, std::string_view event, const Fields& fields,
+                       int64_t wallMs);
+// "2024-05-01T12:00:00.123Z"
+std::string rfc3339Utc(int64_t wallMs);
+
+void write(LogLevel level, std::string_view event, const Fields& fields = {});
+inline void debug(std::string_view event, const Fields& fields = {}) {
+  write(LogLevel::Debug, event, fields);
+}
+inline void info(std::string_view event, const Fields& fields = {}) {
+  write(LogLevel::Info, event, fields);
+}
+inline void warn(std::string_view event, const Fields& fields = {}) {
+  write(LogLevel::Warn, event, fields);
+}
+inline void error(std::string_view event, const Fields& fields = {}) {
+  write(LogLevel::Error, event, fields);
+}
+
+}  // namespace log
+}  // namespace idem

@@ -1,0 +1,118 @@
+// Command line parsing and dispatch. See cli.h.
+#include "cli/cli.h"
+
+#include <CLI/CLI.hpp>
+#include <exception>
+#include <iostream>
+
+#include "config/config.h"
+#include "version.h"
+
+namespace idem {
+
+namespace {
+
+// Adds the options naming one record (show, forget).
+void addRecordOptions(CLI::App* command, CliOptions& options) {
+  command->add_option("--route", options.route, "route name")->required();
+  command->add_option("--key", options.key, "idempotency key, as the client sent it")->required();
+  command
+      ->add_option("--scope", options.scopes,
+                   "value of one of the route's scope headers, in the order of its `scope` "
+                   "list; repeat for each")
+      ->allow_extra_args(false);
+}
+
+}  // namespace
+
+CliParse parseCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  CliOptions options;
+  CLI::App app{"idemproxy: a reverse proxy that makes unsafe HTTP requests idempotent",
+               "idemproxy"};
+  app.set_version_flag("--version", std::string("idemproxy ") + IDEMPROXY_VERSION);
+  app.require_subcommand(0, 1);
+  // Subcommands hand options they do not know (--config) to their parent, so that
+  // `idemproxy check --config FILE` and `idemproxy --config FILE check` both work.
+  app.fallthrough();
+  app.add_option("-c,--config", options.config_path, "configuration file (YAML)");
+
+  app.add_subcommand("run", "serve in the foreground (the default command)");
+  CLI::App* check = app.add_subcommand("check", "validate the configuration file and exit");
+  CLI::App* keys = app.add_subcommand("keys", "inspect or forget recorded idempotency keys");
+  keys->require_subcommand(1);
+  CLI::App* list =
+      keys->add_subcommand("list", "list records: route, key, state, status, age, expires");
+  list->add_option("--route", options.route, "only records of this route");
+  list->add_flag("--json", options.json, "one JSON object per line");
+  CLI::App* show = keys->add_subcommand("show", "show one record");
+  addRecordOptions(show, options);
+  CLI::App* forget = keys->add_subcommand("forget", "delete one record, so the key is new again");
+  addRecordOptions(forget, options);
+
+  try {
+    std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 pops from the back
+    app.parse(reversed);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e, out, err);
+    return CliParse{std::nullopt, code == 0 ? kExitOk : kExitUsage};
+  }
+
+  if (options.config_path.empty()) {
+    err << "idemproxy: --config FILE is required\nRun with --help for more information.\n";
+    return CliParse{std::nullopt, kExitUsage};
+  }
+  // `run` and no command at all are the same: CliCommand::Run, the default.
+  if (check->parsed()) {
+    options.command = CliCommand::Check;
+  } else if (keys->parsed()) {
+    options.command = CliCommand::Keys;
+    if (list->parsed()) {
+      options.keys = KeysCommand::List;
+    } else if (show->parsed()) {
+      options.keys = KeysCommand::Show;
+    } else {
+      options.keys = KeysCommand::Forget;
+    }
+  }
+  return CliParse{std::move(options), kExitOk};
+}
+
+int cmdCheck(const CliOptions& options, std::ostream& out, std::ostream& err) {
+  ConfigResult result = loadConfigFile(options.config_path);
+  if (!result.ok()) {
+    for (const ConfigError& e : result.errors) err << e.str() << '\n';
+    err.flush();
+    return kExitFailure;
+  }
+  out << options.config_path << ": ok\n";
+  out.flush();
+  return kExitOk;
+}
+
+int runCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  CliParse parsed = parseCli(args, out, err);
+  if (!parsed.options) return parsed.exit_code;
+  const CliOptions& options = *parsed.options;
+  try {
+    switch (options.command) {
+      case CliCommand::Check:
+        return cmdCheck(options, out, err);
+      case CliCommand::Keys:
+        return cmdKeys(options);
+      case CliCommand::Run:
+        return cmdRun(options);
+    }
+    return kExitUsage;
+  } catch (const std::exception& e) {
+    err << "idemproxy: " << e.what() << '\n';
+    return kExitFailure;
+  }
+}
+
+int runCli(int argc, char** argv) {
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+  return runCli(args, std::cout, std::cerr);
+}
+
+}  // namespace idem

@@ -1,0 +1,238 @@
+// `idemproxy run`: wires config, store, proxy workers, admin, signals and systemd together on
+// the main thread's event loop (SPEC §6–7).
+#include <event2/thread.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "ops/admin.h"
+#include "cli/cli.h"
+#include "ops/lifecycle.h"
+#include "base/log.h"
+#include "ops/metrics.h"
+#include "http/server.h"
+#include "store/lmdb/lmdb_store.h"
+#include "ops/telemetry.h"
+#include "upstream/upstream.h"
+#include "version.h"
+
+namespace idem {
+
+namespace {
+
+void logConfigErrors(const ConfigResult& cr, std::string_view event) {
+  for (const auto& e : cr.errors) log::error(event, {{"error", e.str()}});
+}
+
+// Settings that are bound at start; a reload reports them instead of silently ignoring them.
+std::vector<std::string> restartOnlyChanges(const Config& a, const Config& b) {
+  std::vector<std::string> out;
+  if (a.server.listen.host != b.server.listen.host || a.server.listen.port != b.server.listen.port)
+    out.push_back("server.listen");
+  if (a.server.workers != b.server.workers) out.push_back("server.workers");
+  if (a.server.client_timeout != b.server.client_timeout) out.push_back("server.client_timeout");
+  if (a.server.max_request_body != b.server.max_request_body) {
+    out.push_back("server.max_request_body");  // the HTTP layer's hard cap is set at start
+  }
+  if (a.store.path != b.store.path) out.push_back("store.path");
+  if (a.store.max_size != b.store.max_size) out.push_back("store.max_size");
+  if (a.store.durability != b.store.durability) out.push_back("store.durability");
+  if (a.store.backend != b.store.backend) out.push_back("store.backend");
+  if (a.admin.has_value() != b.admin.has_value() ||
+      (a.admin && (a.admin->listen.host != b.admin->listen.host ||
+                   a.admin->listen.port != b.admin->listen.port)))
+    out.push_back("admin.listen");
+  return out;
+}
+
+class Daemon {
+ public:
+  Daemon(std::string configPath, ConfigPtr config)
+      : config_path_(std::move(configPath)), config_(std::move(config)), telemetry_(metrics_) {}
+
+  int run() {
+    std::string error;
+    LmdbOptions so;
+    so.path = config_->store.path;
+    so.max_size = config_->store.max_size;
+    so.durability = config_->store.durability;
+    store_ = openLmdbStore(so, SystemClock::instance(), error);
+    if (!store_) {
+      log::error("store-open-failed", {{"path", config_->store.path}, {"error", error}});
+      return kExitFailure;
+    }
+    Histogram& commitLatency =
+        metrics_.histogram(metric::kStoreCommitLatency, metric::kStoreCommitLatencyHelp,
+                           metric::commitLatencyBuckets());
+    Histogram& commitBatch = metrics_.histogram(
+        metric::kStoreCommitBatch, metric::kStoreCommitBatchHelp, metric::batchSizeBuckets());
+    store_->setCommitObserver(
+        [&commitLatency, &commitBatch](std::chrono::microseconds d, size_t ops) {
+          commitLatency.observe(static_cast<double>(d.count()) / 1e6);
+          commitBatch.observe(static_cast<double>(ops));
+        });
+    telemetry_.install(*config_);
+
+    proxy_ = std::make_unique<Proxy>(config_, *store_, telemetry_);
+    if (!proxy_->start(error)) {
+      log::error("listen-failed", {{"listen", config_->server.listen.text}, {"error", error}});
+      return kExitFailure;
+    }
+    gauges_.push_back(
+        metrics_.gaugeCallback(metric::kRecordsHeld, metric::kRecordsHeldHelp, {},
+                               [this] { return static_cast<double>(store_->stats().records); }));
+    gauges_.push_back(
+        metrics_.gaugeCallback(metric::kStoreBytes, metric::kStoreBytesHelp, {},
+                               [this] { return static_cast<double>(store_->stats().bytes_used); }));
+    gauges_.push_back(metrics_.gaugeCallback(
+        "idemproxy_upstream_in_flight", "Exchanges with an upstream in progress.", {},
+        [this] { return static_cast<double>(proxy_->upstreamInFlight()); }));
+    gauges_.push_back(metrics_.gaugeCallback(
+        "idemproxy_waiters", "Requests parked waiting for a key's owner to finish.", {},
+        [this] { return static_cast<double>(proxy_->parkedWaiters()); }));
+    gauges_.push_back(metrics_.gaugeCallback(
+        "idemproxy_requests_active", "Requests received and not yet answered.", {},
+        [this] { return static_cast<double>(proxy_->active()); }));
+
+    base_.reset(event_base_new());
+    if (config_->admin) {
+      admin_ = std::make_unique<AdminServer>(base_.get(), metrics_, [this] { return !draining_; });
+      if (!admin_->start(config_->admin->listen, error)) {
+        log::error("admin-listen-failed",
+                   {{"listen", config_->admin->listen.text}, {"error", error}});
+        proxy_->stop();
+        return kExitFailure;
+      }
+    }
+    SignalHandlers::Callbacks cb;
+    cb.terminate = [this] { beginDrain(); };
+    cb.reload = [this] { reload(); };
+    signals_ = SignalHandlers::install(base_.get(), std::move(cb));
+    sweep_timer_.reset(evtimer_new(base_.get(), &Daemon::onSweepTimer, this));
+    armSweep(config_->store.sweep_interval);
+    drain_timer_.reset(event_new(base_.get(), -1, EV_PERSIST, &Daemon::onDrainTimer, this));
+
+    // A stuck worker loop stops the pings, and systemd restarts the service.
+    notifier_.startWatchdog(base_.get(), [this] { return proxy_->healthy(); });
+    log::info("started", {{"version", IDEMPROXY_VERSION},
+                          {"listen", config_->server.listen.text},
+                          {"port", proxy_->port()},
+                          {"workers", static_cast<uint64_t>(proxy_->workerCount())},
+                          {"store", config_->store.path}});
+    notifier_.status("serving on " + config_->server.listen.text);
+    notifier_.ready();
+
+    event_base_dispatch(base_.get());
+
+    // Order matters: stop the loops; let the store writer commit everything queued (its
+    // completions land in the stopped workers' mailboxes); then free the workers.
+    proxy_->stop();
+    gauges_.clear();
+    const size_t unfinished = proxy_->active();
+    store_.reset();
+    proxy_.reset();
+    log::info("stopped", {{"unfinished", static_cast<uint64_t>(unfinished)}});
+    return kExitOk;
+  }
+
+ private:
+  void beginDrain() {
+    if (draining_) {
+      log::warn("terminate-again", {{"active", static_cast<uint64_t>(proxy_->active())}});
+      return;
+    }
+    draining_ = true;
+    notifier_.stopping();
+    notifier_.status("draining");
+    proxy_->stopAccepting();
+    drain_deadline_ = std::chrono::steady_clock::now() + config_->server.drain_timeout;
+    log::info("draining", {{"active", static_cast<uint64_t>(proxy_->active())}});
+    timeval tv{0, 10'000};
+    event_add(drain_timer_.get(), &tv);
+    onDrainTimer(-1, 0, this);
+  }
+
+  static void onDrainTimer(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<Daemon*>(arg);
+    const bool timedOut = std::chrono::steady_clock::now() >= self->drain_deadline_;
+    if (self->proxy_->active() == 0 || timedOut) {
+      if (timedOut && self->proxy_->active() > 0) {
+        log::warn("drain-timeout", {{"active", static_cast<uint64_t>(self->proxy_->active())}});
+      }
+      event_del(self->drain_timer_.get());
+      event_base_loopbreak(self->base_.get());
+    }
+  }
+
+  void reload() {
+    notifier_.reloading();
+    ConfigResult cr = loadConfigFile(config_path_);
+    if (!cr.ok()) {
+      logConfigErrors(cr, "reload-rejected");
+      notifier_.status("reload rejected; serving the previous configuration");
+      notifier_.ready();
+      return;
+    }
+    for (const auto& setting : restartOnlyChanges(*config_, *cr.config)) {
+      log::warn("reload-needs-restart", {{"setting", setting}});
+    }
+    config_ = cr.config;
+    log::setLevel(config_->log.level);
+    telemetry_.install(*config_);
+    proxy_->reload(config_);
+    log::info("reloaded", {{"routes", static_cast<uint64_t>(config_->routes.size())}});
+    notifier_.status("serving on " + config_->server.listen.text);
+    notifier_.ready();
+  }
+
+  void armSweep(std::chrono::milliseconds after) {
+    const auto ms = after.count();
+    timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
+    evtimer_add(sweep_timer_.get(), &tv);
+  }
+
+  static void onSweepTimer(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<Daemon*>(arg);
+    constexpr size_t kSlice = 1000;
+    event* timer = self->sweep_timer_.get();
+    self->store_->sweep(kSlice, [timer](WriteResult r) {
+      // A full slice means more expired records wait: sweep the next slice right away.
+      if (r.error == StoreError::None && r.removed == kSlice) event_active(timer, EV_TIMEOUT, 0);
+    });
+    self->armSweep(self->config_->store.sweep_interval);
+  }
+
+  std::string config_path_;
+  ConfigPtr config_;
+  MetricsRegistry metrics_;
+  Telemetry telemetry_;
+  std::unique_ptr<LmdbStore> store_;
+  std::unique_ptr<Proxy> proxy_;
+  EventBasePtr base_;
+  std::unique_ptr<AdminServer> admin_;
+  std::unique_ptr<SignalHandlers> signals_;
+  Notifier notifier_;
+  EventPtr sweep_timer_;
+  EventPtr drain_timer_;
+  std::vector<GaugeCallbackRegistration> gauges_;
+  bool draining_ = false;
+  std::chrono::steady_clock::time_point drain_deadline_;
+};
+
+}  // namespace
+
+int cmdRun(const CliOptions& options) {
+  ignoreSigpipe();
+  ConfigResult cr = loadConfigFile(options.config_path);
+  if (!cr.ok()) {
+    for (const auto& e : cr.errors) std::fprintf(stderr, "%s\n", e.str().c_str());
+    logConfigErrors(cr, "config-invalid");
+    return kExitFailure;
+  }
+  log::setLevel(cr.config->log.level);
+  Daemon daemon(options.config_path, cr.config);
+  return daemon.run();
+}
+
+}  // namespace idem

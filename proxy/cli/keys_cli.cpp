@@ -1,0 +1,171 @@
+// `idemproxy keys list|show|forget` (SPEC §6): operator access to the store while the daemon
+// runs (LMDB readers never block the writer; `forget` queues one write like the daemon does).
+#include <cinttypes>
+#include <cstdio>
+#include <ctime>
+
+#include "base/c_handles.h"
+#include "cli/cli.h"
+#include "base/digest.h"
+#include "request/idempotency.h"
+#include "store/lmdb/lmdb_store.h"
+
+namespace idem {
+
+namespace {
+
+const char* stateName(const Record& r, int64_t now) {
+  if (r.expired(now)) return "expired";
+  if (r.state == RecordState::InFlight) return r.leasePassed(now) ? "abandoned" : "in-flight";
+  if (r.flags & kFlagOutcomeUnknown) return "outcome-unknown";
+  return "completed";
+}
+
+std::string isoTime(int64_t ms) {
+  std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string seconds(int64_t ms) {
+  if (ms < 0) {
+    std::string s = seconds(-ms);
+    s.insert(s.begin(), '-');
+    return s;
+  }
+  return std::to_string(ms / 1000) + "s";
+}
+
+cJSON* recordJson(const Record& r, int64_t now) {
+  cJSON* o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "route", r.route.c_str());
+  cJSON_AddStringToObject(o, "key", r.key.c_str());
+  cJSON_AddStringToObject(o, "state", stateName(r, now));
+  if (r.state == RecordState::Completed) cJSON_AddNumberToObject(o, "status", r.answer.status);
+  cJSON_AddNumberToObject(o, "age_s", static_cast<double>(now - r.reserved_at_ms) / 1000.0);
+  cJSON_AddNumberToObject(o, "expires_in_s", static_cast<double>(r.expires_at_ms - now) / 1000.0);
+  cJSON_AddStringToObject(o, "reserved_at", isoTime(r.reserved_at_ms).c_str());
+  cJSON_AddStringToObject(o, "expires_at", isoTime(r.expires_at_ms).c_str());
+  return o;
+}
+
+const RouteConfig* findRouteByName(const Config& cfg, const std::string& name) {
+  for (const auto& r : cfg.routes)
+    if (r.name == name) return &r;
+  return nullptr;
+}
+
+int keysList(const CliOptions& o, Store& store) {
+  const int64_t now = SystemClock::instance().wallMs();
+  auto records = store.list();
+  if (!o.json) {
+    std::printf("%-20s %-40s %-16s %6s %10s %10s\n", "ROUTE", "KEY", "STATE", "STATUS", "AGE",
+                "EXPIRES");
+  }
+  for (const auto& [id, r] : records) {
+    if (!o.route.empty() && r.route != o.route) continue;
+    if (o.json) {
+      CJsonPtr j(recordJson(r, now));
+      cJSON_AddStringToObject(j.get(), "id", toHex(id).c_str());
+      CJsonString s(cJSON_PrintUnformatted(j.get()));
+      std::printf("%s\n", s.get());
+    } else {
+      const std::string status =
+          r.state == RecordState::Completed ? std::to_string(r.answer.status) : "-";
+      std::printf("%-20s %-40s %-16s %6s %10s %10s\n", r.route.c_str(), r.key.c_str(),
+                  stateName(r, now), status.c_str(), seconds(now - r.reserved_at_ms).c_str(),
+                  seconds(r.expires_at_ms - now).c_str());
+    }
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int cmdKeys(const CliOptions& o) {
+  ConfigResult cr = loadConfigFile(o.config_path);
+  if (!cr.ok()) {
+    for (const auto& e : cr.errors) std::fprintf(stderr, "%s\n", e.str().c_str());
+    return kExitFailure;
+  }
+  const Config& cfg = *cr.config;
+  const RouteConfig* route = nullptr;
+  if (o.keys != KeysCommand::List || !o.route.empty()) {
+    route = findRouteByName(cfg, o.route);
+    if (route == nullptr || !route->idempotency) {
+      std::fprintf(stderr, "idemproxy: no idempotent route named '%s' in %s\n", o.route.c_str(),
+                   o.config_path.c_str());
+      return kExitFailure;
+    }
+  }
+  LmdbOptions so;
+  so.path = cfg.store.path;
+  so.max_size = cfg.store.max_size;
+  so.durability = cfg.store.durability;
+  so.read_only = o.keys != KeysCommand::Forget;
+  std::string error;
+  auto store = openLmdbStore(so, SystemClock::instance(), error);
+  if (!store) {
+    std::fprintf(stderr, "idemproxy: cannot open the store at %s: %s\n", cfg.store.path.c_str(),
+                 error.c_str());
+    return kExitFailure;
+  }
+  if (o.keys == KeysCommand::List) return keysList(o, *store);
+
+  // The record's identity uses one value per scope header; absent ones are empty.
+  std::vector<std::string> scope = o.scopes;
+  if (scope.size() > route->idempotency->scope.size()) {
+    std::fprintf(stderr, "idemproxy: route '%s' has %zu scope header(s); %zu --scope given\n",
+                 route->name.c_str(), route->idempotency->scope.size(), scope.size());
+    return kExitFailure;
+  }
+  scope.resize(route->idempotency->scope.size());
+  // The key as a client would send it: a quoted sf-string is unquoted, like the proxy does.
+  ParsedKey parsed = parseIdempotencyKey({o.key});
+  if (parsed.status != KeyStatus::Ok) {
+    std::fprintf(stderr, "idemproxy: invalid key: %s\n", parsed.reason.c_str());
+    return kExitFailure;
+  }
+  const RecordId id = recordId(route->name, scope, parsed.key);
+
+  if (o.keys == KeysCommand::Forget) {
+    WriteResult r = forgetSync(*store, id);
+    if (r.error != StoreError::None) {
+      std::fprintf(stderr, "idemproxy: forget failed: %s\n", toString(r.error));
+      return kExitFailure;
+    }
+    std::printf("%s\n", r.changed ? "forgotten" : "not found");
+    return r.changed ? kExitOk : kExitFailure;
+  }
+
+  // show: every record, expired ones too, so an operator sees what is there.
+  const int64_t now = SystemClock::instance().wallMs();
+  for (const auto& [rid, r] : store->list()) {
+    if (rid != id) continue;
+    CJsonPtr j(recordJson(r, now));
+    cJSON_AddStringToObject(j.get(), "id", toHex(rid).c_str());
+    cJSON_AddStringToObject(j.get(), "owner", r.owner.c_str());
+    cJSON* scopeValues = cJSON_AddArrayToObject(j.get(), "scope");
+    for (const auto& v : r.scope) cJSON_AddItemToArray(scopeValues, cJSON_CreateString(v.c_str()));
+    if (r.state == RecordState::Completed) {
+      cJSON* headers = cJSON_AddArrayToObject(j.get(), "headers");
+      for (const auto& h : r.answer.headers) {
+        cJSON* pair = cJSON_CreateArray();
+        cJSON_AddItemToArray(pair, cJSON_CreateString(h.name.c_str()));
+        cJSON_AddItemToArray(pair, cJSON_CreateString(h.value.c_str()));
+        cJSON_AddItemToArray(headers, pair);
+      }
+      cJSON_AddNumberToObject(j.get(), "body_bytes", static_cast<double>(r.answer.body.size()));
+    }
+    CJsonString s(cJSON_Print(j.get()));
+    std::printf("%s\n", s.get());
+    return kExitOk;
+  }
+  std::fprintf(stderr, "idemproxy: no record for that route, key and scope\n");
+  return kExitFailure;
+}
+
+}  // namespace idem

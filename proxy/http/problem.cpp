@@ -1,0 +1,75 @@
+#include "http/problem.h"
+
+#include "base/c_handles.h"
+
+namespace idem {
+namespace {
+
+struct ProblemInfo {
+  int status;
+  const char* slug;
+  const char* title;
+};
+
+ProblemInfo info(Problem p) {
+  switch (p) {
+    case Problem::KeyMissing:
+      return {400, "idempotency-key-missing", "Idempotency-Key header is required"};
+    case Problem::KeyInvalid:
+      return {400, "idempotency-key-invalid", "Idempotency-Key header is invalid"};
+    case Problem::NoRoute:
+      return {404, "no-route", "No route matches this request"};
+    case Problem::KeyInUse:
+      return {409, "idempotency-key-in-use", "A request with this key is still in progress"};
+    case Problem::RequestTooLarge:
+      return {413, "request-too-large", "Request body is too large"};
+    case Problem::KeyMismatch:
+      return {422, "idempotency-key-mismatch",
+              "This key was already used with a different request"};
+    case Problem::UpstreamUnavailable:
+      return {502, "upstream-unavailable", "The upstream could not be reached"};
+    case Problem::UpstreamFailed:
+      return {502, "upstream-failed", "The upstream failed after the request was sent"};
+    case Problem::OutcomeUnknown:
+      return {502, "outcome-unknown", "The outcome of the original request is unknown"};
+    case Problem::ResponseNotReplayable:
+      return {502, "response-not-replayable", "The original response was too large to replay"};
+    case Problem::StoreUnavailable:
+      return {503, "store-unavailable", "The idempotency store is unavailable"};
+    case Problem::UpstreamTimeout:
+      return {504, "upstream-timeout", "The upstream did not answer in time"};
+    case Problem::BadRequest:
+      return {400, "bad-request", "The request is malformed"};
+  }
+  return {500, "internal", "Internal error"};
+}
+
+}  // namespace
+
+int problemStatus(Problem p) {
+  return info(p).status;
+}
+const char* problemSlug(Problem p) {
+  return info(p).slug;
+}
+const char* problemTitle(Problem p) {
+  return info(p).title;
+}
+
+HttpAnswer problemAnswer(Problem p, std::string_view detail) {
+  const ProblemInfo i = info(p);
+  CJsonPtr obj(cJSON_CreateObject());
+  cJSON_AddStringToObject(obj.get(), "type",
+                          (std::string("urn:idemproxy:problem:") + i.slug).c_str());
+  cJSON_AddStringToObject(obj.get(), "title", i.title);
+  cJSON_AddNumberToObject(obj.get(), "status", i.status);
+  cJSON_AddStringToObject(obj.get(), "detail", std::string(detail).c_str());
+  CJsonString text(cJSON_PrintUnformatted(obj.get()));
+  HttpAnswer a;
+  a.status = i.status;
+  a.headers.push_back({"Content-Type", "application/problem+json"});
+  a.body = text ? text.get() : "{}";
+  return a;
+}
+
+}  // namespace idem

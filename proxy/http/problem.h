@@ -1,0 +1,34 @@
+#pragma once
+// RFC 9457 problem responses the proxy writes itself (SPEC §4).
+#include <string>
+#include <string_view>
+
+#include "base/http_types.h"
+
+namespace idem {
+
+enum class Problem {
+  KeyMissing,             // 400 idempotency-key-missing
+  KeyInvalid,             // 400 idempotency-key-invalid
+  NoRoute,                // 404 no-route
+  KeyInUse,               // 409 idempotency-key-in-use
+  RequestTooLarge,        // 413 request-too-large
+  KeyMismatch,            // 422 idempotency-key-mismatch
+  UpstreamUnavailable,    // 502 upstream-unavailable
+  UpstreamFailed,         // 502 upstream-failed
+  OutcomeUnknown,         // 502 outcome-unknown
+  ResponseNotReplayable,  // 502 response-not-replayable
+  StoreUnavailable,       // 503 store-unavailable
+  UpstreamTimeout,        // 504 upstream-timeout
+  BadRequest,             // 400 bad-request (malformed request the HTTP layer accepted)
+};
+
+int problemStatus(Problem p);
+const char* problemSlug(Problem p);
+const char* problemTitle(Problem p);
+
+// `{"type":"urn:idemproxy:problem:<slug>","title":…,"status":…,"detail":…}` with
+// Content-Type application/problem+json. `detail` must never carry a request body or secret.
+HttpAnswer problemAnswer(Problem p, std::string_view detail);
+
+}  // namespace idem

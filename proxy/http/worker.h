@@ -1,0 +1,73 @@
+#pragma once
+// One event-loop thread: its event_base, evhttp on the shared listening socket, its upstream
+// clients and a mailbox through which other threads (the store writer, waiters) post work.
+#include <event2/listener.h>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/c_handles.h"
+#include "config/config.h"
+#include "upstream/upstream.h"
+
+namespace idem {
+
+class Proxy;
+
+class Worker {
+ public:
+  Worker(Proxy& proxy, unsigned workerCount, ConfigPtr config);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Creates the loop and the HTTP server on `listenFd` (shared, not owned).
+  bool init(int listenFd, std::string& error);
+  void startThread();
+  void join();
+
+  // Thread-safe: run `fn` on this worker's loop.
+  void post(std::function<void()> fn);
+  // Thread-safe.
+  void reload(ConfigPtr config);
+  void stopAccepting();
+  void stop();
+
+  // Loop thread only.
+  event_base* base() { return base_.get(); }
+  Proxy& proxy() { return proxy_; }
+  const ConfigPtr& config() const { return config_; }
+  std::shared_ptr<Upstream> upstream(const std::string& name);
+
+  // Thread-safe: steady-clock milliseconds of the loop's last heartbeat (every second).
+  int64_t lastBeatMs() const { return last_beat_ms_.load(std::memory_order_relaxed); }
+  static int64_t steadyMs();
+
+ private:
+  static void onRequest(evhttp_request* req, void* arg);
+  static void onMailbox(evutil_socket_t, short, void* arg);
+  static void onHeartbeat(evutil_socket_t, short, void* arg);
+  void rebuildUpstreams();
+
+  Proxy& proxy_;
+  unsigned worker_count_;
+  ConfigPtr config_;
+  EventBasePtr base_;
+  EvhttpPtr http_;
+  evhttp_bound_socket* bound_ = nullptr;
+  EventPtr mailbox_event_;
+  EventPtr heartbeat_;
+  std::atomic<int64_t> last_beat_ms_{0};
+  std::mutex mailbox_mu_;
+  std::vector<std::function<void()>> mailbox_;
+  std::map<std::string, std::shared_ptr<Upstream>> upstreams_;
+  std::thread thread_;
+};
+
+}  // namespace idem

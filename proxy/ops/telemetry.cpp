@@ -1,0 +1,77 @@
+#include "ops/telemetry.h"
+
+#include "base/digest.h"
+#include "base/log.h"
+
+namespace idem {
+
+namespace {
+constexpr Outcome kAllOutcomes[] = {Outcome::Forwarded, Outcome::Replayed, Outcome::Conflict,
+                                    Outcome::Mismatch,  Outcome::Invalid,  Outcome::Passthrough,
+                                    Outcome::Released,  Outcome::Error};
+}
+
+Telemetry::Telemetry(MetricsRegistry& metrics) : metrics_(metrics) {
+  table_.store(std::make_shared<const Table>());
+}
+
+std::array<Counter*, Telemetry::kOutcomes> Telemetry::routeCounters(const std::string& route) {
+  std::array<Counter*, kOutcomes> out{};
+  for (Outcome o : kAllOutcomes) {
+    out[static_cast<size_t>(o)] =
+        &metrics_.counter(metric::kRequestsTotal, metric::kRequestsTotalHelp,
+                          {{"route", route}, {"outcome", toString(o)}});
+  }
+  return out;
+}
+
+void Telemetry::install(const Config& config) {
+  auto t = std::make_shared<Table>();
+  t->requests.emplace("", routeCounters(""));  // requests no route matched
+  for (const auto& r : config.routes) t->requests.emplace(r.name, routeCounters(r.name));
+  for (const auto& [name, u] : config.upstreams) {
+    t->upstream_latency.emplace(
+        name, &metrics_.histogram(metric::kUpstreamLatency, metric::kUpstreamLatencyHelp,
+                                  metric::latencyBuckets(), {{"upstream", name}}));
+    t->upstream_failures.emplace(
+        name, &metrics_.counter("idemproxy_upstream_failures_total",
+                                "Exchanges that ended without a complete upstream answer.",
+                                {{"upstream", name}}));
+  }
+  table_.store(std::move(t));
+}
+
+void Telemetry::requestDone(const RequestReport& r) {
+  auto t = table_.load(std::memory_order_acquire);
+  auto it = t->requests.find(r.route);
+  if (it != t->requests.end()) it->second[static_cast<size_t>(r.outcome)]->inc();
+  if (!log::enabled(LogLevel::Info)) return;
+  log::Fields f{{"route", r.route},
+                {"method", r.method},
+                {"path", r.path},
+                {"status", r.status},
+                {"outcome", toString(r.outcome)},
+                {"duration_ms", r.duration_ms}};
+  if (!r.key.empty()) f.add("key_hash", keyHashForLog(r.key));
+  if (!r.detail.empty()) f.add("detail", r.detail);
+  log::info("request", f);
+}
+
+void Telemetry::upstreamDone(std::string_view upstream, std::chrono::microseconds latency,
+                             bool failed) {
+  auto t = table_.load(std::memory_order_acquire);
+  if (auto it = t->upstream_latency.find(upstream); it != t->upstream_latency.end()) {
+    it->second->observe(static_cast<double>(latency.count()) / 1e6);
+  }
+  if (failed) {
+    if (auto it = t->upstream_failures.find(upstream); it != t->upstream_failures.end()) {
+      it->second->inc();
+    }
+  }
+}
+
+void Telemetry::event(std::string_view name, std::string_view route, std::string_view detail) {
+  log::warn(name, {{"route", route}, {"detail", detail}});
+}
+
+}  // namespace idem

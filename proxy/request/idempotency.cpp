@@ -1,0 +1,163 @@
+#include "request/idempotency.h"
+
+#include <algorithm>
+
+#include "base/c_handles.h"
+#include "base/digest.h"
+
+namespace idem {
+
+ParsedKey parseIdempotencyKey(const std::vector<std::string_view>& values) {
+  return parseIdempotencyKey(values.empty() ? std::string_view() : values.front(), values.size());
+}
+
+ParsedKey parseIdempotencyKey(std::string_view first, size_t count) {
+  ParsedKey out;
+  if (count == 0) return out;
+  out.status = KeyStatus::Invalid;
+  if (count > 1) {
+    out.reason = "the key header appears more than once";
+    return out;
+  }
+  std::string_view v = first;
+  // evhttp keeps the field value without surrounding whitespace, but be strict anyway.
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  std::string key;
+  if (v.size() >= 2 && v.front() == '"' && v.back() == '"') {
+    // RFC 8941 sf-string: printable ASCII; backslash escapes only \" and \\.
+    std::string_view inner = v.substr(1, v.size() - 2);
+    for (size_t i = 0; i < inner.size(); ++i) {
+      char c = inner[i];
+      if (c == '\\') {
+        if (i + 1 >= inner.size() || (inner[i + 1] != '"' && inner[i + 1] != '\\')) {
+          out.reason = "the quoted key has an invalid escape";
+          return out;
+        }
+        key.push_back(inner[++i]);
+      } else if (c == '"') {
+        out.reason = "the quoted key has an unescaped quote";
+        return out;
+      } else {
+        key.push_back(c);
+      }
+    }
+  } else {
+    key.assign(v);
+  }
+  if (key.empty()) {
+    out.reason = "the key is empty";
+    return out;
+  }
+  if (key.size() > 255) {
+    out.reason = "the key is longer than 255 characters";
+    return out;
+  }
+  for (char c : key) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 0x21 || u > 0x7e) {
+      out.reason = "the key has a character outside printable ASCII (0x21-0x7E)";
+      return out;
+    }
+  }
+  out.status = KeyStatus::Ok;
+  out.key = std::move(key);
+  return out;
+}
+
+std::vector<std::string> scopeValues(const IdempotencyConfig& cfg, const Headers& headers) {
+  return scopeValuesOf(cfg, [&](HeaderVisitor fn) {
+    for (const auto& h : headers) fn(h.name, h.value);
+  });
+}
+
+std::vector<std::string> scopeValuesOf(const IdempotencyConfig& cfg,
+                                       FunctionRef<void(HeaderVisitor)> forEachHeader) {
+  std::vector<std::string> out;
+  out.reserve(cfg.scope.size());
+  for (const auto& name : cfg.scope) {
+    std::string v;
+    bool first = true;
+    forEachHeader([&](std::string_view hname, std::string_view hvalue) {
+      if (!iequals(hname, name)) return;
+      if (!first) v += ", ";
+      v += hvalue;
+      first = false;
+    });
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+namespace {
+
+void sortObjectKeys(cJSON* node) {
+  if (node == nullptr) return;
+  if (cJSON_IsObject(node)) {
+    std::vector<cJSON*> items;
+    for (cJSON* c = node->child; c != nullptr; c = c->next) items.push_back(c);
+    std::stable_sort(items.begin(), items.end(), [](const cJSON* a, const cJSON* b) {
+      return std::string_view(a->string) < std::string_view(b->string);
+    });
+    cJSON* prev = nullptr;
+    for (cJSON* c : items) {
+      c->prev = prev;
+      c->next = nullptr;
+      if (prev) prev->next = c;
+      prev = c;
+    }
+    node->child = items.empty() ? nullptr : items.front();
+    if (!items.empty()) items.front()->prev = items.back();  // cJSON keeps child->prev = tail
+  }
+  for (cJSON* c = node->child; c != nullptr; c = c->next) sortObjectKeys(c);
+}
+
+}  // namespace
+
+bool canonicalJson(std::string_view text, std::string& out) {
+  const char* end = nullptr;
+  CJsonPtr root(cJSON_ParseWithLengthOpts(text.data(), text.size(), &end, false));
+  if (!root) return false;
+  // Only whitespace may follow the value.
+  for (const char* p = end; p < text.data() + text.size(); ++p) {
+    if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') return false;
+  }
+  sortObjectKeys(root.get());
+  CJsonString printed(cJSON_PrintUnformatted(root.get()));
+  if (!printed) return false;
+  out.assign(printed.get());
+  return true;
+}
+
+Fingerprint requestFingerprint(const IdempotencyConfig& cfg, const RequestParts& parts) {
+  Sha256 h;
+  h.field("idemproxy-fingerprint-v1");
+  for (FingerprintPart part : cfg.fingerprint) {
+    switch (part) {
+      case FingerprintPart::Method:
+        h.field("method").field(parts.method);
+        break;
+      case FingerprintPart::Path:
+        h.field("path").field(parts.path);
+        break;
+      case FingerprintPart::Query:
+        h.field("query").field(parts.query);
+        break;
+      case FingerprintPart::Body:
+        h.field("body").field(parts.body);
+        break;
+      case FingerprintPart::BodyJson: {
+        std::string canonical;
+        if (canonicalJson(parts.body, canonical)) {
+          h.field("body-json").field(canonical);
+        } else {
+          h.field("body").field(parts.body);
+        }
+        break;
+      }
+    }
+  }
+  return h.finish();
+}
+
+}  // namespace idem

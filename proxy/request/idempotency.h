@@ -1,0 +1,50 @@
+#pragma once
+// Request identity rules (SPEC §1 steps 1–3): key parsing, scope, fingerprint.
+// Pure functions: no sockets, no store.
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.h"
+#include "base/function_ref.h"
+#include "base/http_types.h"
+#include "store/record.h"
+
+namespace idem {
+
+enum class KeyStatus { Ok, Missing, Invalid };
+
+struct ParsedKey {
+  KeyStatus status = KeyStatus::Missing;
+  std::string key;     // unquoted, when Ok
+  std::string reason;  // why it is invalid, for the problem detail
+};
+
+// `values` are every value of the key header in the request (the header may repeat).
+ParsedKey parseIdempotencyKey(const std::vector<std::string_view>& values);
+// The same without a vector: `count` values of which `first` is the first (ignored when 0).
+ParsedKey parseIdempotencyKey(std::string_view first, size_t count);
+
+// The values of the route's scope headers, in the configured order ("" when absent; repeated
+// fields joined with ", ").
+std::vector<std::string> scopeValues(const IdempotencyConfig& cfg, const Headers& headers);
+// The same over any header source: forEachHeader(fn) calls fn(name, value) for every field of
+// the request, in order.
+using HeaderVisitor = FunctionRef<void(std::string_view name, std::string_view value)>;
+std::vector<std::string> scopeValuesOf(const IdempotencyConfig& cfg,
+                                       FunctionRef<void(HeaderVisitor)> forEachHeader);
+
+struct RequestParts {
+  std::string_view method;
+  std::string_view path;
+  std::string_view query;
+  std::string_view body;
+};
+
+Fingerprint requestFingerprint(const IdempotencyConfig& cfg, const RequestParts& parts);
+
+// JSON with object keys sorted and insignificant whitespace dropped; false when `text` is not
+// JSON (the caller then falls back to the bytes).
+bool canonicalJson(std::string_view text, std::string& out);
+
+}  // namespace idem

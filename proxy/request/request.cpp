@@ -1,0 +1,736 @@
+#include "request/request.h"
+
+#include <event2/keyvalq_struct.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "base/digest.h"
+#include "request/idempotency.h"
+#include "http/worker.h"
+
+namespace idem {
+
+const char* toString(RequestState s) {
+  switch (s) {
+    case RequestState::Received:
+      return "received";
+    case RequestState::Reserving:
+      return "reserving";
+    case RequestState::Waiting:
+      return "waiting";
+    case RequestState::Forwarding:
+      return "forwarding";
+    case RequestState::Recording:
+      return "recording";
+    case RequestState::Releasing:
+      return "releasing";
+    case RequestState::Responded:
+      return "responded";
+  }
+  return "?";
+}
+
+namespace {
+
+using Steady = std::chrono::steady_clock;
+
+const char* methodName(evhttp_cmd_type cmd) {
+  switch (cmd) {
+    case EVHTTP_REQ_GET:
+      return "GET";
+    case EVHTTP_REQ_POST:
+      return "POST";
+    case EVHTTP_REQ_HEAD:
+      return "HEAD";
+    case EVHTTP_REQ_PUT:
+      return "PUT";
+    case EVHTTP_REQ_DELETE:
+      return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+      return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+      return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+      return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+      return "PATCH";
+  }
+  return "GET";
+}
+
+const char* reasonPhrase(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 304:
+      return "Not Modified";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 402:
+      return "Payment Required";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 409:
+      return "Conflict";
+    case 413:
+      return "Content Too Large";
+    case 422:
+      return "Unprocessable Content";
+    case 429:
+      return "Too Many Requests";
+    case 500:
+      return "Internal Server Error";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "Status";
+  }
+}
+
+bool named(const std::vector<std::string>& names, std::string_view name) {
+  return std::any_of(names.begin(), names.end(),
+                     [&](const std::string& n) { return iequals(n, name); });
+}
+
+}  // namespace
+
+void ProxyRequest::start(Worker& worker, evhttp_request* req) {
+  auto r = std::make_shared<ProxyRequest>(worker, req);
+  r->run();
+}
+
+ProxyRequest::ProxyRequest(Worker& worker, evhttp_request* req)
+    : worker_(worker), config_(worker.config()), req_(req), started_(Steady::now()) {
+  worker_.proxy().activeCounter().fetch_add(1, std::memory_order_relaxed);
+}
+
+ProxyRequest::~ProxyRequest() {
+  if (own_reservation_) ownerDone();
+  worker_.proxy().activeCounter().fetch_sub(1, std::memory_order_relaxed);
+}
+
+void ProxyRequest::setState(RequestState next) {
+  // Allowed transitions; anything else is a broken invariant.
+  bool ok = false;
+  switch (state_) {
+    case RequestState::Received:
+      ok = next == RequestState::Reserving || next == RequestState::Forwarding ||
+           next == RequestState::Responded;
+      break;
+    case RequestState::Reserving:
+      ok = next == RequestState::Forwarding || next == RequestState::Waiting ||
+           next == RequestState::Responded;
+      break;
+    case RequestState::Waiting:
+      ok = next == RequestState::Reserving || next == RequestState::Responded;
+      break;
+    case RequestState::Forwarding:
+      ok = next == RequestState::Recording || next == RequestState::Releasing ||
+           next == RequestState::Responded;
+      break;
+    case RequestState::Recording:
+    case RequestState::Releasing:
+      ok = next == RequestState::Responded;
+      break;
+    case RequestState::Responded:
+      ok = false;
+      break;
+  }
+  if (!ok) {
+    worker_.proxy().observer().event("bad-transition", route_ ? route_->name : "",
+                                     std::string(toString(state_)) + "->" + toString(next));
+    std::abort();
+  }
+  state_ = next;
+}
+
+void ProxyRequest::run() {
+  if (!readRequest()) return;
+  route_ = config_->findRoute(method_, match_path_);
+  if (route_ == nullptr) {
+    respondProblem(Problem::NoRoute, "no route for " + method_ + " " + path_, Outcome::Invalid);
+    return;
+  }
+  upstream_ = worker_.upstream(route_->upstream);  // from the same snapshot as the route
+  if (!upstream_) {
+    respondProblem(Problem::UpstreamUnavailable, "the route's upstream is not configured",
+                   Outcome::Error);
+    return;
+  }
+  if (!route_->idempotency) {
+    passThrough();
+    return;
+  }
+  beginIdempotent();
+}
+
+bool ProxyRequest::readRequest() {
+  method_ = methodName(evhttp_request_get_command(req_));
+  // Origin-form targets are split by hand: evhttp's URI parser reads "//a/b" as an authority.
+  const char* target = evhttp_request_get_uri(req_);
+  std::string_view raw = target ? target : "";
+  std::string path;
+  if (raw.starts_with('/')) {
+    const size_t q = raw.find('?');
+    path.assign(raw.substr(0, q));
+    if (q != std::string_view::npos) query_.assign(raw.substr(q + 1));
+  } else if (const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req_)) {  // absolute-form
+    if (const char* p = evhttp_uri_get_path(uri)) path = p;
+    if (const char* q = evhttp_uri_get_query(uri)) query_ = q;
+  }
+  if (path.empty() || path[0] != '/') {
+    respondProblem(Problem::BadRequest, "the request target must be an absolute path",
+                   Outcome::Invalid);
+    return false;
+  }
+  path_ = std::move(path);
+  match_path_ = normalizePath(path_);
+
+  // The fields stay in evhttp's list: they are copied only when the request is forwarded.
+  const evkeyvalq* in = evhttp_request_get_input_headers(req_);
+  const char* contentLength = nullptr;
+  bool ambiguousFraming = false;
+  bool chunked = false;
+  for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
+    if (iequals(kv->key, "Content-Length")) {
+      ambiguousFraming |= contentLength != nullptr && std::string_view(contentLength) != kv->value;
+      contentLength = kv->value;
+    } else if (iequals(kv->key, "Transfer-Encoding")) {
+      chunked = true;
+    }
+  }
+  // Conflicting Content-Length fields, or Content-Length with Transfer-Encoding, frame the
+  // body ambiguously (RFC 9112 §6.3): refuse and close, so nothing can be smuggled behind it.
+  if (ambiguousFraming || (chunked && contentLength != nullptr)) {
+    close_connection_ = true;
+    respondProblem(Problem::BadRequest, "the request's message framing is ambiguous",
+                   Outcome::Invalid);
+    return false;
+  }
+  evbuffer* body = evhttp_request_get_input_buffer(req_);
+  const size_t n = evbuffer_get_length(body);
+  if (n > config_->server.max_request_body) {
+    respondProblem(
+        Problem::RequestTooLarge,
+        "the body is larger than " + std::to_string(config_->server.max_request_body) + " bytes",
+        Outcome::Invalid);
+    return false;
+  }
+  // Left in evhttp's buffer (made contiguous): copied only when the request is forwarded.
+  if (n > 0) body_ = std::string_view(reinterpret_cast<const char*>(evbuffer_pullup(body, -1)), n);
+
+  char* addr = nullptr;
+  ev_uint16_t port = 0;
+  if (evhttp_connection* conn = evhttp_request_get_connection(req_)) {
+    evhttp_connection_get_peer(conn, &addr, &port);
+  }
+  if (addr != nullptr) peer_ = addr;
+  return true;
+}
+
+void ProxyRequest::passThrough() {
+  forward();
+}  // own_reservation_ stays false
+
+void ProxyRequest::beginIdempotent() {
+  const IdempotencyConfig& ic = *route_->idempotency;
+  std::string_view firstValue;
+  size_t values = 0;
+  const evkeyvalq* in = evhttp_request_get_input_headers(req_);
+  for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
+    if (iequals(kv->key, ic.key_header) && values++ == 0) firstValue = kv->value;
+  }
+  ParsedKey parsed = parseIdempotencyKey(firstValue, values);
+  if (parsed.status == KeyStatus::Missing) {
+    if (ic.required) {
+      respondProblem(Problem::KeyMissing, "this route requires the " + ic.key_header + " header",
+                     Outcome::Invalid);
+    } else {
+      passThrough();
+    }
+    return;
+  }
+  if (parsed.status == KeyStatus::Invalid) {
+    respondProblem(Problem::KeyInvalid, parsed.reason, Outcome::Invalid);
+    return;
+  }
+  key_ = std::move(parsed.key);
+  scope_ = scopeValues();  // computed once: the identity here, the record on reserve
+  id_ = recordId(route_->name, scope_, key_);
+  fingerprint_ = requestFingerprint(ic, {method_, match_path_, query_, body_});
+
+  // Fast path: a completed record is replayed from a read transaction, no write at all, and
+  // straight from the store's mapped memory into the output buffer.
+  bool completed = false;
+  bool mismatch = false;
+  bool sent = false;
+  int status = 0;
+  worker_.proxy().store().visit(id_, [&](const RecordView& rec) {
+    if (rec.state != RecordState::Completed) return;
+    completed = true;
+    if (rec.fingerprint != fingerprint_) {
+      mismatch = true;
+      return;
+    }
+    status = rec.status;
+    sent = replayView(rec);
+  });
+  if (!completed) {
+    reserve();
+  } else if (mismatch) {
+    respondProblem(Problem::KeyMismatch, "the key was used with a different request",
+                   Outcome::Mismatch);
+  } else if (sent) {
+    report(status, Outcome::Replayed, {});  // outside the read transaction
+  }
+}
+
+std::vector<std::string> ProxyRequest::scopeValues() const {
+  const evkeyvalq* in = evhttp_request_get_input_headers(req_);
+  return scopeValuesOf(*route_->idempotency, [in](HeaderVisitor fn) {
+    for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
+      fn(kv->key, kv->value);
+    }
+  });
+}
+
+void ProxyRequest::reserve() {
+  setState(RequestState::Reserving);
+  const IdempotencyConfig& ic = *route_->idempotency;
+  ReserveRequest rr;
+  rr.id = id_;
+  rr.fingerprint = fingerprint_;
+  rr.route = route_->name;
+  rr.key = key_;
+  rr.scope = scope_;
+  owner_ = worker_.proxy().newOwnerToken();
+  rr.owner = owner_;
+  rr.ttl_ms = ic.ttl.count();
+  rr.lease_ms = ic.lease.count();
+  rr.retry_abandoned = ic.abandoned == AbandonedMode::Retry;
+  rr.abandoned_answer =
+      problemAnswer(Problem::OutcomeUnknown,
+                    "the proxy that forwarded the original request stopped before "
+                    "recording its outcome; the request is not sent again");
+  Worker* w = &worker_;
+  WaiterRegistry* waiters = &worker_.proxy().waiters();
+  worker_.proxy().store().reserve(
+      std::move(rr), [self = shared_from_this(), w, waiters](ReserveResult r) mutable {
+        // Writer thread: register ownership before anyone can see the record and park on it.
+        if (r.error == StoreError::None && r.status == ReserveStatus::Won) {
+          waiters->ownerStarted(self->id_);
+        }
+        w->post([self = std::move(self), r = std::move(r)]() mutable {
+          self->onReserved(std::move(r));
+        });
+      });
+}
+
+void ProxyRequest::onReserved(ReserveResult r) {
+  if (r.error != StoreError::None) {
+    respondProblem(Problem::StoreUnavailable,
+                   std::string("the store cannot take the reservation: ") + toString(r.error),
+                   Outcome::Error);
+    return;
+  }
+  switch (r.status) {
+    case ReserveStatus::Won:
+      own_reservation_ = true;
+      forward();
+      return;
+    case ReserveStatus::Completed:
+      replay(r.record);
+      return;
+    case ReserveStatus::Mismatch:
+      respondProblem(Problem::KeyMismatch, "the key was used with a different request",
+                     Outcome::Mismatch);
+      return;
+    case ReserveStatus::InFlight:
+      if (route_->idempotency->concurrent == ConcurrentMode::Reject) {
+        const int64_t left = r.record.lease_until_ms - worker_.proxy().clock().wallMs();
+        retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
+        respondProblem(Problem::KeyInUse, "a request with this key is still in progress",
+                       Outcome::Conflict);
+        return;
+      }
+      waitForOwner(r.record);
+      return;
+  }
+}
+
+// ---- Waiting for another owner ----
+
+namespace {
+void onWaitTimer(evutil_socket_t, short, void* arg);
+}
+
+void ProxyRequest::waitForOwner(const Record& inFlight) {
+  Proxy& proxy = worker_.proxy();
+  const auto now = Steady::now();
+  if (state_ != RequestState::Waiting) setState(RequestState::Waiting);
+  if (!wait_timer_) {
+    // The first wait fixes the deadline: reserving again after a release does not extend it.
+    wait_deadline_ = now + route_->idempotency->wait_timeout;
+    wait_timer_.reset(evtimer_new(worker_.base(), &onWaitTimer, this));
+    poll_interval_ = std::chrono::milliseconds(2);
+  }
+  const int64_t left = inFlight.lease_until_ms - proxy.clock().wallMs();
+  retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
+  if (now >= wait_deadline_) {
+    onWaitTimeout();
+    return;
+  }
+  const uint64_t ticket = ++wait_ticket_;
+  // Called on the owner's thread; the reference moves into the posted task so that the last
+  // reference to this request is always dropped on its own worker.
+  auto wake = [w = &worker_, self = shared_from_this(), ticket]() mutable {
+    w->post([self = std::move(self), ticket] {
+      if (self->wait_ticket_ == ticket && self->parked_) {
+        self->parked_ = false;
+        self->onWaitWake();
+      }
+    });
+  };
+  std::chrono::steady_clock::duration until;
+  if (proxy.ownsToken(inFlight.owner) && proxy.waiters().park(id_, ticket, std::move(wake))) {
+    parked_ = true;
+    until = wait_deadline_ - now;  // woken by the owner; the timer only bounds the wait
+  } else {
+    // Another process owns the key (or our own owner has just finished, or left the record in
+    // flight after a failed write): look at the store again, backing off.
+    until = std::min<std::chrono::steady_clock::duration>(poll_interval_, wait_deadline_ - now);
+    poll_interval_ = std::min(poll_interval_ * 2, std::chrono::milliseconds(200));
+  }
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(until).count();
+  timeval tv{static_cast<time_t>(us / 1'000'000), static_cast<suseconds_t>(us % 1'000'000)};
+  evtimer_add(wait_timer_.get(), &tv);
+  keepalive_ = shared_from_this();
+}
+
+namespace {
+void onWaitTimer(evutil_socket_t, short, void* arg) {
+  static_cast<ProxyRequest*>(arg)->onWaitTimerFired();
+}
+}  // namespace
+
+void ProxyRequest::onWaitTimerFired() {
+  auto self = std::move(keepalive_);
+  if (parked_) {
+    worker_.proxy().waiters().cancel(id_, wait_ticket_);
+    parked_ = false;
+  }
+  // Poll tick or deadline: either way look at the store once more before answering 409.
+  onWaitWake();
+}
+
+void ProxyRequest::onWaitWake() {
+  auto self = shared_from_this();
+  keepalive_.reset();
+  if (wait_timer_) evtimer_del(wait_timer_.get());
+  auto rec = worker_.proxy().store().lookup(id_);
+  if (!rec) {
+    reserve();  // released, forgotten or expired: try to take it
+    return;
+  }
+  if (rec->fingerprint != fingerprint_) {
+    respondProblem(Problem::KeyMismatch, "the key was used with a different request",
+                   Outcome::Mismatch);
+    return;
+  }
+  if (rec->state == RecordState::Completed) {
+    replay(*rec);
+    return;
+  }
+  if (rec->leasePassed(worker_.proxy().clock().wallMs())) {
+    reserve();  // abandoned: the store applies the route's `abandoned` policy atomically
+    return;
+  }
+  waitForOwner(*rec);
+}
+
+void ProxyRequest::onWaitTimeout() {
+  keepalive_.reset();
+  respondProblem(Problem::KeyInUse,
+                 "a request with this key is still in progress; retry after the time given "
+                 "in Retry-After",
+                 Outcome::Conflict);
+}
+
+// ---- Forwarding ----
+
+void ProxyRequest::forward() {
+  setState(RequestState::Forwarding);
+  UpstreamRequest ur;
+  ur.method = method_;
+  ur.path_and_query = query_.empty() ? path_ : path_ + "?" + query_;
+  // Copied from evhttp's list only now, in order: a replay never needs them as strings.
+  Headers endToEnd;
+  {
+    const evkeyvalq* in = evhttp_request_get_input_headers(req_);
+    size_t n = 0;
+    for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) ++n;
+    endToEnd.reserve(n);
+    for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
+      endToEnd.push_back({kv->key, kv->value});
+    }
+  }
+  removeHopByHopFields(endToEnd);
+  std::string forwardedFor;
+  std::string host;
+  bool hasProto = false;  // set by a proxy in front of us (e.g. a TLS terminator): kept
+  bool hasHost = false;
+  ur.headers.reserve(endToEnd.size() + 3);
+  for (auto& h : endToEnd) {
+    if (iequals(h.name, "Content-Length") || iequals(h.name, "Expect")) continue;
+    if (iequals(h.name, "X-Forwarded-Proto")) hasProto = true;
+    if (iequals(h.name, "X-Forwarded-Host")) hasHost = true;
+    if (iequals(h.name, "X-Forwarded-For")) {
+      forwardedFor += forwardedFor.empty() ? h.value : ", " + h.value;
+      continue;
+    }
+    if (iequals(h.name, "Host")) host = h.value;
+    ur.headers.push_back(std::move(h));
+  }
+  if (!peer_.empty()) forwardedFor += forwardedFor.empty() ? peer_ : ", " + peer_;
+  if (!forwardedFor.empty()) ur.headers.push_back({"X-Forwarded-For", forwardedFor});
+  if (!hasProto) ur.headers.push_back({"X-Forwarded-Proto", "http"});
+  if (!hasHost && !host.empty()) ur.headers.push_back({"X-Forwarded-Host", host});
+  ur.body.assign(body_);
+
+  worker_.proxy().upstreamCounter().fetch_add(1, std::memory_order_relaxed);
+  upstream_->send(std::move(ur), [self = shared_from_this()](UpstreamResult r) {
+    self->onUpstream(std::move(r));
+  });
+}
+
+HttpAnswer ProxyRequest::forRecording(const HttpAnswer& a) const {
+  HttpAnswer out;
+  out.status = a.status;
+  out.body = a.body;
+  const auto& drop = route_->idempotency->replay_drop_headers;
+  for (const auto& h : a.headers) {
+    if (isHopByHop(h.name) || iequals(h.name, "Date") || named(drop, h.name)) continue;
+    if (iequals(h.name, "Content-Length") && method_ != "HEAD") continue;
+    out.headers.push_back(h);
+  }
+  return out;
+}
+
+void ProxyRequest::onUpstream(UpstreamResult r) {
+  Proxy& proxy = worker_.proxy();
+  proxy.upstreamCounter().fetch_sub(1, std::memory_order_relaxed);
+  proxy.observer().upstreamDone(route_->upstream, r.latency, r.failure != UpstreamFailure::None);
+  if (!own_reservation_) {  // pass-through
+    switch (r.failure) {
+      case UpstreamFailure::None:
+        respond(r.answer, false, Outcome::Passthrough);
+        return;
+      case UpstreamFailure::BeforeSend:
+        respondProblem(Problem::UpstreamUnavailable, r.detail, Outcome::Error);
+        return;
+      case UpstreamFailure::Timeout:
+        respondProblem(Problem::UpstreamTimeout, r.detail, Outcome::Error);
+        return;
+      case UpstreamFailure::AfterSend:
+        respondProblem(Problem::UpstreamFailed, r.detail, Outcome::Error);
+        return;
+    }
+    return;
+  }
+  const IdempotencyConfig& ic = *route_->idempotency;
+  switch (r.failure) {
+    case UpstreamFailure::BeforeSend:
+      release(problemAnswer(Problem::UpstreamUnavailable,
+                            "the upstream could not be reached; nothing was sent"),
+              Outcome::Error, r.detail);
+      return;
+    case UpstreamFailure::Timeout:
+    case UpstreamFailure::AfterSend: {
+      // Sent without a complete answer: the payment may have happened, so the error is the
+      // key's outcome and the request is never sent again under it.
+      const bool timedOut = r.failure == UpstreamFailure::Timeout;
+      HttpAnswer p = problemAnswer(
+          timedOut ? Problem::UpstreamTimeout : Problem::UpstreamFailed,
+          std::string(timedOut ? "the upstream did not answer in time"
+                               : "the upstream failed after the request was sent") +
+              "; the request may have taken effect and is not sent again under this key");
+      recordOutcome(p, p, kFlagProxyError, Outcome::Error);
+      return;
+    }
+    case UpstreamFailure::None:
+      break;
+  }
+  if (std::find(ic.release_statuses.begin(), ic.release_statuses.end(), r.answer.status) !=
+      ic.release_statuses.end()) {
+    release(std::move(r.answer), Outcome::Released, "released status");
+    return;
+  }
+  if (r.answer.body.size() > ic.max_response_body) {
+    HttpAnswer p = problemAnswer(Problem::ResponseNotReplayable,
+                                 "the original response was larger than max_response_body; it "
+                                 "was delivered once and is not executed again");
+    recordOutcome(std::move(r.answer), std::move(p), kFlagProxyError | kFlagNotReplayable,
+                  Outcome::Forwarded);
+    return;
+  }
+  HttpAnswer recorded = forRecording(r.answer);
+  recordOutcome(std::move(r.answer), std::move(recorded), kFlagNone, Outcome::Forwarded);
+}
+
+void ProxyRequest::recordOutcome(HttpAnswer clientAnswer, HttpAnswer recorded, uint32_t flags,
+                                 Outcome outcome) {
+  setState(RequestState::Recording);
+  RecordRequest rq;
+  rq.id = id_;
+  rq.owner = owner_;
+  rq.answer = std::move(recorded);
+  rq.flags = flags;
+  Worker* w = &worker_;
+  worker_.proxy().store().record(
+      std::move(rq), [self = shared_from_this(), w, clientAnswer = std::move(clientAnswer),
+                      outcome](RecordResult res) mutable {
+        w->post([self = std::move(self), clientAnswer = std::move(clientAnswer), outcome,
+                 res = std::move(res)]() mutable {
+          if (res.error != StoreError::None) {
+            // The upstream acted; the client learns what happened even though the store
+            // failed. The reservation stays in flight and turns into outcome-unknown later.
+            self->worker_.proxy().observer().event("record-failed", self->route_->name,
+                                                   toString(res.error));
+            self->respond(clientAnswer, false, outcome);
+          } else if (res.status == RecordStatus::AlreadyFinal) {
+            self->worker_.proxy().observer().event(
+                "late-owner", self->route_->name,
+                "status " + std::to_string(clientAnswer.status) +
+                    " not recorded: the key was taken over or another outcome stands");
+            if (res.record.state == RecordState::Completed &&
+                res.record.fingerprint == self->fingerprint_) {
+              self->replay(res.record);  // one answer per key: the one that stands
+            } else {
+              // Taken over under `abandoned: retry` and still in flight (or expired and reused
+              // by another request): no outcome of this request stands, so this client gets
+              // what its own exchange produced.
+              self->respond(clientAnswer, false, outcome);
+            }
+          } else {
+            self->respond(clientAnswer, false, outcome);
+          }
+          self->ownerDone();
+        });
+      });
+}
+
+void ProxyRequest::release(HttpAnswer clientAnswer, Outcome outcome, std::string_view detail) {
+  setState(RequestState::Releasing);
+  Worker* w = &worker_;
+  worker_.proxy().store().release(
+      id_, owner_,
+      [self = shared_from_this(), w, clientAnswer = std::move(clientAnswer), outcome,
+       detail = std::string(detail)](WriteResult res) mutable {
+        w->post([self = std::move(self), clientAnswer = std::move(clientAnswer), outcome,
+                 detail = std::move(detail), res]() mutable {
+          if (res.error != StoreError::None) {
+            self->worker_.proxy().observer().event("release-failed", self->route_->name,
+                                                   toString(res.error));
+          }
+          self->respond(clientAnswer, false, outcome, detail);
+          self->ownerDone();
+        });
+      });
+}
+
+void ProxyRequest::ownerDone() {
+  if (!own_reservation_) return;
+  own_reservation_ = false;
+  worker_.proxy().waiters().ownerFinished(id_);
+}
+
+// ---- Answers ----
+
+void ProxyRequest::replay(const Record& record) {
+  respond(record.answer, true, Outcome::Replayed);
+}
+
+void ProxyRequest::respondProblem(Problem p, std::string_view detail, Outcome outcome) {
+  HttpAnswer a = problemAnswer(p, detail);
+  if (p == Problem::KeyInUse) a.headers.push_back({"Retry-After", std::to_string(retry_after_s_)});
+  respond(a, false, outcome, problemSlug(p));
+}
+
+bool ProxyRequest::replayView(const RecordView& record) {
+  // respond(answer, true, Outcome::Replayed) without the copies; the caller reports when this
+  // returns true.
+  if (state_ == RequestState::Responded) return false;
+  setState(RequestState::Responded);
+  evkeyvalq* out = evhttp_request_get_output_headers(req_);
+  const bool head = method_ == "HEAD";
+  // evhttp wants NUL-terminated fields: one reused buffer holds "name\0value\0".
+  thread_local std::string field;
+  record.forEachHeader([&](std::string_view name, std::string_view value) {
+    if (!head && iequals(name, "Content-Length")) return;
+    field.assign(name);
+    field.push_back('\0');
+    field.append(value);
+    evhttp_add_header(out, field.c_str(), field.c_str() + name.size() + 1);
+  });
+  sendReply(record.status, record.body, true);
+  return true;
+}
+
+void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outcome,
+                           std::string_view detail) {
+  if (state_ == RequestState::Responded) return;
+  setState(RequestState::Responded);
+  evkeyvalq* out = evhttp_request_get_output_headers(req_);
+  for (const auto& h : answer.headers) {
+    if (iequals(h.name, "Content-Length") && method_ != "HEAD") continue;
+    evhttp_add_header(out, h.name.c_str(), h.value.c_str());
+  }
+  sendReply(answer.status, answer.body, replayed);
+  report(answer.status, outcome, detail);
+}
+
+void ProxyRequest::sendReply(int status, std::string_view body, bool replayed) {
+  evkeyvalq* out = evhttp_request_get_output_headers(req_);
+  if (replayed) evhttp_add_header(out, "Idempotent-Replayed", "true");
+  if (close_connection_ || worker_.proxy().draining()) {
+    evhttp_add_header(out, "Connection", "close");  // draining: keep-alive clients move on
+  }
+  evbuffer* buf = evhttp_request_get_output_buffer(req_);
+  evbuffer_add(buf, body.data(), body.size());
+  evhttp_send_reply(req_, status, reasonPhrase(status), nullptr);
+  req_ = nullptr;
+}
+
+void ProxyRequest::report(int status, Outcome outcome, std::string_view detail) {
+  RequestReport r;
+  r.route = route_ ? std::string_view(route_->name) : std::string_view();
+  r.method = method_;
+  r.path = path_;
+  r.status = status;
+  r.outcome = outcome;
+  r.duration_ms = std::chrono::duration<double, std::milli>(Steady::now() - started_).count();
+  r.key = key_;
+  r.detail = detail;
+  worker_.proxy().observer().requestDone(r);
+}
+
+}  // namespace idem

@@ -1,0 +1,115 @@
+#pragma once
+// One client request through the proxy: the per-request state machine (SPEC §1–3).
+//
+//   Received ──► Reserving ──► Forwarding ──► Recording ──► Responded
+//       │            │  ▲            │
+//       │            ▼  │            └──► Releasing ──► Responded
+//       │         Waiting ──► Responded (replay / 409)
+//       └──► Responded (replay from a read, 4xx, pass-through answer)
+#include <event2/http.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "base/c_handles.h"
+#include "config/config.h"
+#include "base/http_types.h"
+#include "http/problem.h"
+#include "http/server.h"
+#include "store/store.h"
+#include "upstream/upstream.h"
+
+namespace idem {
+
+class Worker;
+
+enum class RequestState {
+  Received,    // parsed and routed; nothing decided yet
+  Reserving,   // a reserve is queued at the store writer
+  Waiting,     // another owner holds the key; parked until its outcome lands
+  Forwarding,  // the exchange with the upstream is running
+  Recording,   // the outcome is being written to the store
+  Releasing,   // the reservation is being deleted (released status, nothing sent)
+  Responded,   // the answer is sent (or the client is gone); nothing more to do
+};
+const char* toString(RequestState s);
+
+class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
+ public:
+  static void start(Worker& worker, evhttp_request* req);
+
+  ProxyRequest(Worker& worker, evhttp_request* req);
+  ~ProxyRequest();
+  ProxyRequest(const ProxyRequest&) = delete;
+  ProxyRequest& operator=(const ProxyRequest&) = delete;
+
+ private:
+  void run();
+  void setState(RequestState next);
+  bool readRequest();
+  void passThrough();
+  void beginIdempotent();
+  void reserve();
+  void onReserved(ReserveResult result);
+  void waitForOwner(const Record& inFlight);
+  void onWaitWake();
+
+ public:
+  void onWaitTimerFired();
+
+ private:
+  void onWaitTimeout();
+  // Sends the request upstream; the outcome is recorded when this request owns a reservation.
+  void forward();
+  void onUpstream(UpstreamResult result);
+  void recordOutcome(HttpAnswer clientAnswer, HttpAnswer recorded, uint32_t flags, Outcome outcome);
+  void release(HttpAnswer clientAnswer, Outcome outcome, std::string_view detail);
+  void ownerDone();
+
+  void replay(const Record& record);
+  // Replays from the store's mapped memory; called inside the store's read transaction.
+  bool replayView(const RecordView& record);  // false: already answered
+  std::vector<std::string> scopeValues() const;
+  void respondProblem(Problem p, std::string_view detail, Outcome outcome);
+  void respond(const HttpAnswer& answer, bool replayed, Outcome outcome,
+               std::string_view detail = {});
+  HttpAnswer forRecording(const HttpAnswer& upstreamAnswer) const;
+  // respond() in parts: the closing header fields, body and status line; then the report.
+  void sendReply(int status, std::string_view body, bool replayed);
+  void report(int status, Outcome outcome, std::string_view detail);
+
+  Worker& worker_;
+  ConfigPtr config_;  // the snapshot this request started with
+  const RouteConfig* route_ = nullptr;
+  evhttp_request* req_;
+  RequestState state_ = RequestState::Received;
+  std::chrono::steady_clock::time_point started_;
+
+  std::string method_;
+  std::string path_;        // raw, as the client sent it: forwarded as is
+  std::string match_path_;  // normalised: routing and fingerprint
+  std::string query_;
+  std::string_view body_;  // in evhttp's input buffer, which lives until the reply is sent
+  std::string peer_;
+  bool close_connection_ = false;  // answer with Connection: close
+
+  std::string key_;
+  std::vector<std::string> scope_;  // values of the route's scope headers
+  RecordId id_{};
+  Fingerprint fingerprint_{};
+  std::string owner_;  // our reservation token once we won
+  bool own_reservation_ = false;
+  std::shared_ptr<Upstream> upstream_;
+
+  // Waiting.
+  uint64_t wait_ticket_ = 0;
+  std::chrono::steady_clock::time_point wait_deadline_;
+  std::chrono::milliseconds poll_interval_{0};
+  EventPtr wait_timer_;
+  bool parked_ = false;
+  int retry_after_s_ = 1;
+  std::shared_ptr<ProxyRequest> keepalive_;  // set while only the wait timer refers to us
+};
+
+}  // namespace idem

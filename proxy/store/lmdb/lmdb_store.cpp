@@ -1,0 +1,994 @@
+#include "store/lmdb/lmdb_store.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <shared_mutex>
+#include <span>
+#include <thread>
+#include <utility>
+
+// The LMDB store.
+//
+// Layout: two named databases in one environment.
+//   records: RecordId (32 bytes)                       → encodeRecord(Record)
+//   expiry:  sortable(expires_at) (8, big-endian) ‖ id → (empty)
+// Every write that creates, changes the expiry of, or deletes a record updates `expiry` in the
+// same transaction, so the sweep walks the index from its start and stops at the first entry in
+// the future. The sweep still re-reads each record and deletes it only if the record itself has
+// expired (a stale entry, left by a crash-free but unusual history, is dropped on the way).
+//
+// Threads: writes are queued to one writer thread, which applies everything queued (up to
+// max_batch) in one write transaction and commits once (group commit). Reads run on the calling
+// thread in read-only transactions taken from a small pool of reset transactions (MDB_NOTLS, so a
+// transaction is not tied to a thread; mdb_txn_renew/mdb_txn_reset reuse them).
+//
+// Map full: each operation of a batch runs in its own nested transaction (mdb_txn_begin with the
+// batch transaction as parent). An operation that hits MDB_MAP_FULL aborts only its nested
+// transaction and completes with StoreError::Full; the rest of the batch commits. If the final
+// commit itself fails with MDB_MAP_FULL (LMDB may need pages to save the free list), the batch is
+// re-run one operation per transaction, so again only the operations that do not fit fail.
+// MDB_TXN_FULL (too many dirty pages for one transaction) makes the batch commit early; the
+// remaining operations continue in a new transaction.
+//
+// Headroom: LMDB copies pages on write, so once the map is truly full even a delete fails and a
+// full store could never be swept back into service. Writes that grow the store (reserve,
+// record) are therefore refused with Full once they would eat into `headroom` pages (1/32 of the
+// map, at least 16 and at most 4096 pages); deletes (release, forget, sweep) may use the
+// headroom. Free pages are counted at the start of each write transaction (map pages minus the
+// pages of every tree, free list included) and each growing write subtracts an estimate of the
+// bytes it takes. A sweep that still hits MDB_MAP_FULL
+// retries with half the slice, down to one record.
+//
+// Map resize: if another process configured a larger map and the data grew past ours,
+// mdb_txn_begin/renew report MDB_MAP_RESIZED; we adopt the new size with mdb_env_set_mapsize(0).
+// LMDB requires that no transaction of this process is active then, so every transaction holds
+// `map_mu` shared and the resize takes it exclusively.
+
+namespace idem {
+namespace {
+
+constexpr unsigned kMaxReaders = 512;      // reader slots in the lock file (all processes)
+constexpr size_t kMaxPooledReadTxns = 64;  // idle read transactions kept for reuse
+constexpr int kResizeAttempts = 4;
+constexpr uint64_t kMinHeadroomPages = 16;
+constexpr uint64_t kMaxHeadroomPages = 4096;  // 16 MiB with 4 KiB pages
+
+MDB_val mdbVal(const void* p, size_t n) {
+  return MDB_val{n, const_cast<void*>(p)};
+}
+MDB_val mdbVal(const RecordId& id) {
+  return mdbVal(id.data(), id.size());
+}
+MDB_val mdbVal(std::string_view s) {
+  return mdbVal(s.data(), s.size());
+}
+std::string_view view(const MDB_val& v) {
+  return std::string_view(static_cast<const char*>(v.mv_data), v.mv_size);
+}
+
+std::string mdbError(int rc) {
+  return mdb_strerror(rc);
+}
+
+StoreError classify(int rc) {
+  if (rc == MDB_SUCCESS) return StoreError::None;
+  if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) return StoreError::Full;
+  return StoreError::Io;
+}
+
+// Expiry index key: the expiry time made unsigned-sortable (sign bit flipped) in big-endian,
+// then the record id, so LMDB's byte order is time order.
+using ExpiryKey = std::array<uint8_t, 8 + std::tuple_size_v<RecordId>>;
+
+ExpiryKey expiryKey(int64_t expires_at_ms, const RecordId& id) {
+  ExpiryKey k{};
+  const uint64_t t = static_cast<uint64_t>(expires_at_ms) ^ (uint64_t{1} << 63);
+  for (int i = 0; i < 8; ++i) k[static_cast<size_t>(i)] = static_cast<uint8_t>(t >> (56 - 8 * i));
+  std::memcpy(k.data() + 8, id.data(), id.size());
+  return k;
+}
+
+int64_t expiryTime(const uint8_t* k) {
+  uint64_t t = 0;
+  for (int i = 0; i < 8; ++i) t = (t << 8) | k[i];
+  return static_cast<int64_t>(t ^ (uint64_t{1} << 63));
+}
+
+// A transaction handle that aborts unless committed. Move-only. commit() gives the handle up
+// before calling mdb_txn_commit, which frees it whatever the outcome.
+class Txn {
+ public:
+  Txn() = default;
+  explicit Txn(MDB_txn* t) : txn_(t) {}
+  Txn(Txn&& o) noexcept : txn_(std::exchange(o.txn_, nullptr)) {}
+  Txn& operator=(Txn&& o) noexcept {
+    if (this != &o) {
+      abort();
+      txn_ = std::exchange(o.txn_, nullptr);
+    }
+    return *this;
+  }
+  Txn(const Txn&) = delete;
+  Txn& operator=(const Txn&) = delete;
+  ~Txn() { abort(); }
+
+  MDB_txn* get() const { return txn_; }
+  explicit operator bool() const { return txn_ != nullptr; }
+  [[nodiscard]] int commit() { return mdb_txn_commit(std::exchange(txn_, nullptr)); }
+  void abort() {
+    if (txn_ != nullptr) mdb_txn_abort(std::exchange(txn_, nullptr));
+  }
+
+ private:
+  MDB_txn* txn_ = nullptr;
+};
+
+// A cursor closed when it goes out of scope (read-only cursors are not freed with their txn).
+class Cursor {
+ public:
+  Cursor() = default;
+  Cursor(const Cursor&) = delete;
+  Cursor& operator=(const Cursor&) = delete;
+  ~Cursor() {
+    if (cur_ != nullptr) mdb_cursor_close(cur_);
+  }
+  [[nodiscard]] int open(MDB_txn* txn, MDB_dbi dbi) { return mdb_cursor_open(txn, dbi, &cur_); }
+  MDB_cursor* get() const { return cur_; }
+
+ private:
+  MDB_cursor* cur_ = nullptr;
+};
+
+// Creates `path` and any missing parents with mode 0700; existing directories are left alone.
+bool makeDirectories(const std::string& path, std::string& error) {
+  for (size_t pos = 1; pos <= path.size(); ++pos) {
+    if (pos != path.size() && path[pos] != '/') continue;
+    const std::string prefix = path.substr(0, pos);
+    if (::mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST) {
+      error = "cannot create directory " + prefix + ": " + std::strerror(errno);
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+struct LmdbStore::Impl {
+  // One queued write. apply() runs inside a (nested) write transaction and keeps its result;
+  // finish() runs after the commit and hands the result (or `error`) to the caller's callback.
+  struct Op {
+    virtual ~Op() = default;
+    [[nodiscard]] virtual int apply(Impl& s, MDB_txn* txn, int64_t now) = 0;
+    virtual void finish(StoreError error) = 0;
+    // Forgets a result from an attempt whose transaction did not commit (apply runs again).
+    virtual void reset() {}
+    virtual bool isBarrier() const { return false; }
+  };
+  template <typename Result>
+  struct OpWith : Op {
+    explicit OpWith(std::function<void(Result)> d) : done(std::move(d)) {}
+    void finish(StoreError error) override {
+      if (error != StoreError::None) {
+        result = Result{};
+        result.error = error;
+      }
+      if (done) done(std::move(result));
+    }
+    void reset() override { result = Result{}; }
+    std::function<void(Result)> done;
+    Result result;
+  };
+  struct ReserveOp;
+  struct RecordOp;
+  struct ReleaseOp;
+  struct ForgetOp;
+  struct SweepOp;
+  struct BarrierOp;
+
+  Impl(const LmdbOptions& o, const Clock& c) : opts(o), clock(c) {}
+  ~Impl();
+
+  bool open(std::string& error);
+  void start();
+  void stop();
+
+  void submit(std::unique_ptr<Op> op);
+  void writerLoop();
+  void process(std::span<const std::unique_ptr<Op>> batch, bool& dirty);
+  size_t runGroup(std::span<Op* const> ops, bool& dirty);
+  void adoptMapSize();
+  void syncToDisk();
+
+  // Runs `fn` in a read-only transaction on the calling thread; returns an LMDB code.
+  int withRead(FunctionRef<int(MDB_txn*)> fn);
+
+  // Record access inside a transaction. get: MDB_NOTFOUND when absent; an undecodable value
+  // reads as absent (and is counted).
+  int get(MDB_txn* txn, const RecordId& id, Record& out);
+  // Sets grow_budget for a new write transaction: free pages in the map beyond the headroom.
+  int measureFreePages(MDB_txn* txn);
+  int put(MDB_txn* txn, const RecordId& id, const Record& rec, const Record* old);
+  int erase(MDB_txn* txn, const RecordId& id, const Record* old);
+
+  LmdbOptions opts;
+  const Clock& clock;
+  MDB_env* env = nullptr;
+  MDB_dbi records = 0;
+  MDB_dbi expiry = 0;
+  size_t page_size = 4096;
+  int64_t grow_budget = 0;  // writer thread only: bytes growing writes may still take
+
+  std::shared_mutex map_mu;  // shared: a transaction is active; exclusive: resizing the map
+
+  std::mutex pool_mu;
+  std::vector<MDB_txn*> read_pool;  // reset read-only transactions
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::unique_ptr<Op>> queue;
+  bool stopping = false;
+  std::thread writer;
+  std::atomic<std::thread::id> writer_id{};
+
+  std::mutex observer_mu;
+  CommitObserver observer;
+
+  std::atomic<uint64_t> commits{0};
+  std::atomic<uint64_t> operations{0};
+  std::atomic<uint64_t> decode_errors{0};
+};
+
+// ---------------------------------------------------------------------------------------------
+// Record access
+
+int LmdbStore::Impl::get(MDB_txn* txn, const RecordId& id, Record& out) {
+  MDB_val k = mdbVal(id);
+  MDB_val v;
+  int rc = mdb_get(txn, records, &k, &v);
+  if (rc != MDB_SUCCESS) return rc;
+  if (decodeRecord(view(v), out) != DecodeError::None) {
+    decode_errors.fetch_add(1, std::memory_order_relaxed);
+    return MDB_NOTFOUND;
+  }
+  return MDB_SUCCESS;
+}
+
+int LmdbStore::Impl::measureFreePages(MDB_txn* txn) {
+  MDB_envinfo info;
+  int rc = mdb_env_info(env, &info);
+  if (rc != MDB_SUCCESS) return rc;
+  const uint64_t map_pages = info.me_mapsize / page_size;
+  uint64_t in_use = 2;  // meta pages
+  for (MDB_dbi dbi : {MDB_dbi{0} /* free list */, MDB_dbi{1} /* main */, records, expiry}) {
+    MDB_stat st;
+    rc = mdb_stat(txn, dbi, &st);
+    if (rc != MDB_SUCCESS) return rc;
+    in_use += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+  }
+  const uint64_t headroom = std::clamp(map_pages / 32, kMinHeadroomPages, kMaxHeadroomPages);
+  grow_budget = (static_cast<int64_t>(map_pages) - static_cast<int64_t>(in_use) -
+                 static_cast<int64_t>(headroom)) *
+                static_cast<int64_t>(page_size);
+  return MDB_SUCCESS;
+}
+
+int LmdbStore::Impl::put(MDB_txn* txn, const RecordId& id, const Record& rec, const Record* old) {
+  const std::string bytes = encodeRecord(rec);
+  // Estimate in bytes: a small value shares a leaf page, a large one (over half a page) takes
+  // whole overflow pages; plus both keys and node headers. Page splits and the paths copied
+  // once per transaction are covered by the headroom.
+  const size_t value = bytes.size() + 16;
+  const int64_t need = static_cast<int64_t>(
+      (value > page_size / 2 ? (value + page_size - 1) / page_size * page_size : value) +
+      sizeof(RecordId) + sizeof(ExpiryKey) + 32);
+  if (need > grow_budget) return MDB_MAP_FULL;
+  int rc;
+  if (old != nullptr && old->expires_at_ms != rec.expires_at_ms) {
+    ExpiryKey ok = expiryKey(old->expires_at_ms, id);
+    MDB_val k = mdbVal(ok.data(), ok.size());
+    rc = mdb_del(txn, expiry, &k, nullptr);
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return rc;
+  }
+  if (old == nullptr || old->expires_at_ms != rec.expires_at_ms) {
+    ExpiryKey nk = expiryKey(rec.expires_at_ms, id);
+    MDB_val k = mdbVal(nk.data(), nk.size());
+    MDB_val empty{0, nullptr};
+    rc = mdb_put(txn, expiry, &k, &empty, 0);
+    if (rc != MDB_SUCCESS) return rc;
+  }
+  MDB_val k = mdbVal(id);
+  MDB_val v = mdbVal(bytes);
+  rc = mdb_put(txn, records, &k, &v, 0);
+  if (rc == MDB_SUCCESS) grow_budget -= need;
+  return rc;
+}
+
+int LmdbStore::Impl::erase(MDB_txn* txn, const RecordId& id, const Record* old) {
+  MDB_val k = mdbVal(id);
+  int rc = mdb_del(txn, records, &k, nullptr);
+  if (rc != MDB_SUCCESS) return rc;
+  if (old != nullptr) {
+    ExpiryKey ek = expiryKey(old->expires_at_ms, id);
+    MDB_val ik = mdbVal(ek.data(), ek.size());
+    rc = mdb_del(txn, expiry, &ik, nullptr);
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return rc;
+  }
+  return MDB_SUCCESS;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations (SPEC §1.4, §1.6)
+
+struct LmdbStore::Impl::ReserveOp final : OpWith<ReserveResult> {
+  ReserveOp(ReserveRequest r, std::function<void(ReserveResult)> d)
+      : OpWith(std::move(d)), req(std::move(r)) {}
+
+  int apply(Impl& s, MDB_txn* txn, int64_t now) override {
+    Record cur;
+    int rc = s.get(txn, req.id, cur);
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return rc;
+    const bool found = rc == MDB_SUCCESS;
+
+    if (!found || cur.expired(now)) {
+      Record rec;
+      rec.state = RecordState::InFlight;
+      rec.reserved_at_ms = now;
+      rec.lease_until_ms = now + req.lease_ms;
+      rec.expires_at_ms = now + req.ttl_ms;
+      rec.owner = req.owner;
+      rec.fingerprint = req.fingerprint;
+      rec.route = req.route;
+      rec.key = req.key;
+      rec.scope = req.scope;
+      rc = s.put(txn, req.id, rec, found ? &cur : nullptr);
+      if (rc != MDB_SUCCESS) return rc;
+      result.status = ReserveStatus::Won;
+      result.record = std::move(rec);
+      return MDB_SUCCESS;
+    }
+    if (cur.fingerprint != req.fingerprint) {
+      result.status = ReserveStatus::Mismatch;
+    } else if (cur.state == RecordState::Completed) {
+      result.status = ReserveStatus::Completed;
+    } else if (!cur.leasePassed(now)) {
+      result.status = ReserveStatus::InFlight;
+    } else if (req.retry_abandoned) {
+      // The owner died: take the reservation over as if it were new.
+      Record rec = cur;
+      rec.owner = req.owner;
+      rec.reserved_at_ms = now;
+      rec.lease_until_ms = now + req.lease_ms;
+      rec.expires_at_ms = now + req.ttl_ms;
+      rc = s.put(txn, req.id, rec, &cur);
+      if (rc != MDB_SUCCESS) return rc;
+      result.status = ReserveStatus::Won;
+      cur = std::move(rec);
+    } else {
+      // The owner died: its outcome is unknown, and that is what stands (and is replayed). The
+      // owner is kept so that it may still replace this with the real outcome.
+      Record rec = cur;
+      rec.state = RecordState::Completed;
+      rec.flags = kFlagProxyError | kFlagOutcomeUnknown;
+      rec.answer = req.abandoned_answer;
+      rc = s.put(txn, req.id, rec, &cur);
+      if (rc != MDB_SUCCESS) return rc;
+      result.status = ReserveStatus::Completed;
+      cur = std::move(rec);
+    }
+    result.record = std::move(cur);
+    return MDB_SUCCESS;
+  }
+
+  ReserveRequest req;
+};
+
+struct LmdbStore::Impl::RecordOp final : OpWith<RecordResult> {
+  RecordOp(RecordRequest r, std::function<void(RecordResult)> d)
+      : OpWith(std::move(d)), req(std::move(r)) {}
+
+  int apply(Impl& s, MDB_txn* txn, int64_t) override {
+    Record cur;
+    int rc = s.get(txn, req.id, cur);
+    if (rc == MDB_NOTFOUND) {
+      result.status = RecordStatus::Missing;
+      return MDB_SUCCESS;
+    }
+    if (rc != MDB_SUCCESS) return rc;
+
+    const bool mine = cur.owner == req.owner;
+    const bool writable =
+        mine && (cur.state == RecordState::InFlight || (cur.flags & kFlagOutcomeUnknown) != 0);
+    if (!writable) {
+      // Another outcome stands, or another owner took the reservation over.
+      result.status = RecordStatus::AlreadyFinal;
+      result.record = std::move(cur);
+      return MDB_SUCCESS;
+    }
+    Record rec = cur;
+    rec.state = RecordState::Completed;
+    rec.flags = req.flags;
+    rec.answer = req.answer;             // copied: apply may run again if the commit fails
+    rc = s.put(txn, req.id, rec, &cur);  // same expires_at: the index is untouched
+    if (rc != MDB_SUCCESS) return rc;
+    result.status = RecordStatus::Recorded;
+    result.record = std::move(rec);
+    return MDB_SUCCESS;
+  }
+
+  RecordRequest req;
+};
+
+struct LmdbStore::Impl::ReleaseOp final : OpWith<WriteResult> {
+  ReleaseOp(RecordId i, std::string o, std::function<void(WriteResult)> d)
+      : OpWith(std::move(d)), id(i), owner(std::move(o)) {}
+
+  int apply(Impl& s, MDB_txn* txn, int64_t) override {
+    Record cur;
+    int rc = s.get(txn, id, cur);
+    if (rc == MDB_NOTFOUND) return MDB_SUCCESS;
+    if (rc != MDB_SUCCESS) return rc;
+    if (cur.state != RecordState::InFlight || cur.owner != owner) return MDB_SUCCESS;
+    rc = s.erase(txn, id, &cur);
+    if (rc != MDB_SUCCESS) return rc;
+    result.changed = true;
+    result.removed = 1;
+    return MDB_SUCCESS;
+  }
+
+  RecordId id;
+  std::string owner;
+};
+
+struct LmdbStore::Impl::ForgetOp final : OpWith<WriteResult> {
+  ForgetOp(RecordId i, std::function<void(WriteResult)> d) : OpWith(std::move(d)), id(i) {}
+
+  int apply(Impl& s, MDB_txn* txn, int64_t) override {
+    Record cur;
+    int rc = s.get(txn, id, cur);
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return rc;
+    // An undecodable value reads as absent but is still deleted here.
+    rc = s.erase(txn, id, rc == MDB_SUCCESS ? &cur : nullptr);
+    if (rc == MDB_NOTFOUND) return MDB_SUCCESS;
+    if (rc != MDB_SUCCESS) return rc;
+    result.changed = true;
+    result.removed = 1;
+    return MDB_SUCCESS;
+  }
+
+  RecordId id;
+};
+
+struct LmdbStore::Impl::SweepOp final : OpWith<WriteResult> {
+  SweepOp(size_t l, std::function<void(WriteResult)> d) : OpWith(std::move(d)), limit(l) {}
+
+  int apply(Impl& s, MDB_txn* txn, int64_t now) override {
+    // Free the reader slots of processes that died holding a read transaction: they would pin
+    // old pages and keep the space this sweep frees from being reused.
+    int dead = 0;
+    mdb_reader_check(s.env, &dead);
+    // Each attempt in its own nested transaction, so that a slice too large for the space left
+    // can be retried smaller.
+    for (size_t slice = limit;; slice /= 2) {
+      MDB_txn* nested = nullptr;
+      int rc = mdb_txn_begin(s.env, txn, 0, &nested);
+      if (rc != MDB_SUCCESS) return rc;
+      result = WriteResult{};
+      rc = sweepSlice(s, nested, now, slice);
+      if (rc == MDB_SUCCESS) return mdb_txn_commit(nested);
+      mdb_txn_abort(nested);
+      if (rc != MDB_MAP_FULL || slice <= 1) return rc;
+    }
+  }
+
+  int sweepSlice(Impl& s, MDB_txn* txn, int64_t now, size_t slice) {
+    // Collect the due index entries first (copied out), then delete by key.
+    std::vector<std::string> due;
+    {
+      Cursor cur;
+      int rc = cur.open(txn, s.expiry);
+      if (rc != MDB_SUCCESS) return rc;
+      MDB_val k, v;
+      rc = mdb_cursor_get(cur.get(), &k, &v, MDB_FIRST);
+      while (rc == MDB_SUCCESS && due.size() < slice) {
+        if (k.mv_size == sizeof(ExpiryKey) &&
+            expiryTime(static_cast<const uint8_t*>(k.mv_data)) > now) {
+          break;  // the index is in time order: nothing further is due
+        }
+        due.emplace_back(view(k));  // due, or malformed (dropped below)
+        rc = mdb_cursor_get(cur.get(), &k, &v, MDB_NEXT);
+      }
+      if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return rc;
+    }
+    for (const std::string& key : due) {
+      if (key.size() == sizeof(ExpiryKey)) {
+        RecordId id;
+        std::memcpy(id.data(), key.data() + 8, id.size());
+        Record rec;
+        MDB_val rk = mdbVal(id);
+        MDB_val rv;
+        int rc = mdb_get(txn, s.records, &rk, &rv);
+        if (rc == MDB_SUCCESS) {
+          const DecodeError de = decodeRecord(view(rv), rec);
+          if (de != DecodeError::None) s.decode_errors.fetch_add(1, std::memory_order_relaxed);
+          // Delete if the record itself is due (a stale index entry of a renewed record is not
+          // evidence) or if it cannot be read at all.
+          if (de != DecodeError::None || rec.expired(now)) {
+            rc = mdb_del(txn, s.records, &rk, nullptr);
+            if (rc != MDB_SUCCESS) return rc;
+            ++result.removed;
+          }
+        } else if (rc != MDB_NOTFOUND) {
+          return rc;
+        }
+      }
+      MDB_val ik = mdbVal(key);
+      int rc = mdb_del(txn, s.expiry, &ik, nullptr);
+      if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return rc;
+    }
+    result.changed = result.removed > 0;
+    return MDB_SUCCESS;
+  }
+
+  size_t limit;
+};
+
+// flush(): completes after everything queued before it has been committed (and, under relaxed
+// durability, synced).
+struct LmdbStore::Impl::BarrierOp final : Op {
+  int apply(Impl&, MDB_txn*, int64_t) override { return MDB_SUCCESS; }
+  void finish(StoreError) override { done.set_value(); }
+  bool isBarrier() const override { return true; }
+  std::promise<void> done;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Environment
+
+bool LmdbStore::Impl::open(std::string& error) {
+  const std::string where = "store " + opts.path + ": ";
+  if (opts.path.empty()) {
+    error = "store path is empty";
+    return false;
+  }
+  if (!opts.read_only && !makeDirectories(opts.path, error)) return false;
+  struct stat st {};
+  if (::stat(opts.path.c_str(), &st) != 0) {
+    error = where + std::strerror(errno);
+    return false;
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    error = where + "not a directory";
+    return false;
+  }
+
+  int rc = mdb_env_create(&env);
+  if (rc != MDB_SUCCESS) {
+    error = where + "mdb_env_create: " + mdbError(rc);
+    return false;
+  }
+  unsigned flags = MDB_NOTLS;
+  if (opts.read_only) flags |= MDB_RDONLY;
+  if (opts.durability == Durability::Relaxed && !opts.read_only) flags |= MDB_NOSYNC;
+  if ((rc = mdb_env_set_maxreaders(env, kMaxReaders)) != MDB_SUCCESS ||
+      (rc = mdb_env_set_maxdbs(env, 4)) != MDB_SUCCESS ||
+      (rc = mdb_env_set_mapsize(env, static_cast<size_t>(opts.max_size))) != MDB_SUCCESS ||
+      (rc = mdb_env_open(env, opts.path.c_str(), flags, 0600)) != MDB_SUCCESS) {
+    error = where + "cannot open LMDB environment: " + mdbError(rc);
+    return false;
+  }
+  int dead = 0;
+  if ((rc = mdb_reader_check(env, &dead)) != MDB_SUCCESS) {
+    error = where + "mdb_reader_check: " + mdbError(rc);
+    return false;
+  }
+
+  MDB_txn* raw = nullptr;
+  for (int attempt = 0;; ++attempt) {
+    rc = mdb_txn_begin(env, nullptr, opts.read_only ? MDB_RDONLY : 0, &raw);
+    if (rc != MDB_MAP_RESIZED || attempt == kResizeAttempts) break;
+    mdb_env_set_mapsize(env, 0);
+  }
+  if (rc != MDB_SUCCESS) {
+    error = where + "mdb_txn_begin: " + mdbError(rc);
+    return false;
+  }
+  Txn txn(raw);
+  const unsigned dbi_flags = opts.read_only ? 0 : MDB_CREATE;
+  if ((rc = mdb_dbi_open(txn.get(), "records", dbi_flags, &records)) != MDB_SUCCESS ||
+      (rc = mdb_dbi_open(txn.get(), "expiry", dbi_flags, &expiry)) != MDB_SUCCESS) {
+    error = where + (rc == MDB_NOTFOUND ? std::string("no idemproxy store here yet")
+                                        : "mdb_dbi_open: " + mdbError(rc));
+    return false;
+  }
+  if ((rc = txn.commit()) != MDB_SUCCESS) {
+    error = where + "cannot initialise: " + mdbError(rc);
+    return false;
+  }
+  MDB_stat est;
+  if ((rc = mdb_env_stat(env, &est)) != MDB_SUCCESS) {
+    error = where + "mdb_env_stat: " + mdbError(rc);
+    return false;
+  }
+  page_size = est.ms_psize;
+  return true;
+}
+
+LmdbStore::Impl::~Impl() {
+  stop();
+  for (MDB_txn* t : read_pool) mdb_txn_abort(t);
+  read_pool.clear();
+  if (env != nullptr) {
+    if (opts.durability == Durability::Relaxed && !opts.read_only) mdb_env_sync(env, 1);
+    mdb_env_close(env);
+  }
+}
+
+void LmdbStore::Impl::syncToDisk() {
+  std::shared_lock lock(map_mu);
+  mdb_env_sync(env, 1);
+}
+
+void LmdbStore::Impl::adoptMapSize() {
+  std::unique_lock lock(map_mu);
+  mdb_env_set_mapsize(env, 0);
+}
+
+int LmdbStore::Impl::withRead(FunctionRef<int(MDB_txn*)> fn) {
+  for (int attempt = 0;; ++attempt) {
+    std::shared_lock lock(map_mu);
+    MDB_txn* txn = nullptr;
+    {
+      std::lock_guard pool_lock(pool_mu);
+      if (!read_pool.empty()) {
+        txn = read_pool.back();
+        read_pool.pop_back();
+      }
+    }
+    int rc;
+    if (txn != nullptr) {
+      rc = mdb_txn_renew(txn);
+      if (rc != MDB_SUCCESS) {
+        mdb_txn_abort(txn);
+        txn = nullptr;
+      }
+    } else {
+      rc = mdb_txn_begin(env, nullptr, MDB_RDONLY, &txn);
+    }
+    if (rc == MDB_MAP_RESIZED && attempt < kResizeAttempts) {
+      lock.unlock();
+      adoptMapSize();
+      continue;
+    }
+    if (rc != MDB_SUCCESS) return rc;
+
+    rc = fn(txn);
+
+    mdb_txn_reset(txn);
+    std::lock_guard pool_lock(pool_mu);
+    if (read_pool.size() < kMaxPooledReadTxns) {
+      read_pool.push_back(txn);
+    } else {
+      mdb_txn_abort(txn);
+    }
+    return rc;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+void LmdbStore::Impl::start() {
+  if (opts.read_only) return;
+  writer = std::thread([this] {
+    writer_id = std::this_thread::get_id();
+    writerLoop();
+  });
+}
+
+void LmdbStore::Impl::stop() {
+  {
+    std::lock_guard lock(mu);
+    stopping = true;
+  }
+  cv.notify_all();
+  if (writer.joinable()) writer.join();
+}
+
+void LmdbStore::Impl::submit(std::unique_ptr<Op> op) {
+  if (opts.read_only) {
+    op->finish(StoreError::Io);
+    return;
+  }
+  {
+    std::lock_guard lock(mu);
+    if (!stopping) {
+      queue.push_back(std::move(op));
+    }
+  }
+  if (op) {
+    op->finish(StoreError::Closed);
+    return;
+  }
+  cv.notify_one();
+}
+
+void LmdbStore::Impl::writerLoop() {
+  using SteadyClock = std::chrono::steady_clock;
+  const bool relaxed = opts.durability == Durability::Relaxed;
+  auto next_sync = SteadyClock::now() + opts.relaxed_sync_interval;
+  bool dirty = false;  // relaxed: committed but not yet synced
+  std::vector<std::unique_ptr<Op>> batch;
+  for (;;) {
+    {
+      std::unique_lock lock(mu);
+      auto ready = [this] { return !queue.empty() || stopping; };
+      if (relaxed && dirty) {
+        cv.wait_until(lock, next_sync, ready);
+      } else {
+        cv.wait(lock, ready);
+      }
+      if (queue.empty() && stopping) break;
+      while (!queue.empty() && batch.size() < opts.max_batch) {
+        batch.push_back(std::move(queue.front()));
+        queue.pop_front();
+      }
+    }
+    if (!batch.empty()) {
+      process(batch, dirty);
+      batch.clear();
+    }
+    if (relaxed) {
+      const auto now = SteadyClock::now();
+      if (!dirty) {
+        next_sync = now + opts.relaxed_sync_interval;
+      } else if (now >= next_sync) {
+        syncToDisk();
+        dirty = false;
+        next_sync = now + opts.relaxed_sync_interval;
+      }
+    }
+  }
+  if (relaxed && dirty) syncToDisk();
+}
+
+void LmdbStore::Impl::process(std::span<const std::unique_ptr<Op>> batch, bool& dirty) {
+  std::vector<Op*> work;
+  work.reserve(batch.size());
+  bool barrier = false;
+  for (const auto& op : batch) {
+    if (op->isBarrier()) {
+      barrier = true;
+    } else {
+      work.push_back(op.get());
+    }
+  }
+  for (size_t i = 0; i < work.size();) {
+    i += runGroup(std::span<Op* const>(work).subspan(i), dirty);
+  }
+  if (barrier) {
+    if (opts.durability == Durability::Relaxed && dirty) {
+      syncToDisk();
+      dirty = false;
+    }
+    for (const auto& op : batch) {
+      if (op->isBarrier()) op->finish(StoreError::None);
+    }
+  }
+}
+
+// Applies a prefix of `ops` in one write transaction, commits, and completes them. Returns how
+// many were consumed (at least one).
+size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
+  std::shared_lock map_lock(map_mu);
+  MDB_txn* raw = nullptr;
+  int rc = MDB_SUCCESS;
+  for (int attempt = 0;; ++attempt) {
+    rc = mdb_txn_begin(env, nullptr, 0, &raw);
+    if (rc != MDB_MAP_RESIZED || attempt == kResizeAttempts) break;
+    map_lock.unlock();
+    adoptMapSize();
+    map_lock.lock();
+  }
+  if (rc != MDB_SUCCESS) {
+    for (Op* op : ops) op->finish(StoreError::Io);
+    return ops.size();
+  }
+  Txn txn(raw);
+  rc = measureFreePages(txn.get());
+  if (rc != MDB_SUCCESS) {
+    for (Op* op : ops) op->finish(StoreError::Io);
+    return ops.size();
+  }
+
+  const int64_t now = clock.wallMs();
+  std::vector<StoreError> errors;
+  errors.reserve(ops.size());
+  size_t n = 0;
+  for (; n < ops.size(); ++n) {
+    MDB_txn* child = nullptr;
+    rc = mdb_txn_begin(env, txn.get(), 0, &child);
+    if (rc == MDB_SUCCESS) {
+      ops[n]->reset();
+      rc = ops[n]->apply(*this, child, now);
+      if (rc == MDB_SUCCESS) {
+        rc = mdb_txn_commit(child);  // merges into the batch transaction
+      } else {
+        mdb_txn_abort(child);
+      }
+    }
+    if (rc == MDB_TXN_FULL && n > 0) break;  // commit what we have; this op goes next time
+    errors.push_back(classify(rc));
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  rc = txn.commit();
+  const auto took =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+  map_lock.unlock();
+
+  if (rc == MDB_MAP_FULL && n > 1) {
+    // Saving the free list needed pages the map does not have. Run the ops one per
+    // transaction so that only those that do not fit fail.
+    for (size_t i = 0; i < n;) i += runGroup(ops.subspan(i, n - i).first(1), dirty);
+    return n;
+  }
+  if (rc != MDB_SUCCESS) {
+    for (size_t i = 0; i < n; ++i) ops[i]->finish(classify(rc));
+    return n;
+  }
+
+  dirty = true;
+  size_t applied = 0;
+  for (StoreError e : errors) applied += e == StoreError::None ? 1 : 0;
+  commits.fetch_add(1, std::memory_order_relaxed);
+  operations.fetch_add(applied, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(observer_mu);
+    if (observer) observer(took, n);
+  }
+  for (size_t i = 0; i < n; ++i) ops[i]->finish(errors[i]);
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// LmdbStore
+
+std::unique_ptr<LmdbStore> openLmdbStore(const LmdbOptions& options, const Clock& clock,
+                                         std::string& error) {
+  auto impl = std::make_unique<LmdbStore::Impl>(options, clock);
+  if (impl->opts.max_batch == 0) impl->opts.max_batch = 1;
+  if (!impl->open(error)) return nullptr;
+  impl->start();
+  return std::make_unique<LmdbStore>(std::move(impl));
+}
+
+LmdbStore::LmdbStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+LmdbStore::~LmdbStore() = default;  // Impl drains the queue, stops the writer, closes the env
+
+void LmdbStore::reserve(ReserveRequest req, std::function<void(ReserveResult)> done) {
+  impl_->submit(std::make_unique<Impl::ReserveOp>(std::move(req), std::move(done)));
+}
+
+void LmdbStore::record(RecordRequest req, std::function<void(RecordResult)> done) {
+  impl_->submit(std::make_unique<Impl::RecordOp>(std::move(req), std::move(done)));
+}
+
+void LmdbStore::release(RecordId id, std::string owner, std::function<void(WriteResult)> done) {
+  impl_->submit(std::make_unique<Impl::ReleaseOp>(id, std::move(owner), std::move(done)));
+}
+
+void LmdbStore::forget(RecordId id, std::function<void(WriteResult)> done) {
+  impl_->submit(std::make_unique<Impl::ForgetOp>(id, std::move(done)));
+}
+
+void LmdbStore::sweep(size_t limit, std::function<void(WriteResult)> done) {
+  impl_->submit(std::make_unique<Impl::SweepOp>(limit, std::move(done)));
+}
+
+std::optional<Record> LmdbStore::lookup(const RecordId& id) {
+  std::optional<Record> out;
+  impl_->withRead([&](MDB_txn* txn) {
+    Record rec;
+    int rc = impl_->get(txn, id, rec);
+    if (rc == MDB_SUCCESS && !rec.expired(impl_->clock.wallMs())) out = std::move(rec);
+    return rc;
+  });
+  return out;
+}
+
+bool LmdbStore::visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) {
+  bool found = false;
+  impl_->withRead([&](MDB_txn* txn) {
+    MDB_val k = mdbVal(id);
+    MDB_val v;
+    int rc = mdb_get(txn, impl_->records, &k, &v);
+    if (rc != MDB_SUCCESS) return rc;
+    RecordView rec;
+    if (decodeRecordView(view(v), rec) != DecodeError::None) {
+      impl_->decode_errors.fetch_add(1, std::memory_order_relaxed);
+      return MDB_NOTFOUND;
+    }
+    if (rec.expired(impl_->clock.wallMs())) return MDB_NOTFOUND;
+    found = true;
+    fn(rec);
+    return MDB_SUCCESS;
+  });
+  return found;
+}
+
+std::vector<std::pair<RecordId, Record>> LmdbStore::list() {
+  std::vector<std::pair<RecordId, Record>> out;
+  impl_->withRead([&](MDB_txn* txn) {
+    Cursor cur;
+    int rc = cur.open(txn, impl_->records);
+    if (rc != MDB_SUCCESS) return rc;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur.get(), &k, &v, MDB_FIRST); rc == MDB_SUCCESS;
+         rc = mdb_cursor_get(cur.get(), &k, &v, MDB_NEXT)) {
+      Record rec;
+      if (k.mv_size != RecordId{}.size() || decodeRecord(view(v), rec) != DecodeError::None) {
+        impl_->decode_errors.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      RecordId id;
+      std::memcpy(id.data(), k.mv_data, id.size());
+      out.emplace_back(id, std::move(rec));
+    }
+    return rc == MDB_NOTFOUND ? MDB_SUCCESS : rc;
+  });
+  return out;
+}
+
+StoreStats LmdbStore::stats() {
+  StoreStats s;
+  impl_->withRead([&](MDB_txn* txn) {
+    MDB_stat st;
+    int rc = mdb_stat(txn, impl_->records, &st);
+    if (rc == MDB_SUCCESS) s.records = st.ms_entries;
+    return rc;
+  });
+  {
+    std::shared_lock lock(impl_->map_mu);
+    MDB_envinfo info;
+    MDB_stat est;
+    if (mdb_env_info(impl_->env, &info) == MDB_SUCCESS &&
+        mdb_env_stat(impl_->env, &est) == MDB_SUCCESS) {
+      s.bytes_used = (static_cast<uint64_t>(info.me_last_pgno) + 1) * est.ms_psize;
+      s.map_size = info.me_mapsize;
+    }
+  }
+  s.commits = impl_->commits.load(std::memory_order_relaxed);
+  s.operations = impl_->operations.load(std::memory_order_relaxed);
+  s.decode_errors = impl_->decode_errors.load(std::memory_order_relaxed);
+  return s;
+}
+
+void LmdbStore::flush() {
+  if (impl_->opts.read_only) return;
+  // A completion callback runs on the writer: waiting there for the writer would never end.
+  if (std::this_thread::get_id() == impl_->writer_id.load()) return;
+  auto barrier = std::make_unique<Impl::BarrierOp>();
+  auto done = barrier->done.get_future();
+  impl_->submit(std::move(barrier));
+  done.wait();
+}
+
+void LmdbStore::setCommitObserver(CommitObserver observer) {
+  std::lock_guard lock(impl_->observer_mu);
+  impl_->observer = std::move(observer);
+}
+
+}  // namespace idem

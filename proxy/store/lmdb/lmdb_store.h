@@ -1,0 +1,51 @@
+#pragma once
+// The embedded LMDB store: one environment directory shared safely by several processes
+// (LMDB's lock file), one writer thread per process that group-commits queued operations.
+#include <memory>
+#include <string>
+
+#include "base/clock.h"
+#include "config/config.h"
+#include "store/store.h"
+
+namespace idem {
+
+struct LmdbOptions {
+  std::string path;                // directory; created 0700 if missing, files 0600
+  uint64_t max_size = 1ull << 30;  // map size limit
+  Durability durability = Durability::Full;
+  std::chrono::milliseconds relaxed_sync_interval{1000};  // relaxed: how often to fsync
+  size_t max_batch = 256;                                 // operations committed together at most
+  bool read_only = false;  // for `keys list/show` (writes then fail with Io)
+};
+
+class LmdbStore;
+// Opens (creating if needed) the environment. On failure returns nullptr and sets `error`.
+std::unique_ptr<LmdbStore> openLmdbStore(const LmdbOptions& options, const Clock& clock,
+                                         std::string& error);
+
+// Declared here so tests and main can hold the concrete type; defined in lmdb_store.cpp.
+class LmdbStore : public Store {
+ public:
+  ~LmdbStore() override;
+  // (Store interface)
+  void reserve(ReserveRequest req, std::function<void(ReserveResult)> done) override;
+  void record(RecordRequest req, std::function<void(RecordResult)> done) override;
+  void release(RecordId id, std::string owner, std::function<void(WriteResult)> done) override;
+  void forget(RecordId id, std::function<void(WriteResult)> done) override;
+  void sweep(size_t limit, std::function<void(WriteResult)> done) override;
+  std::optional<Record> lookup(const RecordId& id) override;
+  bool visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) override;
+  std::vector<std::pair<RecordId, Record>> list() override;
+  StoreStats stats() override;
+  void flush() override;
+  void setCommitObserver(CommitObserver observer) override;
+
+  struct Impl;
+  explicit LmdbStore(std::unique_ptr<Impl> impl);
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace idem

@@ -1,0 +1,636 @@
+// libcurl multi driven by a libevent base. The shape:
+//   send()            → configure a pooled easy handle, curl_multi_add_handle (curl then asks
+//                       for a 0 ms timer through onTimer; nothing else happens inside send()).
+//   onTimer/onSocket  → curl tells us which sockets to watch and when to wake it; one libevent
+//                       `event` per socket (EV_PERSIST) and one timer.
+//   onEvent/onTimeout → curl_multi_socket_action, then drain curl_multi_info_read into the
+//                       `finished_` queue and activate the delivery event.
+//   onDeliver         → runs the `done` callbacks from the top of the event loop, never inside
+//                       a curl call, so a callback may send() again or destroy the Upstream.
+// http:// upstreams whose host is an IP literal use the built-in HTTP/1.1 client instead
+// (upstream_http1.cpp); Upstream picks the backend in its constructor.
+#include "upstream/upstream.h"
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <stdexcept>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "base/c_handles.h"
+#include "upstream/upstream_backend.h"
+
+namespace idem {
+namespace upstream_detail {
+
+std::string_view trimOws(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+void appendHeaderLine(Headers& headers, std::string_view line) {
+  if (line.empty()) return;
+  if (line.front() == ' ' || line.front() == '\t') {
+    // obs-fold: continues the previous field's value (RFC 9112 §5.2)
+    std::string_view more = trimOws(line);
+    if (!headers.empty() && !more.empty()) {
+      std::string& value = headers.back().value;
+      if (!value.empty()) value += ' ';
+      value += more;
+    }
+  } else if (size_t colon = line.find(':'); colon != std::string_view::npos && colon > 0) {
+    headers.push_back({std::string(trimOws(line.substr(0, colon))),
+                       std::string(trimOws(line.substr(colon + 1)))});
+  }
+}
+
+namespace {
+
+// RFC 9110 tchar.
+bool isTokenChar(char c) {
+  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
+  return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != '\0';
+}
+
+}  // namespace
+
+bool isToken(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    if (!isTokenChar(c)) return false;
+  }
+  return true;
+}
+
+bool isSafeFieldValue(std::string_view v) {
+  return v.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
+}
+
+bool hasHeader(const Headers& headers, std::string_view name) {
+  for (const Header& h : headers) {
+    if (iequals(h.name, name)) return true;
+  }
+  return false;
+}
+
+int parseStatusLine(std::string_view line) {
+  size_t sp = line.find(' ');
+  if (sp == std::string_view::npos || line.size() < sp + 4) return 0;
+  int status = 0;
+  for (size_t i = sp + 1; i < sp + 4; ++i) {
+    char c = line[i];
+    if (c < '0' || c > '9') return 0;
+    status = status * 10 + (c - '0');
+  }
+  return status;
+}
+
+std::string baseUrlOf(const std::string& url) {
+  std::string base = url;
+  size_t scheme = base.find("://");
+  size_t minSize = scheme == std::string::npos ? 0 : scheme + 3;
+  while (base.size() > minSize && base.back() == '/') base.pop_back();
+  return base;
+}
+
+}  // namespace upstream_detail
+
+using namespace upstream_detail;
+
+namespace {
+
+constexpr size_t kMaxPooledEasyHandles = 64;
+
+}  // namespace
+
+bool isHopByHop(std::string_view name) {
+  static constexpr std::string_view kNames[] = {"Connection",
+                                                "Keep-Alive",
+                                                "Proxy-Connection",
+                                                "TE",
+                                                "Trailer",
+                                                "Transfer-Encoding",
+                                                "Upgrade",
+                                                "Proxy-Authenticate",
+                                                "Proxy-Authorization"};
+  for (std::string_view n : kNames) {
+    if (iequals(n, name)) return true;
+  }
+  return false;
+}
+
+void removeHopByHopFields(Headers& headers) {
+  std::vector<std::string> named;  // field names listed in Connection values
+  for (const Header& h : headers) {
+    if (!iequals(h.name, "Connection")) continue;
+    std::string_view rest = h.value;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view token = trimOws(rest.substr(0, comma));
+      if (!token.empty()) named.emplace_back(token);
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    }
+  }
+  std::erase_if(headers, [&](const Header& h) {
+    if (isHopByHop(h.name)) return true;
+    for (const std::string& n : named) {
+      if (iequals(n, h.name)) return true;
+    }
+    return false;
+  });
+}
+
+void upstreamGlobalInit() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+      throw std::runtime_error("curl_global_init failed");
+    }
+  });
+}
+
+Upstream::Impl::Impl(event_base* base, const UpstreamConfig& config)
+    : base_(base), config_(config) {
+  deliver_.reset(event_new(base_, -1, 0, &Impl::onDeliver, this));
+  if (!deliver_) throw std::runtime_error("upstream: out of memory");
+}
+
+Upstream::Impl::~Impl() {
+  alive_.reset();
+  finished_.clear();
+  deliver_.reset();
+}
+
+void Upstream::Impl::scheduleDelivery() {
+  event_active(deliver_.get(), EV_TIMEOUT, 0);
+}
+
+void Upstream::Impl::onDeliver(evutil_socket_t, short, void* arg) noexcept {
+  auto* self = static_cast<Impl*>(arg);
+  std::weak_ptr<bool> alive = self->alive_;
+  // Only what is queued now: a callback that keeps failing new sends cannot starve the loop.
+  size_t n = self->finished_.size();
+  for (size_t i = 0; i < n; ++i) {
+    {
+      Finished f = std::move(self->finished_.front());
+      self->finished_.pop_front();
+      f.done(std::move(f.result));
+      // `f` dies here: its callback may hold the last reference to this Upstream (a request
+      // that outlived a reload), so nothing of `self` is touched before `alive` is checked.
+    }
+    if (alive.expired()) return;  // the callback (or its destruction) destroyed the Upstream
+  }
+  if (!self->finished_.empty()) self->scheduleDelivery();
+}
+
+namespace {
+
+class CurlBackend final : public Upstream::Impl {
+ public:
+  // One forwarded request. Lives in `active_` (keyed by its easy handle) while curl owns it.
+  struct Exchange {
+    CurlBackend* owner = nullptr;
+    CurlPtr easy;
+    CurlSlistPtr headerList;
+    UpstreamRequest request;  // owns the body curl sends from (CURLOPT_POSTFIELDS: no copy)
+    std::string url;
+    std::function<void(UpstreamResult)> done;
+    SteadyClock::time_point started;
+    HttpAnswer answer;             // built by the header and write callbacks
+    bool headersComplete = false;  // the final header block ended: later lines are trailers
+    int requestAttempts = 0;       // CURLOPT_PREREQFUNCTION calls: the request is about to go
+    bool resendRefused = false;    // curl wanted to re-send on a fresh connection; we refused
+    char error[CURL_ERROR_SIZE] = {};
+  };
+
+  // One socket curl asked us to watch.
+  struct SocketWatch {
+    CurlBackend* owner = nullptr;
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    EventPtr ev;
+  };
+
+  CurlBackend(event_base* base, const UpstreamConfig& config, unsigned connectionLimit);
+  ~CurlBackend() override;
+
+  void start(UpstreamRequest request, std::function<void(UpstreamResult)> done) override;
+  size_t active() const override { return active_.size(); }
+  const char* name() const override { return "curl"; }
+  // Fills the easy handle; returns why the request cannot be sent, or "" when it can.
+  std::string configure(Exchange& ex);
+  // The options every exchange shares, set once when a handle is created.
+  std::string setConstantOptions(CURL* e);
+  void failBeforeSend(std::unique_ptr<Exchange> ex, std::string detail);
+  void recycle(CurlPtr easy);
+  void socketAction(curl_socket_t fd, int flags);
+  void collectFinished();
+  UpstreamResult complete(Exchange& ex, CURLcode code);
+
+  static int onSocket(CURL* easy, curl_socket_t fd, int what, void* userp, void* socketp);
+  static int onTimer(CURLM* multi, long timeoutMs, void* userp);
+  // noexcept: an exception here (only bad_alloc is possible) must not unwind through
+  // libevent; it terminates instead, like any other broken invariant.
+  static void onEvent(evutil_socket_t fd, short what, void* arg) noexcept;
+  static void onTimeout(evutil_socket_t fd, short what, void* arg) noexcept;
+  static size_t onHeader(char* data, size_t size, size_t count, void* userp);
+  static size_t onWrite(char* data, size_t size, size_t count, void* userp);
+  static int onPrereq(void* userp, char* primaryIp, char* localIp, int primaryPort, int localPort);
+
+  std::string baseUrl_;
+  CurlMultiPtr multi_;
+  EventPtr timer_;
+  std::unordered_map<curl_socket_t, std::unique_ptr<SocketWatch>> sockets_;
+  std::unordered_map<CURL*, std::unique_ptr<Exchange>> active_;
+  std::vector<CurlPtr> idleEasy_;
+};
+
+CurlBackend::CurlBackend(event_base* base, const UpstreamConfig& config, unsigned connectionLimit)
+    : Impl(base, config), baseUrl_(baseUrlOf(config.url)) {
+  const long limit = connectionLimit == 0 ? 1L : static_cast<long>(connectionLimit);
+  multi_.reset(curl_multi_init());
+  timer_.reset(evtimer_new(base_, &CurlBackend::onTimeout, this));
+  if (!multi_ || !timer_) throw std::runtime_error("upstream: out of memory");
+  CURLM* m = multi_.get();
+  CURLMcode rc = CURLM_OK;
+  auto set = [&rc](CURLMcode r) {
+    if (rc == CURLM_OK) rc = r;
+  };
+  set(curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, &CurlBackend::onSocket));
+  set(curl_multi_setopt(m, CURLMOPT_SOCKETDATA, this));
+  set(curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, &CurlBackend::onTimer));
+  set(curl_multi_setopt(m, CURLMOPT_TIMERDATA, this));
+  // Beyond the limit, curl queues transfers until a connection frees up.
+  set(curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, limit));
+  set(curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, limit));
+  set(curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, limit));
+  set(curl_multi_setopt(m, CURLMOPT_PIPELINING, CURLPIPE_NOTHING));
+  if (rc != CURLM_OK) {
+    throw std::runtime_error(std::string("upstream: ") + curl_multi_strerror(rc));
+  }
+}
+
+CurlBackend::~CurlBackend() {
+  alive_.reset();
+  // Abandon in-flight exchanges without calling their callbacks. Removing a handle may make
+  // curl call onSocket/onTimer; the maps and events are still alive here.
+  for (auto& entry : active_) curl_multi_remove_handle(multi_.get(), entry.first);
+  active_.clear();
+  idleEasy_.clear();
+  finished_.clear();
+  multi_.reset();
+  sockets_.clear();  // frees (and so deletes) every socket event
+  timer_.reset();
+  deliver_.reset();
+}
+
+void CurlBackend::start(UpstreamRequest request, std::function<void(UpstreamResult)> done) {
+  auto ex = std::make_unique<Exchange>();
+  ex->owner = this;
+  ex->started = SteadyClock::now();
+  ex->request = std::move(request);
+  ex->done = std::move(done);
+  if (!idleEasy_.empty()) {
+    ex->easy = std::move(idleEasy_.back());
+    idleEasy_.pop_back();
+  } else {
+    ex->easy.reset(curl_easy_init());
+    if (ex->easy) {
+      std::string problem = setConstantOptions(ex->easy.get());
+      if (!problem.empty()) {
+        ex->easy.reset();
+        return failBeforeSend(std::move(ex), std::move(problem));
+      }
+    }
+  }
+  if (!ex->easy) return failBeforeSend(std::move(ex), "curl_easy_init failed");
+  std::string problem = configure(*ex);
+  if (!problem.empty()) return failBeforeSend(std::move(ex), std::move(problem));
+  CURL* easy = ex->easy.get();
+  CURLMcode mc = curl_multi_add_handle(multi_.get(), easy);
+  if (mc != CURLM_OK) return failBeforeSend(std::move(ex), curl_multi_strerror(mc));
+  active_.emplace(easy, std::move(ex));
+}
+
+std::string CurlBackend::configure(Exchange& ex) {
+  const UpstreamRequest& req = ex.request;
+  if (!isToken(req.method)) return "invalid request method";
+  for (const Header& h : req.headers) {
+    if (!isToken(h.name) || !isSafeFieldValue(h.value)) return "invalid request header field";
+  }
+
+  ex.url = baseUrl_;
+  if (req.path_and_query.empty() || req.path_and_query.front() != '/') ex.url += '/';
+  ex.url += req.path_and_query;
+
+  // Header list: the caller's fields in order; framing (Content-Length, Expect) is curl's.
+  CurlSlistPtr list;
+  auto append = [&list](const std::string& line) {
+    curl_slist* head = curl_slist_append(list.get(), line.c_str());
+    if (!head) return false;
+    (void)list.release();
+    list.reset(head);
+    return true;
+  };
+  bool ok = true;
+  std::string line;
+  for (const Header& h : req.headers) {
+    if (isHopByHop(h.name) || iequals(h.name, "Content-Length") || iequals(h.name, "Expect")) {
+      continue;
+    }
+    line.assign(h.name);
+    if (h.value.empty()) {
+      line += ';';  // curl's spelling of "send this field with an empty value"
+    } else {
+      line += ": ";
+      line += h.value;
+    }
+    ok = ok && append(line);
+  }
+  // "Name:" tells curl not to send its own field of that name.
+  ok = ok && append("Expect:");
+  if (!hasHeader(req.headers, "Accept")) ok = ok && append("Accept:");
+  if (!hasHeader(req.headers, "Content-Type")) ok = ok && append("Content-Type:");
+  if (!ok) return "out of memory";
+  ex.headerList = std::move(list);
+
+  // Only what differs between exchanges: the handle is reused without curl_easy_reset (its
+  // fixed options were set once by setConstantOptions), so every per-exchange option —
+  // the method ones included — is set here each time.
+  CURL* e = ex.easy.get();
+  CURLcode rc = CURLE_OK;
+  auto set = [&rc](CURLcode r) {
+    if (rc == CURLE_OK) rc = r;
+  };
+  set(curl_easy_setopt(e, CURLOPT_URL, ex.url.c_str()));
+  if (!config_.tls_ca_file.empty()) {
+    set(curl_easy_setopt(e, CURLOPT_CAINFO, config_.tls_ca_file.c_str()));
+  }
+  set(curl_easy_setopt(e, CURLOPT_PRIVATE, &ex));
+  set(curl_easy_setopt(e, CURLOPT_ERRORBUFFER, ex.error));
+  set(curl_easy_setopt(e, CURLOPT_HTTPHEADER, ex.headerList.get()));
+  set(curl_easy_setopt(e, CURLOPT_HEADERDATA, &ex));
+  set(curl_easy_setopt(e, CURLOPT_WRITEDATA, &ex));
+  set(curl_easy_setopt(e, CURLOPT_PREREQDATA, &ex));
+
+  const std::string& method = req.method;
+  const bool bodyMethod = method == "POST" || method == "PUT" || method == "PATCH";
+  // Back to a plain GET without a custom method, whatever the previous exchange used.
+  set(curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, static_cast<char*>(nullptr)));
+  set(curl_easy_setopt(e, CURLOPT_HTTPGET, 1L));
+  if (method == "HEAD") {
+    set(curl_easy_setopt(e, CURLOPT_NOBODY, 1L));
+  } else if (!req.body.empty() || bodyMethod) {
+    // Binary safe; an empty POST still sends "Content-Length: 0".
+    set(curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size())));
+    set(curl_easy_setopt(e, CURLOPT_POSTFIELDS, req.body.data()));
+    if (method != "POST") set(curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method.c_str()));
+  } else if (method != "GET") {
+    set(curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method.c_str()));
+  }
+  if (rc != CURLE_OK) return std::string("curl_easy_setopt: ") + curl_easy_strerror(rc);
+  return {};
+}
+
+std::string CurlBackend::setConstantOptions(CURL* e) {
+  CURLcode rc = CURLE_OK;
+  auto set = [&rc](CURLcode r) {
+    if (rc == CURLE_OK) rc = r;
+  };
+  set(curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L));
+  set(curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https"));
+  set(curl_easy_setopt(e, CURLOPT_PROXY, ""));  // ignore http_proxy & co. from the environment
+  set(curl_easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1)));
+  set(curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L));  // forward the path as the client sent it
+  set(curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L));
+  set(curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L));
+  set(curl_easy_setopt(e, CURLOPT_HTTP_TRANSFER_DECODING, 1L));
+  set(curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                       static_cast<long>(config_.connect_timeout.count())));
+  set(curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(config_.timeout.count())));
+  set(curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, static_cast<long>(kMaxIdleConnectionAge.count())));
+  set(curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlBackend::onHeader));
+  set(curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &CurlBackend::onWrite));
+  set(curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &CurlBackend::onPrereq));
+  if (rc != CURLE_OK) return std::string("curl_easy_setopt: ") + curl_easy_strerror(rc);
+  return {};
+}
+
+void CurlBackend::failBeforeSend(std::unique_ptr<Exchange> ex, std::string detail) {
+  UpstreamResult result;
+  result.failure = UpstreamFailure::BeforeSend;
+  result.detail = std::move(detail);
+  result.latency =
+      std::chrono::duration_cast<std::chrono::microseconds>(SteadyClock::now() - ex->started);
+  if (ex->easy) recycle(std::move(ex->easy));
+  finished_.push_back({std::move(ex->done), std::move(result)});
+  scheduleDelivery();
+}
+
+void CurlBackend::recycle(CurlPtr easy) {
+  if (idleEasy_.size() >= kMaxPooledEasyHandles) return;  // `easy` is cleaned up here
+  // No curl_easy_reset: the fixed options stay; configure() sets the rest for the next
+  // exchange. Drop the pointers into this exchange, which is about to be freed.
+  curl_easy_setopt(easy.get(), CURLOPT_HTTPHEADER, static_cast<curl_slist*>(nullptr));
+  curl_easy_setopt(easy.get(), CURLOPT_ERRORBUFFER, static_cast<char*>(nullptr));
+  idleEasy_.push_back(std::move(easy));
+}
+
+void CurlBackend::socketAction(curl_socket_t fd, int flags) {
+  int running = 0;
+  curl_multi_socket_action(multi_.get(), fd, flags, &running);
+  collectFinished();
+}
+
+void CurlBackend::collectFinished() {
+  int left = 0;
+  while (CURLMsg* msg = curl_multi_info_read(multi_.get(), &left)) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    CURL* easy = msg->easy_handle;  // `msg` dies with curl_multi_remove_handle
+    CURLcode code = msg->data.result;
+    auto it = active_.find(easy);
+    if (it == active_.end()) std::abort();  // a handle we never added: broken invariant
+    std::unique_ptr<Exchange> ex = std::move(it->second);
+    active_.erase(it);
+    UpstreamResult result = complete(*ex, code);
+    curl_multi_remove_handle(multi_.get(), easy);
+    recycle(std::move(ex->easy));
+    finished_.push_back({std::move(ex->done), std::move(result)});
+  }
+  if (!finished_.empty()) scheduleDelivery();
+}
+
+UpstreamResult CurlBackend::complete(Exchange& ex, CURLcode code) {
+  UpstreamResult result;
+  result.latency =
+      std::chrono::duration_cast<std::chrono::microseconds>(SteadyClock::now() - ex.started);
+  long status = 0;
+  curl_easy_getinfo(ex.easy.get(), CURLINFO_RESPONSE_CODE, &status);
+  if (code == CURLE_OK && status >= 200 && status <= 999) {
+    HttpAnswer& answer = ex.answer;
+    answer.status = static_cast<int>(status);
+    bool chunked = hasHeader(answer.headers, "Transfer-Encoding");
+    removeHopByHopFields(answer.headers);
+    // curl decoded the transfer coding: a Content-Length next to it never described the body.
+    if (chunked) {
+      std::erase_if(answer.headers,
+                    [](const Header& h) { return iequals(h.name, "Content-Length"); });
+    }
+    result.answer = std::move(answer);
+    return result;
+  }
+  result.detail = ex.error[0] != '\0' ? std::string(ex.error) : curl_easy_strerror(code);
+  if (code == CURLE_OK) result.detail = "no final status from upstream";
+  long requestBytes = 0;
+  curl_easy_getinfo(ex.easy.get(), CURLINFO_REQUEST_SIZE, &requestBytes);
+  // The prereq callback runs after connect (and TLS handshake), right before the request is
+  // written: without it nothing of the request left this process.
+  const bool sent = ex.requestAttempts > 0 || requestBytes > 0;
+  if (ex.resendRefused) {
+    result.failure = UpstreamFailure::AfterSend;
+    result.detail =
+        "reused connection closed without an answer after the request was sent; "
+        "not re-sending (" +
+        result.detail + ")";
+  } else if (!sent) {
+    result.failure = UpstreamFailure::BeforeSend;
+  } else if (code == CURLE_OPERATION_TIMEDOUT) {
+    result.failure = UpstreamFailure::Timeout;
+  } else {
+    result.failure = UpstreamFailure::AfterSend;
+  }
+  return result;
+}
+
+int CurlBackend::onSocket(CURL*, curl_socket_t fd, int what, void* userp, void* socketp) {
+  auto* self = static_cast<CurlBackend*>(userp);
+  auto* watch = static_cast<SocketWatch*>(socketp);
+  if (what == CURL_POLL_REMOVE) {
+    self->sockets_.erase(fd);  // event_free deletes the event, even from its own callback
+    return 0;
+  }
+  if (!watch) {
+    try {
+      auto owned = std::make_unique<SocketWatch>();
+      owned->owner = self;
+      owned->fd = fd;
+      watch = owned.get();
+      self->sockets_[fd] = std::move(owned);  // replaces a stale watch on a reused fd number
+    } catch (...) {
+      return -1;
+    }
+    curl_multi_assign(self->multi_.get(), fd, watch);
+  }
+  short kind = EV_PERSIST;
+  if (what & CURL_POLL_IN) kind |= EV_READ;
+  if (what & CURL_POLL_OUT) kind |= EV_WRITE;
+  watch->ev.reset(event_new(self->base_, fd, kind, &CurlBackend::onEvent, watch));
+  if (!watch->ev || event_add(watch->ev.get(), nullptr) != 0) return -1;
+  return 0;
+}
+
+int CurlBackend::onTimer(CURLM*, long timeoutMs, void* userp) {
+  auto* self = static_cast<CurlBackend*>(userp);
+  if (timeoutMs < 0) {
+    evtimer_del(self->timer_.get());
+    return 0;
+  }
+  timeval tv{};
+  tv.tv_sec = timeoutMs / 1000;
+  tv.tv_usec = static_cast<suseconds_t>((timeoutMs % 1000) * 1000);
+  return evtimer_add(self->timer_.get(), &tv) == 0 ? 0 : -1;
+}
+
+void CurlBackend::onEvent(evutil_socket_t fd, short what, void* arg) noexcept {
+  CurlBackend* self = static_cast<SocketWatch*>(arg)->owner;  // the watch may die in socketAction
+  int flags = 0;
+  if (what & EV_READ) flags |= CURL_CSELECT_IN;
+  if (what & EV_WRITE) flags |= CURL_CSELECT_OUT;
+  self->socketAction(fd, flags);
+}
+
+void CurlBackend::onTimeout(evutil_socket_t, short, void* arg) noexcept {
+  static_cast<CurlBackend*>(arg)->socketAction(CURL_SOCKET_TIMEOUT, 0);
+}
+
+size_t CurlBackend::onHeader(char* data, size_t size, size_t count, void* userp) {
+  auto* ex = static_cast<Exchange*>(userp);
+  const size_t total = size * count;
+  std::string_view line(data, total);
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
+  try {
+    HttpAnswer& answer = ex->answer;
+    if (line.starts_with("HTTP/")) {  // a new response (after a 1xx): start over
+      answer.headers.clear();
+      answer.status = parseStatusLine(line);
+      ex->headersComplete = false;
+    } else if (ex->headersComplete) {
+      // trailer fields of a chunked body: not part of the recorded header block
+    } else if (line.empty()) {
+      ex->headersComplete = answer.status >= 200;
+    } else {
+      appendHeaderLine(answer.headers, line);
+    }
+  } catch (...) {
+    return 0;  // out of memory: curl fails the transfer with CURLE_WRITE_ERROR
+  }
+  return total;
+}
+
+size_t CurlBackend::onWrite(char* data, size_t size, size_t count, void* userp) {
+  auto* ex = static_cast<Exchange*>(userp);
+  const size_t total = size * count;
+  try {
+    ex->answer.body.append(data, total);
+  } catch (...) {
+    return 0;
+  }
+  return total;
+}
+
+int CurlBackend::onPrereq(void* userp, char*, char*, int, int) {
+  auto* ex = static_cast<Exchange*>(userp);
+  // A second call means curl is about to re-send the request on a fresh connection after a
+  // reused one closed without answering. The upstream may have acted on the first copy.
+  if (++ex->requestAttempts > 1) {
+    ex->resendRefused = true;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  return CURL_PREREQFUNC_OK;
+}
+
+}  // namespace
+
+Upstream::Upstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
+                   UpstreamBackend backend) {
+  if (backend == UpstreamBackend::Auto) {
+    impl_ = makeHttp1Backend(base, config, connectionLimit);
+  }
+  if (!impl_) impl_ = std::make_unique<CurlBackend>(base, config, connectionLimit);
+}
+
+Upstream::~Upstream() = default;
+
+void Upstream::send(UpstreamRequest request, std::function<void(UpstreamResult)> done) {
+  impl_->start(std::move(request), std::move(done));
+}
+
+size_t Upstream::inFlight() const {
+  return impl_->inFlight();
+}
+
+const char* Upstream::backendName() const {
+  return impl_->name();
+}
+
+const UpstreamConfig& Upstream::config() const {
+  return impl_->config_;
+}
+
+}  // namespace idem

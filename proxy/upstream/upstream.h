@@ -1,0 +1,97 @@
+#pragma once
+// Forwarding to one upstream from a libevent loop (one Upstream per upstream per worker):
+// http:// upstreams at an IP literal use a built-in HTTP/1.1 client; https:// and host names
+// use libcurl's multi interface. Knows nothing of keys or the store.
+#include <event2/event.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "config/config.h"
+#include "base/http_types.h"
+
+namespace idem {
+
+struct UpstreamRequest {
+  std::string method;
+  std::string path_and_query;  // as the client sent it, e.g. "/v1/payments/1?x=y"
+  Headers headers;             // already filtered: no hop-by-hop fields; Host kept; X-F-* added
+  std::string body;
+};
+
+// How an exchange failed, typed so the caller never compares strings.
+enum class UpstreamFailure {
+  None,        // a complete answer arrived
+  BeforeSend,  // nothing was sent: refused, not resolved, connect timeout → safe to retry
+  Timeout,     // sent, no complete answer within `timeout`
+  AfterSend,   // sent, then reset / malformed reply
+};
+
+struct UpstreamResult {
+  UpstreamFailure failure = UpstreamFailure::None;
+  std::string detail;  // curl's message, for logs only
+  HttpAnswer answer;   // when failure == None; hop-by-hop fields already removed
+  std::chrono::microseconds latency{0};
+};
+
+// Pooled connections idle longer than this are not reused but closed. Neither backend ever
+// sends a request twice: libcurl 7.88 silently re-sends a request (any method, body included)
+// on a fresh connection when a *reused* one yields no response byte at all; Upstream refuses
+// that re-send (the exchange fails as AfterSend instead), and the built-in client never
+// retries. So a stale pooled connection costs a failed exchange. Keeping this shorter than
+// common backend keep-alive timeouts (Node 5s, Apache 5s, gunicorn 2s, nginx 75s) makes that
+// race rare; the built-in client also drops an idle connection as soon as the upstream
+// closes it, and checks it (recv MSG_PEEK) before reuse.
+inline constexpr std::chrono::seconds kMaxIdleConnectionAge{2};
+
+// Which client an Upstream uses. Auto: the built-in HTTP/1.1 client for http:// URLs whose
+// host is an IP literal, libcurl otherwise. Curl forces libcurl (tests compare the two).
+enum class UpstreamBackend { Auto, Curl };
+
+class Upstream {
+ public:
+  // `base` must outlive the Upstream. Its sockets and timers live on `base`.
+  Upstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
+           UpstreamBackend backend = UpstreamBackend::Auto);
+  ~Upstream();
+  Upstream(const Upstream&) = delete;
+  Upstream& operator=(const Upstream&) = delete;
+
+  // Starts the exchange; `done` runs later on the base's thread (never from inside send()),
+  // from its own event callback, never from inside a libcurl call or a socket callback. It
+  // must not throw (it runs in a noexcept context: an escaping exception terminates the
+  // process). It may call send() or destroy this Upstream.
+  // The exchange runs to its end even if the caller's client is gone.
+  // Destroying the Upstream abandons in-flight exchanges: their `done` is never called.
+  // Framing is the backend's: Content-Length and Expect in `request.headers` are not forwarded
+  // (Content-Length is written from the body); hop-by-hop fields are dropped too. A method that
+  // is not a token, or a header name/value with CR, LF or NUL fails the exchange as BeforeSend.
+  void send(UpstreamRequest request, std::function<void(UpstreamResult)> done);
+  // Exchanges started whose `done` has not run yet.
+  size_t inFlight() const;
+  const UpstreamConfig& config() const;
+  // "http1" (the built-in client) or "curl".
+  const char* backendName() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// RFC 9110 §7.6.1 hop-by-hop fields: Connection, Keep-Alive, Proxy-Connection, TE, Trailer,
+// Transfer-Encoding, Upgrade, Proxy-Authenticate, Proxy-Authorization. Case-insensitive.
+// (Fields named in a Connection header are hop-by-hop too: see removeHopByHopFields.)
+bool isHopByHop(std::string_view name);
+
+// Removes every isHopByHop field and every field named in a Connection header value, keeping
+// the order of the rest. For request and response headers alike.
+void removeHopByHopFields(Headers& headers);
+
+// Call once per process before any thread starts.
+void upstreamGlobalInit();
+
+}  // namespace idem

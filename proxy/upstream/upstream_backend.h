@@ -1,0 +1,80 @@
+#pragma once
+// Internal to upstream*.cpp: the backend interface behind Upstream, what both backends share
+// (deferred delivery of `done`, field validation, status-line and URL helpers), and the
+// factory of the built-in HTTP/1.1 backend.
+#include <event2/event.h>
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "base/c_handles.h"
+#include "upstream/upstream.h"
+
+namespace idem {
+
+// One backend per Upstream: libcurl (https://, http:// to a host name) or the built-in
+// HTTP/1.1 client (http:// to an IP literal). Both deliver results through finish(), which
+// runs `done` from the delivery event, never inside send() or a socket callback.
+struct Upstream::Impl {
+  Impl(event_base* base, const UpstreamConfig& config);
+  virtual ~Impl();
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+
+  virtual void start(UpstreamRequest request, std::function<void(UpstreamResult)> done) = 0;
+  // Exchanges started and not yet in `finished_`.
+  virtual size_t active() const = 0;
+  virtual const char* name() const = 0;
+
+  size_t inFlight() const { return active() + finished_.size(); }
+  void scheduleDelivery();
+
+  struct Finished {
+    std::function<void(UpstreamResult)> done;
+    UpstreamResult result;
+  };
+
+  // noexcept: an exception here (only bad_alloc is possible) must not unwind through
+  // libevent; it terminates instead, like any other broken invariant.
+  static void onDeliver(evutil_socket_t fd, short what, void* arg) noexcept;
+
+  event_base* base_;
+  UpstreamConfig config_;
+  EventPtr deliver_;
+  std::deque<Finished> finished_;
+  // Expires when the Impl dies, so onDeliver notices a callback that destroyed the Upstream.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+namespace upstream_detail {
+
+using SteadyClock = std::chrono::steady_clock;
+
+std::string_view trimOws(std::string_view s);
+// Adds one response header line (without CRLF) to `headers`: "name: value", or an obs-fold
+// continuation of the previous field (RFC 9112 §5.2); anything else is ignored.
+void appendHeaderLine(Headers& headers, std::string_view line);
+bool isToken(std::string_view s);
+// A value that cannot smuggle a line break into the request head.
+bool isSafeFieldValue(std::string_view v);
+bool hasHeader(const Headers& headers, std::string_view name);
+// Parses "HTTP/1.1 200 Reason" → 200, or 0 when malformed.
+int parseStatusLine(std::string_view line);
+// The upstream URL without trailing slashes, so "/prefix/" + "/v1" does not double the slash.
+std::string baseUrlOf(const std::string& url);
+
+inline std::chrono::microseconds since(SteadyClock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(SteadyClock::now() - start);
+}
+
+// The HTTP/1.1 backend for `config.url`, or nullptr when it does not apply (not http://, or
+// the host is not an IP literal: names are resolved by curl, off the loop).
+std::unique_ptr<Upstream::Impl> makeHttp1Backend(event_base* base, const UpstreamConfig& config,
+                                                 unsigned connectionLimit);
+
+}  // namespace upstream_detail
+}  // namespace idem

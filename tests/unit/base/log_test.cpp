@@ -1,0 +1,230 @@
+#include "base/log.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/c_handles.h"
+#include "base/clock.h"
+#include "base/digest.h"
+
+namespace idem {
+namespace {
+
+CJsonPtr parseJson(const std::string& line) {
+  EXPECT_FALSE(line.empty());
+  EXPECT_EQ(line.back(), '\n');
+  EXPECT_EQ(line.find('\n'), line.size() - 1) << "exactly one line";
+  CJsonPtr j(cJSON_Parse(line.c_str()));
+  EXPECT_TRUE(j && cJSON_IsObject(j.get())) << line;
+  return j;
+}
+
+std::string str(const cJSON* obj, const char* key) {
+  const cJSON* v = cJSON_GetObjectItemCaseSensitive(obj, key);
+  return cJSON_IsString(v) ? v->valuestring : "<not a string>";
+}
+
+// Reads everything a temp file received.
+std::string slurp(FILE* f) {
+  std::fflush(f);
+  std::rewind(f);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  return out;
+}
+
+std::vector<std::string> lines(const std::string& text) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t nl = text.find('\n', start);
+    if (nl == std::string::npos) {
+      out.push_back(text.substr(start));
+      break;
+    }
+    out.push_back(text.substr(start, nl - start + 1));
+    start = nl + 1;
+  }
+  return out;
+}
+
+class Log : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    file_ = std::tmpfile();
+    ASSERT_NE(file_, nullptr);
+    oldFd_ = log::setFd(fileno(file_));
+    log::setLevel(LogLevel::Debug);
+    log::setClock(&clock_);
+  }
+  void TearDown() override {
+    log::setFd(oldFd_);
+    log::setLevel(LogLevel::Info);
+    log::setClock(nullptr);
+    std::fclose(file_);
+  }
+  FILE* file_ = nullptr;
+  int oldFd_ = STDERR_FILENO;
+  FakeClock clock_{1'700'000'000'123};
+};
+
+TEST(LogFormat, Rfc3339UtcWithMilliseconds) {
+  EXPECT_EQ(log::rfc3339Utc(0), "1970-01-01T00:00:00.000Z");
+  EXPECT_EQ(log::rfc3339Utc(1'700'000'000'123), "2023-11-14T22:13:20.123Z");
+  EXPECT_EQ(log::rfc3339Utc(951'782'400'007), "2000-02-29T00:00:00.007Z");
+  EXPECT_EQ(log::rfc3339Utc(-1), "1969-12-31T23:59:59.999Z");
+}
+
+TEST(LogFormat, OneObjectWithTypedFields) {
+  const std::string line = log::formatLine(LogLevel::Info, "request",
+                                           {{"route", std::string("payments")},
+                                            {"status", 201},
+                                            {"duration_ms", 1.25},
+                                            {"replayed", true},
+                                            {"method", "POST"},
+                                            {"view", std::string_view("sv")}},
+                                           1'700'000'000'123);
+  CJsonPtr j = parseJson(line);
+  ASSERT_TRUE(j);
+  EXPECT_EQ(str(j.get(), "time"), "2023-11-14T22:13:20.123Z");
+  EXPECT_EQ(str(j.get(), "level"), "info");
+  EXPECT_EQ(str(j.get(), "event"), "request");
+  EXPECT_EQ(str(j.get(), "route"), "payments");
+  EXPECT_EQ(str(j.get(), "method"), "POST");
+  EXPECT_EQ(str(j.get(), "view"), "sv");
+  const cJSON* status = cJSON_GetObjectItemCaseSensitive(j.get(), "status");
+  ASSERT_TRUE(cJSON_IsNumber(status));
+  EXPECT_EQ(status->valuedouble, 201);
+  EXPECT_EQ(cJSON_GetObjectItemCaseSensitive(j.get(), "duration_ms")->valuedouble, 1.25);
+  EXPECT_TRUE(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j.get(), "replayed")));
+  // Field order is kept: time, level, event first.
+  EXPECT_EQ(
+      line.rfind(R"({"time":"2023-11-14T22:13:20.123Z","level":"info","event":"request",)", 0), 0u)
+      << line;
+}
+
+TEST(LogFormat, IntegersAreExact) {
+  const std::string line = log::formatLine(
+      LogLevel::Info, "e",
+      {{"min", INT64_MIN}, {"umax", UINT64_MAX}, {"u8", uint8_t{7}}, {"neg", -3}}, 0);
+  EXPECT_NE(line.find(R"("min":-9223372036854775808)"), std::string::npos) << line;
+  EXPECT_NE(line.find(R"("umax":18446744073709551615)"), std::string::npos) << line;
+  EXPECT_NE(line.find(R"("u8":7)"), std::string::npos) << line;
+  EXPECT_NE(line.find(R"("neg":-3)"), std::string::npos) << line;
+  parseJson(line);
+}
+
+TEST(LogFormat, StringsAreEscapedAndValidUtf8) {
+  const std::string nasty = std::string("q\"b\\s\nn\tt\x01") + "\xC3\xA9" + "\xFF" + "\xC3" +
+                            std::string(1, '\0') + "end";
+  const std::string line = log::formatLine(LogLevel::Warn, "e\"vent", {{"v", nasty}}, 0);
+  CJsonPtr j = parseJson(line);
+  ASSERT_TRUE(j);
+  EXPECT_EQ(str(j.get(), "event"), "e\"vent");
+  EXPECT_EQ(str(j.get(), "v"),
+            "q\"b\\s\nn\tt\x01\xC3\xA9\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"
+            "end");
+  EXPECT_EQ(str(j.get(), "level"), "warn");
+}
+
+TEST(LogFormat, LongValuesAreCutOnACharacterBoundary) {
+  std::string big;
+  while (big.size() < 5000) big += "\xC3\xA9";  // é, two bytes each
+  const std::string line = log::formatLine(LogLevel::Info, "e", {{"v", big}}, 0);
+  CJsonPtr j = parseJson(line);
+  ASSERT_TRUE(j);
+  const std::string v = str(j.get(), "v");
+  EXPECT_LE(v.size(), log::kMaxValueBytes + 3);
+  EXPECT_TRUE(v.ends_with("\xC3\xA9..."));
+  EXPECT_EQ(v.find("\xEF\xBF\xBD"), std::string::npos);
+}
+
+TEST(LogFormat, SecretsAreRedactedAndKeysHashed) {
+  const std::string rawKey = "order-7f3a-very-secret";
+  const std::string line = log::formatLine(LogLevel::Info, "e",
+                                           {{"Authorization", "Bearer sk_live_123"},
+                                            {"set-cookie", "sid=abc"},
+                                            {"body", "{\"card\":\"4242\"}"},
+                                            {"idempotency_key", rawKey},
+                                            log::keyHash(rawKey)},
+                                           0);
+  EXPECT_EQ(line.find("sk_live_123"), std::string::npos) << line;
+  EXPECT_EQ(line.find("sid=abc"), std::string::npos) << line;
+  EXPECT_EQ(line.find("4242"), std::string::npos) << line;
+  EXPECT_EQ(line.find(rawKey), std::string::npos) << line;
+  CJsonPtr j = parseJson(line);
+  ASSERT_TRUE(j);
+  EXPECT_EQ(str(j.get(), "Authorization"), "[redacted]");
+  EXPECT_EQ(str(j.get(), "key_hash"), keyHashForLog(rawKey));
+  EXPECT_EQ(str(j.get(), "key_hash").size(), 16u);
+}
+
+TEST(LogFormat, ReservedAndRepeatedKeys) {
+  log::Fields f;
+  f.add("event", "mine").add("n", 1).add("n", 2).add(log::Field("time", 5));
+  const std::string line = log::formatLine(LogLevel::Error, "real", f, 0);
+  CJsonPtr j = parseJson(line);
+  ASSERT_TRUE(j);
+  EXPECT_EQ(str(j.get(), "event"), "real");
+  EXPECT_EQ(str(j.get(), "field_event"), "mine");
+  EXPECT_EQ(cJSON_GetObjectItemCaseSensitive(j.get(), "n")->valuedouble, 2);
+  EXPECT_EQ(cJSON_GetObjectItemCaseSensitive(j.get(), "field_time")->valuedouble, 5);
+  EXPECT_EQ(cJSON_GetArraySize(j.get()), 6);  // time level event field_event n field_time
+}
+
+TEST_F(Log, WritesLinesAtOrAboveTheLevel) {
+  log::setLevel(LogLevel::Warn);
+  EXPECT_FALSE(log::enabled(LogLevel::Info));
+  EXPECT_TRUE(log::enabled(LogLevel::Error));
+  log::debug("d");
+  log::info("i", {{"a", 1}});
+  log::warn("w", {{"route", "p"}});
+  log::error("e");
+  log::setLevel(LogLevel::Debug);
+  log::debug("d2");
+  const auto got = lines(slurp(file_));
+  ASSERT_EQ(got.size(), 3u);
+  CJsonPtr w = parseJson(got[0]);
+  EXPECT_EQ(str(w.get(), "event"), "w");
+  EXPECT_EQ(str(w.get(), "level"), "warn");
+  EXPECT_EQ(str(w.get(), "time"), "2023-11-14T22:13:20.123Z");  // the injected clock
+  EXPECT_EQ(str(parseJson(got[1]).get(), "level"), "error");
+  EXPECT_EQ(str(parseJson(got[2]).get(), "event"), "d2");
+}
+
+TEST_F(Log, LinesFromManyThreadsNeverInterleave) {
+  constexpr int kThreads = 8;
+  constexpr int kLines = 500;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t] {
+      const std::string pad(900, static_cast<char>('a' + t));  // lines well past PIPE_BUF/4
+      for (int i = 0; i < kLines; ++i) log::info("line", {{"t", t}, {"i", i}, {"pad", pad}});
+    });
+  }
+  for (auto& th : threads) th.join();
+  const auto got = lines(slurp(file_));
+  ASSERT_EQ(got.size(), static_cast<size_t>(kThreads * kLines));
+  std::set<std::pair<int, int>> seen;
+  for (const auto& l : got) {
+    CJsonPtr j = parseJson(l);
+    ASSERT_TRUE(j) << l;
+    const int t = cJSON_GetObjectItemCaseSensitive(j.get(), "t")->valueint;
+    const int i = cJSON_GetObjectItemCaseSensitive(j.get(), "i")->valueint;
+    EXPECT_EQ(str(j.get(), "pad"), std::string(900, static_cast<char>('a' + t)));
+    seen.emplace(t, i);
+  }
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kThreads * kLines));
+}
+
+}  // namespace
+}  // namespace idem

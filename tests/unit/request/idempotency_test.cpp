@@ -1,0 +1,154 @@
+#include "request/idempotency.h"
+
+#include <gtest/gtest.h>
+
+#include "base/c_handles.h"
+#include "http/problem.h"
+
+namespace idem {
+namespace {
+
+ParsedKey parse1(std::string_view v) {
+  return parseIdempotencyKey({v});
+}
+
+TEST(KeyParsing, MissingWhenAbsent) {
+  EXPECT_EQ(parseIdempotencyKey({}).status, KeyStatus::Missing);
+}
+
+TEST(KeyParsing, BareAndQuotedAreTheSameKey) {
+  auto bare = parse1("abc");
+  auto quoted = parse1("\"abc\"");
+  ASSERT_EQ(bare.status, KeyStatus::Ok);
+  ASSERT_EQ(quoted.status, KeyStatus::Ok);
+  EXPECT_EQ(bare.key, "abc");
+  EXPECT_EQ(quoted.key, "abc");
+}
+
+TEST(KeyParsing, QuotedEscapes) {
+  EXPECT_EQ(parse1(R"("a\"b")").key, "a\"b");
+  EXPECT_EQ(parse1(R"("a\\b")").key, "a\\b");
+  EXPECT_EQ(parse1(R"("a\b")").status, KeyStatus::Invalid);
+  EXPECT_EQ(parse1(R"("a"b")").status, KeyStatus::Invalid);
+}
+
+TEST(KeyParsing, LengthLimits) {
+  EXPECT_EQ(parse1(std::string(255, 'k')).status, KeyStatus::Ok);
+  EXPECT_EQ(parse1(std::string(256, 'k')).status, KeyStatus::Invalid);
+  EXPECT_EQ(parse1("\"" + std::string(255, 'k') + "\"").status, KeyStatus::Ok);
+  EXPECT_EQ(parse1("").status, KeyStatus::Invalid);
+  EXPECT_EQ(parse1("\"\"").status, KeyStatus::Invalid);
+}
+
+TEST(KeyParsing, OnlyPrintableAscii) {
+  EXPECT_EQ(parse1("a b").status, KeyStatus::Invalid);
+  EXPECT_EQ(parse1("a\tb").status, KeyStatus::Invalid);
+  EXPECT_EQ(parse1("caf\xc3\xa9").status, KeyStatus::Invalid);
+  EXPECT_EQ(parse1(std::string("a\x7f", 2)).status, KeyStatus::Invalid);
+  EXPECT_EQ(parse1("!~").status, KeyStatus::Ok);
+}
+
+TEST(KeyParsing, RepeatedFieldIsInvalid) {
+  EXPECT_EQ(parseIdempotencyKey({"a", "a"}).status, KeyStatus::Invalid);
+}
+
+TEST(Scope, ValuesInConfiguredOrderAbsentIsEmpty) {
+  IdempotencyConfig ic;
+  ic.scope = {"Authorization", "X-Tenant"};
+  Headers h{{"x-tenant", "t1"}, {"authorization", "Bearer a"}};
+  EXPECT_EQ(scopeValues(ic, h), (std::vector<std::string>{"Bearer a", "t1"}));
+  EXPECT_EQ(scopeValues(ic, {}), (std::vector<std::string>{"", ""}));
+}
+
+TEST(KeyParsing, CountFormMatchesVectorForm) {
+  EXPECT_EQ(parseIdempotencyKey({}, 0).status, KeyStatus::Missing);
+  EXPECT_EQ(parseIdempotencyKey("\"abc\"", 1).key, "abc");
+  EXPECT_EQ(parseIdempotencyKey("a", 2).status, KeyStatus::Invalid);
+}
+
+TEST(Scope, RepeatedFieldsJoinedInOrderOverAnyHeaderSource) {
+  IdempotencyConfig ic;
+  ic.scope = {"X-Tenant", "Authorization"};
+  const std::pair<const char*, const char*> fields[] = {
+      {"X-Tenant", "t1"}, {"Authorization", "Bearer a"}, {"x-tenant", "t2"}};
+  auto values = scopeValuesOf(ic, [&](HeaderVisitor fn) {
+    for (const auto& [name, value] : fields) fn(name, value);
+  });
+  EXPECT_EQ(values, (std::vector<std::string>{"t1, t2", "Bearer a"}));
+}
+
+TEST(Fingerprint, DependsOnConfiguredPartsOnly) {
+  IdempotencyConfig ic;
+  auto a = requestFingerprint(ic, {"POST", "/p", "x=1", "{}"});
+  EXPECT_EQ(a, requestFingerprint(ic, {"POST", "/p", "x=1", "{}"}));
+  EXPECT_NE(a, requestFingerprint(ic, {"PUT", "/p", "x=1", "{}"}));
+  EXPECT_NE(a, requestFingerprint(ic, {"POST", "/q", "x=1", "{}"}));
+  EXPECT_NE(a, requestFingerprint(ic, {"POST", "/p", "x=2", "{}"}));
+  EXPECT_NE(a, requestFingerprint(ic, {"POST", "/p", "x=1", "{ }"}));
+  ic.fingerprint = {FingerprintPart::Method, FingerprintPart::Body};
+  EXPECT_EQ(requestFingerprint(ic, {"POST", "/p", "", "b"}),
+            requestFingerprint(ic, {"POST", "/other", "q", "b"}));
+}
+
+TEST(Fingerprint, BodyJsonIgnoresKeyOrderAndWhitespace) {
+  IdempotencyConfig ic;
+  ic.fingerprint = {FingerprintPart::Method, FingerprintPart::BodyJson};
+  auto a = requestFingerprint(ic, {"POST", "/", "", R"({"b":1,"a":{"y":[1,2],"x":null}})"});
+  auto b =
+      requestFingerprint(ic, {"POST", "/", "", "{ \"a\" : {\"x\":null, \"y\":[1, 2]},\n\"b\":1 }"});
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, requestFingerprint(ic, {"POST", "/", "", R"({"b":2,"a":{"y":[1,2],"x":null}})"}));
+  EXPECT_NE(a, requestFingerprint(ic, {"POST", "/", "", R"({"b":1,"a":{"y":[2,1],"x":null}})"}));
+}
+
+TEST(Fingerprint, NonJsonBodyFallsBackToBytes) {
+  IdempotencyConfig ic;
+  ic.fingerprint = {FingerprintPart::BodyJson};
+  auto a = requestFingerprint(ic, {"POST", "/", "", "not json"});
+  EXPECT_EQ(a, requestFingerprint(ic, {"POST", "/", "", "not json"}));
+  EXPECT_NE(a, requestFingerprint(ic, {"POST", "/", "", "not  json"}));
+  // Same bytes through `body` and through the fallback of `body_json` agree.
+  IdempotencyConfig bytes;
+  bytes.fingerprint = {FingerprintPart::Body};
+  EXPECT_EQ(a, requestFingerprint(bytes, {"POST", "/", "", "not json"}));
+}
+
+TEST(CanonicalJson, SortsNestedKeysAndRejectsTrailingGarbage) {
+  std::string out;
+  ASSERT_TRUE(canonicalJson(R"( {"z":1,"a":[{"d":1,"c":2}]} )", out));
+  EXPECT_EQ(out, R"({"a":[{"c":2,"d":1}],"z":1})");
+  EXPECT_FALSE(canonicalJson(R"({"a":1} x)", out));
+  EXPECT_FALSE(canonicalJson("", out));
+}
+
+TEST(Problem, BodyIsRfc9457) {
+  HttpAnswer a = problemAnswer(Problem::KeyMismatch, "detail text");
+  EXPECT_EQ(a.status, 422);
+  ASSERT_EQ(a.headers.size(), 1u);
+  EXPECT_EQ(a.headers[0].value, "application/problem+json");
+  CJsonPtr j(cJSON_Parse(a.body.c_str()));
+  ASSERT_TRUE(j);
+  EXPECT_STREQ(cJSON_GetObjectItem(j.get(), "type")->valuestring,
+               "urn:idemproxy:problem:idempotency-key-mismatch");
+  EXPECT_EQ(cJSON_GetObjectItem(j.get(), "status")->valueint, 422);
+  EXPECT_STREQ(cJSON_GetObjectItem(j.get(), "detail")->valuestring, "detail text");
+  EXPECT_TRUE(cJSON_IsString(cJSON_GetObjectItem(j.get(), "title")));
+}
+
+TEST(Problem, EveryStatusMatchesTheSpecTable) {
+  EXPECT_EQ(problemStatus(Problem::KeyMissing), 400);
+  EXPECT_EQ(problemStatus(Problem::KeyInvalid), 400);
+  EXPECT_EQ(problemStatus(Problem::NoRoute), 404);
+  EXPECT_EQ(problemStatus(Problem::KeyInUse), 409);
+  EXPECT_EQ(problemStatus(Problem::RequestTooLarge), 413);
+  EXPECT_EQ(problemStatus(Problem::KeyMismatch), 422);
+  EXPECT_EQ(problemStatus(Problem::UpstreamUnavailable), 502);
+  EXPECT_EQ(problemStatus(Problem::UpstreamFailed), 502);
+  EXPECT_EQ(problemStatus(Problem::OutcomeUnknown), 502);
+  EXPECT_EQ(problemStatus(Problem::ResponseNotReplayable), 502);
+  EXPECT_EQ(problemStatus(Problem::StoreUnavailable), 503);
+  EXPECT_EQ(problemStatus(Problem::UpstreamTimeout), 504);
+}
+
+}  // namespace
+}  // namespace idem

@@ -1,0 +1,827 @@
+#include <gtest/gtest.h>
+#include <lmdb.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <latch>
+#include <set>
+#include <thread>
+
+#include "base/clock.h"
+#include "base/digest.h"
+#include "store/lmdb/lmdb_store.h"
+
+namespace idem {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A fresh directory per test, removed afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl =
+        std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/idemproxy-store-XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) std::abort();
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+Fingerprint fp(uint8_t n) {
+  Fingerprint f{};
+  f.fill(n);
+  return f;
+}
+
+RecordId idFor(const std::string& key) {
+  return recordId("payments", {"Bearer t"}, key);
+}
+
+ReserveRequest reserveReq(const std::string& key, const std::string& owner, uint8_t fpn = 1,
+                          int64_t ttl_ms = 24 * 3600 * 1000, int64_t lease_ms = 60'000) {
+  ReserveRequest r;
+  r.id = idFor(key);
+  r.fingerprint = fp(fpn);
+  r.route = "payments";
+  r.key = key;
+  r.scope = {"Bearer t"};
+  r.owner = owner;
+  r.ttl_ms = ttl_ms;
+  r.lease_ms = lease_ms;
+  r.abandoned_answer.status = 502;
+  r.abandoned_answer.headers = {{"Content-Type", "application/problem+json"}};
+  r.abandoned_answer.body = R"({"type":"urn:idemproxy:problem:outcome-unknown"})";
+  return r;
+}
+
+HttpAnswer answer(int status, std::string body = "ok") {
+  HttpAnswer a;
+  a.status = status;
+  a.headers = {{"Set-Cookie", "a=1"}, {"Content-Type", "text/plain"}, {"Set-Cookie", "b=2"}};
+  a.body = std::move(body);
+  return a;
+}
+
+RecordRequest recordReq(const std::string& key, const std::string& owner, HttpAnswer a,
+                        uint32_t flags = kFlagNone) {
+  RecordRequest r;
+  r.id = idFor(key);
+  r.owner = owner;
+  r.answer = std::move(a);
+  r.flags = flags;
+  return r;
+}
+
+class LmdbStoreTest : public ::testing::Test {
+ protected:
+  LmdbOptions options() const {
+    LmdbOptions o;
+    o.path = dir.path() + "/store";
+    o.max_size = 64ull << 20;
+    return o;
+  }
+  void open(const LmdbOptions& o) {
+    store.reset();
+    std::string error;
+    store = openLmdbStore(o, clock, error);
+    ASSERT_NE(store, nullptr) << error;
+  }
+  void SetUp() override { open(options()); }
+
+  TempDir dir;
+  FakeClock clock;
+  std::unique_ptr<LmdbStore> store;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Basic semantics
+
+TEST_F(LmdbStoreTest, ReserveWinsThenReportsInFlight) {
+  const int64_t t0 = clock.wallMs();
+  ReserveResult r = reserveSync(*store, reserveReq("k1", "A", 1, 10'000, 1'000));
+  ASSERT_EQ(r.error, StoreError::None);
+  EXPECT_EQ(r.status, ReserveStatus::Won);
+  EXPECT_EQ(r.record.state, RecordState::InFlight);
+  EXPECT_EQ(r.record.owner, "A");
+  EXPECT_EQ(r.record.reserved_at_ms, t0);
+  EXPECT_EQ(r.record.lease_until_ms, t0 + 1'000);
+  EXPECT_EQ(r.record.expires_at_ms, t0 + 10'000);
+
+  auto seen = store->lookup(idFor("k1"));
+  ASSERT_TRUE(seen.has_value());
+  EXPECT_EQ(*seen, r.record);
+  EXPECT_EQ(seen->route, "payments");
+  EXPECT_EQ(seen->key, "k1");
+  EXPECT_EQ(seen->scope, std::vector<std::string>{"Bearer t"});
+
+  r = reserveSync(*store, reserveReq("k1", "B"));
+  ASSERT_EQ(r.error, StoreError::None);
+  EXPECT_EQ(r.status, ReserveStatus::InFlight);
+  EXPECT_EQ(r.record.owner, "A");
+}
+
+TEST_F(LmdbStoreTest, RecordThenReserveReplays) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  const auto expires = store->lookup(idFor("k"))->expires_at_ms;
+  clock.advance(5s);
+  RecordResult rr = recordSync(*store, recordReq("k", "A", answer(201, std::string("\0\1", 2))));
+  ASSERT_EQ(rr.error, StoreError::None);
+  EXPECT_EQ(rr.status, RecordStatus::Recorded);
+  EXPECT_EQ(rr.record.state, RecordState::Completed);
+  EXPECT_EQ(rr.record.expires_at_ms, expires);  // recording does not extend the life
+
+  ReserveResult r = reserveSync(*store, reserveReq("k", "B"));
+  ASSERT_EQ(r.error, StoreError::None);
+  EXPECT_EQ(r.status, ReserveStatus::Completed);
+  EXPECT_EQ(r.record.answer, answer(201, std::string("\0\1", 2)));
+  EXPECT_EQ(store->lookup(idFor("k"))->answer.headers.size(), 3u);
+}
+
+TEST_F(LmdbStoreTest, MismatchWhetherInFlightOrCompleted) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A", 1)).status, ReserveStatus::Won);
+  EXPECT_EQ(reserveSync(*store, reserveReq("k", "B", 2)).status, ReserveStatus::Mismatch);
+  ASSERT_EQ(recordSync(*store, recordReq("k", "A", answer(200))).status, RecordStatus::Recorded);
+  EXPECT_EQ(reserveSync(*store, reserveReq("k", "B", 2)).status, ReserveStatus::Mismatch);
+  EXPECT_EQ(reserveSync(*store, reserveReq("k", "B", 1)).status, ReserveStatus::Completed);
+}
+
+TEST_F(LmdbStoreTest, SecondRecordIsAlreadyFinal) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  ASSERT_EQ(recordSync(*store, recordReq("k", "A", answer(200, "first"))).status,
+            RecordStatus::Recorded);
+  RecordResult rr = recordSync(*store, recordReq("k", "A", answer(500, "second")));
+  ASSERT_EQ(rr.error, StoreError::None);
+  EXPECT_EQ(rr.status, RecordStatus::AlreadyFinal);
+  EXPECT_EQ(rr.record.answer.body, "first");
+  EXPECT_EQ(store->lookup(idFor("k"))->answer.body, "first");
+}
+
+TEST_F(LmdbStoreTest, RecordWithoutReservationIsMissing) {
+  RecordResult rr = recordSync(*store, recordReq("nothing", "A", answer(200)));
+  ASSERT_EQ(rr.error, StoreError::None);
+  EXPECT_EQ(rr.status, RecordStatus::Missing);
+  EXPECT_FALSE(store->lookup(idFor("nothing")).has_value());
+}
+
+TEST_F(LmdbStoreTest, ReleaseOnlyByOwnerAndOnlyInFlight) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  EXPECT_FALSE(releaseSync(*store, idFor("k"), "B").changed);
+  EXPECT_TRUE(store->lookup(idFor("k")).has_value());
+  WriteResult w = releaseSync(*store, idFor("k"), "A");
+  ASSERT_EQ(w.error, StoreError::None);
+  EXPECT_TRUE(w.changed);
+  EXPECT_FALSE(store->lookup(idFor("k")).has_value());
+  EXPECT_FALSE(releaseSync(*store, idFor("k"), "A").changed);
+
+  // Released: the key is free for anyone, with any fingerprint.
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "B", 9)).status, ReserveStatus::Won);
+  ASSERT_EQ(recordSync(*store, recordReq("k", "B", answer(200))).status, RecordStatus::Recorded);
+  EXPECT_FALSE(releaseSync(*store, idFor("k"), "B").changed);  // completed: not released
+  EXPECT_TRUE(store->lookup(idFor("k")).has_value());
+}
+
+TEST_F(LmdbStoreTest, ForgetDeletesWhateverStands) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  ASSERT_EQ(recordSync(*store, recordReq("k", "A", answer(200))).status, RecordStatus::Recorded);
+  WriteResult w = forgetSync(*store, idFor("k"));
+  ASSERT_EQ(w.error, StoreError::None);
+  EXPECT_TRUE(w.changed);
+  EXPECT_FALSE(store->lookup(idFor("k")).has_value());
+  EXPECT_FALSE(forgetSync(*store, idFor("k")).changed);
+  EXPECT_EQ(reserveSync(*store, reserveReq("k", "B", 3)).status, ReserveStatus::Won);
+  // The expiry index entry went with it: nothing left to sweep but the new record's.
+  clock.advance(std::chrono::hours(48));
+  EXPECT_EQ(sweepSync(*store, 100).removed, 1u);
+  EXPECT_EQ(store->stats().records, 0u);
+}
+
+TEST_F(LmdbStoreTest, ListShowsEveryRecordInIdOrderExpiredIncluded) {
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_EQ(
+        reserveSync(*store, reserveReq("k" + std::to_string(i), "A", 1, 1000 * (i + 1))).status,
+        ReserveStatus::Won);
+  }
+  clock.advance(3500ms);
+  auto all = store->list();
+  ASSERT_EQ(all.size(), 10u);
+  for (size_t i = 1; i < all.size(); ++i) EXPECT_LT(all[i - 1].first, all[i].first);
+  for (const auto& [id, rec] : all) EXPECT_EQ(id, idFor(rec.key));
+  EXPECT_EQ(store->stats().records, 10u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expiry and sweep
+
+TEST_F(LmdbStoreTest, ExpiryOnLookupAndReserve) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A", 1, 1000)).status, ReserveStatus::Won);
+  ASSERT_EQ(recordSync(*store, recordReq("k", "A", answer(200))).status, RecordStatus::Recorded);
+  clock.advance(999ms);
+  EXPECT_TRUE(store->lookup(idFor("k")).has_value());
+  EXPECT_EQ(reserveSync(*store, reserveReq("k", "B", 1, 1000)).status, ReserveStatus::Completed);
+  clock.advance(1ms);
+  EXPECT_FALSE(store->lookup(idFor("k")).has_value());
+  // The key is new again: forwarded and recorded afresh, even with another fingerprint.
+  ReserveResult r = reserveSync(*store, reserveReq("k", "B", 2, 1000));
+  ASSERT_EQ(r.error, StoreError::None);
+  EXPECT_EQ(r.status, ReserveStatus::Won);
+  EXPECT_EQ(r.record.owner, "B");
+  EXPECT_EQ(r.record.expires_at_ms, clock.wallMs() + 1000);
+  EXPECT_EQ(store->stats().records, 1u);
+  // The old index entry was replaced: one sweep after expiry removes exactly the one record.
+  clock.advance(1000ms);
+  EXPECT_EQ(sweepSync(*store, 100).removed, 1u);
+}
+
+TEST_F(LmdbStoreTest, VisitSeesTheRecordInPlace) {
+  EXPECT_FALSE(store->visit(idFor("k"), [](const RecordView&) { ADD_FAILURE() << "called"; }));
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  RecordState state{};
+  ASSERT_TRUE(store->visit(idFor("k"), [&](const RecordView& v) { state = v.state; }));
+  EXPECT_EQ(state, RecordState::InFlight);
+  ASSERT_EQ(recordSync(*store, recordReq("k", "A", answer(201, "paid"))).status,
+            RecordStatus::Recorded);
+  Record seen;
+  ASSERT_TRUE(store->visit(idFor("k"), [&](const RecordView& v) { seen = v.toRecord(); }));
+  EXPECT_EQ(seen, *store->lookup(idFor("k")));
+  EXPECT_EQ(seen.answer, answer(201, "paid"));
+  EXPECT_EQ(seen.fingerprint, fp(1));
+}
+
+TEST_F(LmdbStoreTest, VisitTreatsExpiredAsAbsent) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A", 1, 1000)).status, ReserveStatus::Won);
+  ASSERT_EQ(recordSync(*store, recordReq("k", "A", answer(200))).status, RecordStatus::Recorded);
+  int calls = 0;
+  clock.advance(999ms);
+  EXPECT_TRUE(store->visit(idFor("k"), [&](const RecordView&) { ++calls; }));
+  clock.advance(1ms);
+  EXPECT_FALSE(store->visit(idFor("k"), [&](const RecordView&) { ++calls; }));
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(store->stats().records, 1u);  // still stored until swept
+}
+
+TEST_F(LmdbStoreTest, VisitReadsASnapshotWhileTheWriterCommits) {
+  // Readers run while the writer commits records and overwrites them (forget + reserve +
+  // record): every view a reader gets is a whole, consistent record of its snapshot.
+  constexpr int kKeys = 20;
+  constexpr int kRounds = 30;
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = "v" + std::to_string(i);
+    ASSERT_EQ(reserveSync(*store, reserveReq(key, "A")).status, ReserveStatus::Won);
+    ASSERT_EQ(recordSync(*store, recordReq(key, "A", answer(201, std::string(1000, 'a')))).status,
+              RecordStatus::Recorded);
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::atomic<long> seen{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) {
+    readers.emplace_back([&, t] {
+      for (int n = 0; !stop.load() || n < 100; ++n) {
+        const std::string key = "v" + std::to_string((n + t) % kKeys);
+        store->visit(idFor(key), [&](const RecordView& v) {
+          ++seen;
+          if (v.state != RecordState::Completed) return;  // between forget and record
+          // The body is one repeated letter of the length the writer wrote with it.
+          const char c = v.body.empty() ? '?' : v.body.front();
+          const size_t expected = c == 'a' ? 1000 : 3000;
+          if (v.status != 201 || v.body.size() != expected ||
+              v.body.find_first_not_of(c) != std::string_view::npos || v.headers.size() != 3) {
+            ++bad;
+          }
+        });
+      }
+    });
+  }
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string key = "v" + std::to_string(round % kKeys);
+    const std::string owner = "W" + std::to_string(round);
+    ASSERT_TRUE(forgetSync(*store, idFor(key)).changed);
+    ASSERT_EQ(reserveSync(*store, reserveReq(key, owner)).status, ReserveStatus::Won);
+    ASSERT_EQ(recordSync(*store, recordReq(key, owner, answer(201, std::string(3000, 'b')))).status,
+              RecordStatus::Recorded);
+  }
+  stop = true;
+  for (auto& th : readers) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_GT(seen.load(), 0);
+}
+
+TEST_F(LmdbStoreTest, SweepDeletesOnlyExpiredOldestFirstBoundedByLimit) {
+  // ttl i seconds for key i; insertion order differs from both id order and expiry order.
+  const std::vector<int> ttls = {7, 3, 9, 1, 5, 2, 8, 4, 6, 10};
+  for (int t : ttls) {
+    ASSERT_EQ(reserveSync(*store, reserveReq("k" + std::to_string(t), "A", 1, t * 1000)).status,
+              ReserveStatus::Won);
+  }
+  EXPECT_EQ(sweepSync(*store, 100).removed, 0u);  // nothing due yet
+
+  clock.advance(5s);  // keys 1..5 are due
+  WriteResult w = sweepSync(*store, 2);
+  ASSERT_EQ(w.error, StoreError::None);
+  EXPECT_EQ(w.removed, 2u);
+  EXPECT_TRUE(w.changed);
+  // Oldest first: 1 and 2 are gone from the table (list shows expired records too).
+  auto keys = [&] {
+    std::set<std::string> out;
+    for (const auto& [id, rec] : store->list()) out.insert(rec.key);
+    return out;
+  };
+  EXPECT_EQ(keys(), (std::set<std::string>{"k3", "k4", "k5", "k6", "k7", "k8", "k9", "k10"}));
+
+  EXPECT_EQ(sweepSync(*store, 100).removed, 3u);
+  EXPECT_EQ(keys(), (std::set<std::string>{"k6", "k7", "k8", "k9", "k10"}));
+  EXPECT_EQ(sweepSync(*store, 100).removed, 0u);
+  EXPECT_EQ(sweepSync(*store, 0).removed, 0u);
+  clock.advance(100s);
+  EXPECT_EQ(sweepSync(*store, 100).removed, 5u);
+  EXPECT_EQ(store->stats().records, 0u);
+}
+
+TEST_F(LmdbStoreTest, SweepKeepsARecordRenewedAfterExpiry) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A", 1, 1000)).status, ReserveStatus::Won);
+  clock.advance(1000ms);
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "B", 1, 5000)).status, ReserveStatus::Won);
+  EXPECT_EQ(sweepSync(*store, 100).removed, 0u);
+  ASSERT_TRUE(store->lookup(idFor("k")).has_value());
+  EXPECT_EQ(store->lookup(idFor("k"))->owner, "B");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Abandoned leases (SPEC §1.4) and unknown → known (§1.6)
+
+TEST_F(LmdbStoreTest, AbandonedLeaseFailRecordsOutcomeUnknown) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A", 1, 100'000, 1'000)).status,
+            ReserveStatus::Won);
+  clock.advance(999ms);
+  EXPECT_EQ(reserveSync(*store, reserveReq("k", "B")).status, ReserveStatus::InFlight);
+  clock.advance(1ms);  // lease passed: A is presumed dead
+
+  ReserveRequest b = reserveReq("k", "B");
+  b.retry_abandoned = false;
+  ReserveResult r = reserveSync(*store, b);
+  ASSERT_EQ(r.error, StoreError::None);
+  EXPECT_EQ(r.status, ReserveStatus::Completed);
+  EXPECT_EQ(r.record.state, RecordState::Completed);
+  EXPECT_EQ(r.record.flags, kFlagProxyError | kFlagOutcomeUnknown);
+  EXPECT_EQ(r.record.owner, "A");  // kept, so A can still replace it
+  EXPECT_EQ(r.record.answer, b.abandoned_answer);
+  EXPECT_EQ(*store->lookup(idFor("k")), r.record);
+
+  // Anyone else asking now replays the 502.
+  EXPECT_EQ(reserveSync(*store, reserveReq("k", "C")).status, ReserveStatus::Completed);
+  // Someone other than the original owner cannot overwrite it.
+  RecordResult other = recordSync(*store, recordReq("k", "B", answer(201)));
+  EXPECT_EQ(other.status, RecordStatus::AlreadyFinal);
+  EXPECT_EQ(other.record.answer.status, 502);
+
+  // A was only slow: its real outcome replaces the unknown one (unknown → known) ...
+  RecordResult late = recordSync(*store, recordReq("k", "A", answer(201, "paid")));
+  ASSERT_EQ(late.error, StoreError::None);
+  EXPECT_EQ(late.status, RecordStatus::Recorded);
+  EXPECT_EQ(late.record.flags, kFlagNone);
+  EXPECT_EQ(store->lookup(idFor("k"))->answer.body, "paid");
+  // ... once: the known outcome is final, even for A.
+  EXPECT_EQ(recordSync(*store, recordReq("k", "A", answer(500))).status,
+            RecordStatus::AlreadyFinal);
+  EXPECT_EQ(store->lookup(idFor("k"))->answer.body, "paid");
+}
+
+TEST_F(LmdbStoreTest, AbandonedLeaseRetryTakesOver) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A", 1, 100'000, 1'000)).status,
+            ReserveStatus::Won);
+  clock.advance(2s);
+  ReserveRequest b = reserveReq("k", "B", 1, 100'000, 1'000);
+  b.retry_abandoned = true;
+  ReserveResult r = reserveSync(*store, b);
+  ASSERT_EQ(r.error, StoreError::None);
+  EXPECT_EQ(r.status, ReserveStatus::Won);
+  EXPECT_EQ(r.record.state, RecordState::InFlight);
+  EXPECT_EQ(r.record.owner, "B");
+  EXPECT_EQ(r.record.reserved_at_ms, clock.wallMs());
+  EXPECT_EQ(r.record.lease_until_ms, clock.wallMs() + 1'000);
+  EXPECT_EQ(r.record.expires_at_ms, clock.wallMs() + 100'000);
+
+  // The old owner comes back: someone took over, its answer is not written.
+  RecordResult late = recordSync(*store, recordReq("k", "A", answer(201)));
+  EXPECT_EQ(late.status, RecordStatus::AlreadyFinal);
+  EXPECT_EQ(late.record.owner, "B");
+  EXPECT_FALSE(releaseSync(*store, idFor("k"), "A").changed);
+  EXPECT_EQ(recordSync(*store, recordReq("k", "B", answer(200))).status, RecordStatus::Recorded);
+
+  // The expiry index followed the new expiry.
+  clock.advance(99s);
+  EXPECT_EQ(sweepSync(*store, 10).removed, 0u);
+  clock.advance(1s);
+  EXPECT_EQ(sweepSync(*store, 10).removed, 1u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage limits, durability, files
+
+TEST_F(LmdbStoreTest, MapFullIsTypedAndSweepFreesSpace) {
+  LmdbOptions o = options();
+  o.max_size = 256 << 10;
+  open(o);
+  const std::string body(700, 'x');
+
+  // Fill in batches submitted together, so that Full hits in the middle of a group commit.
+  std::vector<std::string> won;  // reserved and recorded
+  size_t reserved = 0;
+  int next = 0;
+  bool full = false;
+  while (!full && next < 10'000) {
+    std::vector<std::pair<std::string, ReserveResult>> results(20);
+    std::atomic<int> pending{20};
+    for (auto& [key, result] : results) {
+      key = "fill-" + std::to_string(next++);
+      ReserveRequest req = reserveReq(key, "A", 1, 1000);
+      req.abandoned_answer.body = body;  // not written; just exercises copying
+      store->reserve(req, [&result, &pending](ReserveResult rr) {
+        result = std::move(rr);
+        --pending;
+      });
+    }
+    store->flush();
+    ASSERT_EQ(pending.load(), 0);
+    for (auto& [key, result] : results) {
+      if (result.error != StoreError::None) {
+        EXPECT_EQ(result.error, StoreError::Full) << toString(result.error);
+        full = true;
+        continue;
+      }
+      ASSERT_EQ(result.status, ReserveStatus::Won);
+      ++reserved;
+      const RecordResult rr = recordSync(*store, recordReq(key, "A", answer(200, body)));
+      if (rr.error == StoreError::None) {
+        won.push_back(key);
+      } else {
+        // The answer did not fit: nothing was written, the reservation stands as it was.
+        EXPECT_EQ(rr.error, StoreError::Full) << toString(rr.error);
+        EXPECT_EQ(store->lookup(idFor(key))->state, RecordState::InFlight);
+        full = true;
+      }
+    }
+  }
+  ASSERT_TRUE(full);
+  ASSERT_GT(won.size(), 10u);
+
+  // A write that does not fit fails with Full (a small one may still fit); nothing stored
+  // before was lost.
+  ReserveResult r = reserveSync(*store, reserveReq("one-more", "A", 1, 1000));
+  if (r.error == StoreError::None) {
+    ++reserved;
+    RecordResult big =
+        recordSync(*store, recordReq("one-more", "A", answer(200, std::string(100 << 10, 'y'))));
+    EXPECT_EQ(big.error, StoreError::Full) << toString(big.error);
+  } else {
+    EXPECT_EQ(r.error, StoreError::Full) << toString(r.error);
+  }
+  for (const auto& key : won) {
+    auto rec = store->lookup(idFor(key));
+    ASSERT_TRUE(rec.has_value()) << key;
+    EXPECT_EQ(rec->answer.body, body);
+  }
+  EXPECT_GT(store->stats().bytes_used, o.max_size / 3);
+
+  // Expiry and a sweep make room again.
+  clock.advance(1000ms);
+  WriteResult w = sweepSync(*store, 100'000);
+  ASSERT_EQ(w.error, StoreError::None);
+  EXPECT_EQ(w.removed, reserved);
+  EXPECT_EQ(store->stats().records, 0u);
+  for (int i = 0; i < 10; ++i) {
+    const std::string key = "after-" + std::to_string(i);
+    ASSERT_EQ(reserveSync(*store, reserveReq(key, "A", 1, 1000)).status, ReserveStatus::Won);
+    ASSERT_EQ(recordSync(*store, recordReq(key, "A", answer(200, body))).status,
+              RecordStatus::Recorded);
+  }
+}
+
+TEST_F(LmdbStoreTest, OnlyTheOperationThatDoesNotFitFailsInABatch) {
+  LmdbOptions o = options();
+  o.max_size = 256 << 10;
+  open(o);
+  ASSERT_EQ(reserveSync(*store, reserveReq("big", "A")).status, ReserveStatus::Won);
+  std::vector<ReserveResult> small(4);
+  RecordResult big;
+  std::atomic<int> pending{5};
+  // Queued together so that they are usually committed together; the outcome must not depend
+  // on how they are grouped.
+  store->reserve(reserveReq("s0", "A"), [&](ReserveResult r) {
+    small[0] = r;
+    --pending;
+  });
+  store->reserve(reserveReq("s1", "A"), [&](ReserveResult r) {
+    small[1] = r;
+    --pending;
+  });
+  store->record(recordReq("big", "A", answer(200, std::string(1 << 20, 'z'))), [&](RecordResult r) {
+    big = r;
+    --pending;
+  });
+  store->reserve(reserveReq("s2", "A"), [&](ReserveResult r) {
+    small[2] = r;
+    --pending;
+  });
+  store->reserve(reserveReq("s3", "A"), [&](ReserveResult r) {
+    small[3] = r;
+    --pending;
+  });
+  store->flush();
+  ASSERT_EQ(pending.load(), 0);
+  EXPECT_EQ(big.error, StoreError::Full);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(small[static_cast<size_t>(i)].error, StoreError::None) << i;
+    EXPECT_EQ(small[static_cast<size_t>(i)].status, ReserveStatus::Won) << i;
+    EXPECT_TRUE(store->lookup(idFor("s" + std::to_string(i))).has_value()) << i;
+  }
+  EXPECT_EQ(store->lookup(idFor("big"))->state, RecordState::InFlight);
+  // The failed record wrote nothing: the owner can still record a smaller answer.
+  EXPECT_EQ(recordSync(*store, recordReq("big", "A", answer(200, "small"))).status,
+            RecordStatus::Recorded);
+}
+
+TEST_F(LmdbStoreTest, GroupCommitUnderConcurrency) {
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 200;
+  std::atomic<size_t> observed_ops{0};
+  std::atomic<size_t> observed_commits{0};
+  store->setCommitObserver([&](std::chrono::microseconds, size_t ops) {
+    observed_ops += ops;
+    ++observed_commits;
+  });
+  std::latch go(kThreads);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      go.arrive_and_wait();
+      for (int i = 0; i < kPerThread; ++i) {
+        const std::string key = "t" + std::to_string(t) + "-" + std::to_string(i);
+        ReserveResult r = reserveSync(*store, reserveReq(key, "T" + std::to_string(t)));
+        if (r.error != StoreError::None || r.status != ReserveStatus::Won) ++failures;
+        // Readers run alongside the writer.
+        if (!store->lookup(idFor(key)).has_value()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+
+  const StoreStats s = store->stats();
+  EXPECT_EQ(s.records, static_cast<uint64_t>(kThreads * kPerThread));
+  EXPECT_EQ(s.operations, static_cast<uint64_t>(kThreads * kPerThread));
+  EXPECT_LT(s.commits, s.operations);
+  EXPECT_EQ(observed_ops.load(), s.operations);
+  EXPECT_EQ(observed_commits.load(), s.commits);
+  std::printf("group commit: %llu operations in %llu commits\n",
+              static_cast<unsigned long long>(s.operations),
+              static_cast<unsigned long long>(s.commits));
+}
+
+TEST_F(LmdbStoreTest, DestructorCompletesEverythingQueued) {
+  std::atomic<int> done{0};
+  for (int i = 0; i < 300; ++i) {
+    store->reserve(reserveReq("q" + std::to_string(i), "A"), [&](ReserveResult r) {
+      if (r.error == StoreError::None && r.status == ReserveStatus::Won) ++done;
+    });
+  }
+  store.reset();
+  EXPECT_EQ(done.load(), 300);
+  open(options());
+  EXPECT_EQ(store->stats().records, 300u);
+}
+
+TEST_F(LmdbStoreTest, RelaxedDurabilityWorks) {
+  LmdbOptions o = options();
+  o.durability = Durability::Relaxed;
+  o.relaxed_sync_interval = 10ms;
+  open(o);
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  ASSERT_EQ(recordSync(*store, recordReq("k", "A", answer(201))).status, RecordStatus::Recorded);
+  store->flush();
+  EXPECT_EQ(store->lookup(idFor("k"))->answer.status, 201);
+  open(o);
+  ASSERT_TRUE(store->lookup(idFor("k")).has_value());
+  EXPECT_EQ(store->lookup(idFor("k"))->answer.status, 201);
+}
+
+TEST_F(LmdbStoreTest, FilesArePrivate) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  struct stat st {};
+  ASSERT_EQ(::stat(options().path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  for (const char* name : {"/data.mdb", "/lock.mdb"}) {
+    ASSERT_EQ(::stat((options().path + name).c_str(), &st), 0) << name;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << name;
+  }
+}
+
+TEST_F(LmdbStoreTest, StatsReportSizes) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  const StoreStats s = store->stats();
+  EXPECT_EQ(s.records, 1u);
+  EXPECT_EQ(s.map_size, options().max_size);
+  EXPECT_GT(s.bytes_used, 0u);
+  EXPECT_LT(s.bytes_used, 1u << 20);
+  EXPECT_GE(s.commits, 1u);
+  EXPECT_EQ(s.operations, 1u);
+}
+
+TEST_F(LmdbStoreTest, UndecodableValueReadsAsAbsentAndIsCounted) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  store.reset();
+  {  // Corrupt the value behind the store's back.
+    MDB_env* env = nullptr;
+    ASSERT_EQ(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 4);
+    ASSERT_EQ(mdb_env_open(env, options().path.c_str(), 0, 0600), 0);
+    MDB_txn* txn = nullptr;
+    ASSERT_EQ(mdb_txn_begin(env, nullptr, 0, &txn), 0);
+    MDB_dbi dbi;
+    ASSERT_EQ(mdb_dbi_open(txn, "records", 0, &dbi), 0);
+    RecordId id = idFor("k");
+    MDB_val k{id.size(), id.data()};
+    char junk[] = "\x09garbage";
+    MDB_val v{sizeof junk, junk};
+    ASSERT_EQ(mdb_put(txn, dbi, &k, &v, 0), 0);
+    ASSERT_EQ(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+  }
+  open(options());
+  EXPECT_FALSE(store->lookup(idFor("k")).has_value());
+  EXPECT_EQ(store->stats().decode_errors, 1u);
+  EXPECT_TRUE(store->list().empty());
+  // The key can be used again; the garbage is overwritten.
+  EXPECT_EQ(reserveSync(*store, reserveReq("k", "B")).status, ReserveStatus::Won);
+  EXPECT_EQ(store->lookup(idFor("k"))->owner, "B");
+}
+
+TEST_F(LmdbStoreTest, OpenFailsClearlyOnUnusablePath) {
+  store.reset();
+  const std::string file = dir.path() + "/plain-file";
+  std::ofstream(file) << "x";
+  LmdbOptions o = options();
+  std::string error;
+  o.path = file;
+  EXPECT_EQ(openLmdbStore(o, clock, error), nullptr);
+  EXPECT_NE(error.find(file), std::string::npos) << error;
+
+  error.clear();
+  o.path = file + "/below";
+  EXPECT_EQ(openLmdbStore(o, clock, error), nullptr);
+  EXPECT_FALSE(error.empty());
+
+  error.clear();
+  o.path = dir.path() + "/missing";
+  o.read_only = true;  // read-only never creates
+  EXPECT_EQ(openLmdbStore(o, clock, error), nullptr);
+  EXPECT_FALSE(error.empty());
+}
+
+TEST_F(LmdbStoreTest, ReadOnlyStoreReadsWhileWriterRuns) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("k", "A")).status, ReserveStatus::Won);
+  LmdbOptions o = options();
+  o.read_only = true;
+  std::string error;
+  auto reader = openLmdbStore(o, clock, error);
+  ASSERT_NE(reader, nullptr) << error;
+  EXPECT_EQ(reader->list().size(), 1u);
+  EXPECT_EQ(reader->lookup(idFor("k"))->owner, "A");
+  EXPECT_EQ(reserveSync(*reader, reserveReq("x", "A")).error, StoreError::Io);
+  reader->flush();
+  // The writer keeps writing; the reader sees new commits.
+  ASSERT_EQ(recordSync(*store, recordReq("k", "A", answer(200))).status, RecordStatus::Recorded);
+  EXPECT_EQ(reader->lookup(idFor("k"))->state, RecordState::Completed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several processes on one environment (SPEC §7)
+
+// Writes/reads exactly n bytes or dies.
+void writeAll(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t w = ::write(fd, c, n);
+    if (w <= 0) std::_Exit(90);
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+void readAll(int fd, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n > 0) {
+    ssize_t r = ::read(fd, c, n);
+    if (r <= 0) std::_Exit(91);
+    c += r;
+    n -= static_cast<size_t>(r);
+  }
+}
+
+uint8_t outcomeCode(const ReserveResult& r) {
+  if (r.error != StoreError::None) return 9;
+  return r.status == ReserveStatus::Won ? 1 : r.status == ReserveStatus::InFlight ? 2 : 3;
+}
+
+TEST_F(LmdbStoreTest, TwoProcessesRacingForOneKeyExactlyOneWins) {
+  constexpr int kRounds = 1000;
+  LmdbOptions o = options();
+  store.reset();  // no environment is carried across fork
+
+  int to_child[2], to_parent[2];
+  ASSERT_EQ(::pipe(to_child), 0);
+  ASSERT_EQ(::pipe(to_parent), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  const bool child = pid == 0;
+  const int in = child ? to_child[0] : to_parent[0];
+  const int out = child ? to_parent[1] : to_child[1];
+  ::close(child ? to_child[1] : to_parent[1]);
+  ::close(child ? to_parent[0] : to_child[0]);
+
+  std::string error;
+  auto mine = openLmdbStore(o, clock, error);
+  if (child && mine == nullptr) std::_Exit(92);
+  ASSERT_NE(mine, nullptr) << error;
+
+  std::vector<uint8_t> outcomes(kRounds);
+  for (int i = 0; i < kRounds; ++i) {
+    char token = 'x';
+    writeAll(out, &token, 1);  // barrier: both sides are ready for round i
+    readAll(in, &token, 1);
+    ReserveRequest req = reserveReq("race-" + std::to_string(i), child ? "child" : "parent");
+    outcomes[static_cast<size_t>(i)] = outcomeCode(reserveSync(*mine, req));
+  }
+  if (child) {
+    writeAll(out, outcomes.data(), outcomes.size());
+    mine.reset();
+    std::_Exit(0);
+  }
+  std::vector<uint8_t> theirs(kRounds);
+  readAll(in, theirs.data(), theirs.size());
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ::close(in);
+  ::close(out);
+
+  int parent_wins = 0;
+  for (int i = 0; i < kRounds; ++i) {
+    const uint8_t a = outcomes[static_cast<size_t>(i)], b = theirs[static_cast<size_t>(i)];
+    ASSERT_TRUE((a == 1 && b == 2) || (a == 2 && b == 1))
+        << "round " << i << ": parent " << int(a) << ", child " << int(b);
+    parent_wins += a == 1;
+    auto rec = mine->lookup(idFor("race-" + std::to_string(i)));
+    ASSERT_TRUE(rec.has_value());
+    EXPECT_EQ(rec->owner, a == 1 ? "parent" : "child");
+  }
+  std::printf("race: parent won %d of %d\n", parent_wins, kRounds);
+}
+
+TEST_F(LmdbStoreTest, AReservationIsSeenByAnotherProcess) {
+  ASSERT_EQ(reserveSync(*store, reserveReq("from-parent", "parent")).status, ReserveStatus::Won);
+  store.reset();  // no environment is carried across fork
+  const LmdbOptions o = options();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::string error;
+    auto other = openLmdbStore(o, clock, error);
+    if (other == nullptr) std::_Exit(10);
+    auto rec = other->lookup(idFor("from-parent"));
+    if (!rec || rec->owner != "parent") std::_Exit(11);
+    if (reserveSync(*other, reserveReq("from-parent", "child")).status != ReserveStatus::InFlight)
+      std::_Exit(12);
+    if (reserveSync(*other, reserveReq("from-child", "child")).status != ReserveStatus::Won)
+      std::_Exit(13);
+    other.reset();
+    std::_Exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  open(o);
+  auto rec = store->lookup(idFor("from-child"));
+  ASSERT_TRUE(rec.has_value());
+  EXPECT_EQ(rec->owner, "child");
+}
+
+}  // namespace
+}  // namespace idem
