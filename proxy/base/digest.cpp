@@ -50,7 +50,7 @@ Digest Sha256::finish() {
   return out;
 }
 
-RecordId recordId(std::string_view route, const std::vector<std::string>& scope,
+Digest recordId(std::string_view route, const std::vector<std::string>& scope,
                   std::string_view key) {
   Sha256 h;
   h.field("idemproxy-record-v1").field(route);

@@ -1,12 +1,24 @@
 #pragma once
-// SHA-256 (OpenSSL) and the record identity.
+// SHA-256 (OpenSSL), the Digest type and the record identity.
+#include <array>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "store/record.h"
-
 namespace idem {
+
+using Digest = std::array<uint8_t, 32>;  // SHA-256
+
+// For hash maps keyed by a digest: its first bytes are already uniformly distributed.
+struct DigestHash {
+  size_t operator()(const Digest& d) const noexcept {
+    size_t h;
+    static_assert(sizeof(h) <= sizeof(Digest));
+    __builtin_memcpy(&h, d.data(), sizeof h);
+    return h;
+  }
+};
 
 class Sha256 {
  public:
@@ -25,8 +37,8 @@ class Sha256 {
 };
 
 // Identity of a record: digest of (route name, scope header values in order, key).
-RecordId recordId(std::string_view route, const std::vector<std::string>& scope,
-                  std::string_view key);
+Digest recordId(std::string_view route, const std::vector<std::string>& scope,
+                std::string_view key);
 
 std::string toHex(const Digest& d);
 // Short, non-reversible label for logs: first 16 hex chars of SHA-256(key).

@@ -14,16 +14,17 @@
 
 #include "base/c_handles.h"
 #include "config/config.h"
+#include "request/context.h"
 #include "upstream/upstream.h"
 
 namespace idem {
 
 class Proxy;
 
-class Worker {
+class Worker final : public RequestLoop {
  public:
   Worker(Proxy& proxy, unsigned workerCount, ConfigPtr config);
-  ~Worker();
+  ~Worker() override;
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
@@ -33,17 +34,18 @@ class Worker {
   void join();
 
   // Thread-safe: run `fn` on this worker's loop.
-  void post(std::function<void()> fn);
+  void post(std::function<void()> fn) override;
   // Thread-safe.
   void reload(ConfigPtr config);
   void stopAccepting();
   void stop();
 
   // Loop thread only.
-  event_base* base() { return base_.get(); }
+  event_base* base() override { return base_.get(); }
   Proxy& proxy() { return proxy_; }
-  const ConfigPtr& config() const { return config_; }
-  std::shared_ptr<Upstream> upstream(const std::string& name);
+  const ConfigPtr& config() const override { return config_; }
+  std::shared_ptr<Upstream> upstream(const std::string& name) override;
+  RequestShared& shared() override;
 
   // Thread-safe: steady-clock milliseconds of the loop's last heartbeat (every second).
   int64_t lastBeatMs() const { return last_beat_ms_.load(std::memory_order_relaxed); }

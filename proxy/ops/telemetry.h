@@ -10,7 +10,7 @@
 
 #include "config/config.h"
 #include "ops/metrics.h"
-#include "http/server.h"
+#include "request/observer.h"
 
 namespace idem {
 

@@ -5,9 +5,9 @@
 #include <string_view>
 #include <vector>
 
-#include "config/config.h"
 #include "base/function_ref.h"
 #include "base/http_types.h"
+#include "config/config.h"
 #include "store/record.h"
 
 namespace idem {

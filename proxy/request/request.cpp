@@ -1,13 +1,11 @@
 #include "request/request.h"
 
-#include <event2/keyvalq_struct.h>
-
 #include <algorithm>
 #include <cstdlib>
 
 #include "base/digest.h"
+#include "request/forwarding.h"
 #include "request/idempotency.h"
-#include "http/worker.h"
 
 namespace idem {
 
@@ -35,77 +33,6 @@ namespace {
 
 using Steady = std::chrono::steady_clock;
 
-const char* methodName(evhttp_cmd_type cmd) {
-  switch (cmd) {
-    case EVHTTP_REQ_GET:
-      return "GET";
-    case EVHTTP_REQ_POST:
-      return "POST";
-    case EVHTTP_REQ_HEAD:
-      return "HEAD";
-    case EVHTTP_REQ_PUT:
-      return "PUT";
-    case EVHTTP_REQ_DELETE:
-      return "DELETE";
-    case EVHTTP_REQ_OPTIONS:
-      return "OPTIONS";
-    case EVHTTP_REQ_TRACE:
-      return "TRACE";
-    case EVHTTP_REQ_CONNECT:
-      return "CONNECT";
-    case EVHTTP_REQ_PATCH:
-      return "PATCH";
-  }
-  return "GET";
-}
-
-const char* reasonPhrase(int status) {
-  switch (status) {
-    case 200:
-      return "OK";
-    case 201:
-      return "Created";
-    case 202:
-      return "Accepted";
-    case 204:
-      return "No Content";
-    case 301:
-      return "Moved Permanently";
-    case 302:
-      return "Found";
-    case 304:
-      return "Not Modified";
-    case 400:
-      return "Bad Request";
-    case 401:
-      return "Unauthorized";
-    case 402:
-      return "Payment Required";
-    case 403:
-      return "Forbidden";
-    case 404:
-      return "Not Found";
-    case 409:
-      return "Conflict";
-    case 413:
-      return "Content Too Large";
-    case 422:
-      return "Unprocessable Content";
-    case 429:
-      return "Too Many Requests";
-    case 500:
-      return "Internal Server Error";
-    case 502:
-      return "Bad Gateway";
-    case 503:
-      return "Service Unavailable";
-    case 504:
-      return "Gateway Timeout";
-    default:
-      return "Status";
-  }
-}
-
 bool named(const std::vector<std::string>& names, std::string_view name) {
   return std::any_of(names.begin(), names.end(),
                      [&](const std::string& n) { return iequals(n, name); });
@@ -113,19 +40,23 @@ bool named(const std::vector<std::string>& names, std::string_view name) {
 
 }  // namespace
 
-void ProxyRequest::start(Worker& worker, evhttp_request* req) {
-  auto r = std::make_shared<ProxyRequest>(worker, req);
+void ProxyRequest::start(RequestLoop& loop, std::unique_ptr<Downstream> client) {
+  auto r = std::make_shared<ProxyRequest>(loop, std::move(client));
   r->run();
 }
 
-ProxyRequest::ProxyRequest(Worker& worker, evhttp_request* req)
-    : worker_(worker), config_(worker.config()), req_(req), started_(Steady::now()) {
-  worker_.proxy().activeCounter().fetch_add(1, std::memory_order_relaxed);
+ProxyRequest::ProxyRequest(RequestLoop& loop, std::unique_ptr<Downstream> client)
+    : loop_(loop),
+      shared_(loop.shared()),
+      config_(loop.config()),
+      client_(std::move(client)),
+      started_(Steady::now()) {
+  shared_.active.fetch_add(1, std::memory_order_relaxed);
 }
 
 ProxyRequest::~ProxyRequest() {
   if (own_reservation_) ownerDone();
-  worker_.proxy().activeCounter().fetch_sub(1, std::memory_order_relaxed);
+  shared_.active.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void ProxyRequest::setState(RequestState next) {
@@ -156,8 +87,8 @@ void ProxyRequest::setState(RequestState next) {
       break;
   }
   if (!ok) {
-    worker_.proxy().observer().event("bad-transition", route_ ? route_->name : "",
-                                     std::string(toString(state_)) + "->" + toString(next));
+    shared_.observer().event("bad-transition", route_ ? route_->name : "",
+                             std::string(toString(state_)) + "->" + toString(next));
     std::abort();
   }
   state_ = next;
@@ -170,7 +101,7 @@ void ProxyRequest::run() {
     respondProblem(Problem::NoRoute, "no route for " + method_ + " " + path_, Outcome::Invalid);
     return;
   }
-  upstream_ = worker_.upstream(route_->upstream);  // from the same snapshot as the route
+  upstream_ = loop_.upstream(route_->upstream);  // from the same snapshot as the route
   if (!upstream_) {
     respondProblem(Problem::UpstreamUnavailable, "the route's upstream is not configured",
                    Outcome::Error);
@@ -184,66 +115,18 @@ void ProxyRequest::run() {
 }
 
 bool ProxyRequest::readRequest() {
-  method_ = methodName(evhttp_request_get_command(req_));
-  // Origin-form targets are split by hand: evhttp's URI parser reads "//a/b" as an authority.
-  const char* target = evhttp_request_get_uri(req_);
-  std::string_view raw = target ? target : "";
-  std::string path;
-  if (raw.starts_with('/')) {
-    const size_t q = raw.find('?');
-    path.assign(raw.substr(0, q));
-    if (q != std::string_view::npos) query_.assign(raw.substr(q + 1));
-  } else if (const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req_)) {  // absolute-form
-    if (const char* p = evhttp_uri_get_path(uri)) path = p;
-    if (const char* q = evhttp_uri_get_query(uri)) query_ = q;
-  }
-  if (path.empty() || path[0] != '/') {
+  method_.assign(client_->method());
+  RequestTarget target = splitTarget(client_->target());
+  if (!target.ok) {
     respondProblem(Problem::BadRequest, "the request target must be an absolute path",
                    Outcome::Invalid);
     return false;
   }
-  path_ = std::move(path);
+  path_ = std::move(target.path);
+  query_ = std::move(target.query);
   match_path_ = normalizePath(path_);
-
-  // The fields stay in evhttp's list: they are copied only when the request is forwarded.
-  const evkeyvalq* in = evhttp_request_get_input_headers(req_);
-  const char* contentLength = nullptr;
-  bool ambiguousFraming = false;
-  bool chunked = false;
-  for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
-    if (iequals(kv->key, "Content-Length")) {
-      ambiguousFraming |= contentLength != nullptr && std::string_view(contentLength) != kv->value;
-      contentLength = kv->value;
-    } else if (iequals(kv->key, "Transfer-Encoding")) {
-      chunked = true;
-    }
-  }
-  // Conflicting Content-Length fields, or Content-Length with Transfer-Encoding, frame the
-  // body ambiguously (RFC 9112 §6.3): refuse and close, so nothing can be smuggled behind it.
-  if (ambiguousFraming || (chunked && contentLength != nullptr)) {
-    close_connection_ = true;
-    respondProblem(Problem::BadRequest, "the request's message framing is ambiguous",
-                   Outcome::Invalid);
-    return false;
-  }
-  evbuffer* body = evhttp_request_get_input_buffer(req_);
-  const size_t n = evbuffer_get_length(body);
-  if (n > config_->server.max_request_body) {
-    respondProblem(
-        Problem::RequestTooLarge,
-        "the body is larger than " + std::to_string(config_->server.max_request_body) + " bytes",
-        Outcome::Invalid);
-    return false;
-  }
-  // Left in evhttp's buffer (made contiguous): copied only when the request is forwarded.
-  if (n > 0) body_ = std::string_view(reinterpret_cast<const char*>(evbuffer_pullup(body, -1)), n);
-
-  char* addr = nullptr;
-  ev_uint16_t port = 0;
-  if (evhttp_connection* conn = evhttp_request_get_connection(req_)) {
-    evhttp_connection_get_peer(conn, &addr, &port);
-  }
-  if (addr != nullptr) peer_ = addr;
+  body_ = client_->body();  // left in the client's buffer: copied only when forwarded
+  peer_.assign(client_->peer());
   return true;
 }
 
@@ -255,10 +138,9 @@ void ProxyRequest::beginIdempotent() {
   const IdempotencyConfig& ic = *route_->idempotency;
   std::string_view firstValue;
   size_t values = 0;
-  const evkeyvalq* in = evhttp_request_get_input_headers(req_);
-  for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
-    if (iequals(kv->key, ic.key_header) && values++ == 0) firstValue = kv->value;
-  }
+  client_->forEachField([&](std::string_view name, std::string_view value) {
+    if (iequals(name, ic.key_header) && values++ == 0) firstValue = value;
+  });
   ParsedKey parsed = parseIdempotencyKey(firstValue, values);
   if (parsed.status == KeyStatus::Missing) {
     if (ic.required) {
@@ -284,7 +166,7 @@ void ProxyRequest::beginIdempotent() {
   bool mismatch = false;
   bool sent = false;
   int status = 0;
-  worker_.proxy().store().visit(id_, [&](const RecordView& rec) {
+  shared_.store().visit(id_, [&](const RecordView& rec) {
     if (rec.state != RecordState::Completed) return;
     completed = true;
     if (rec.fingerprint != fingerprint_) {
@@ -305,12 +187,8 @@ void ProxyRequest::beginIdempotent() {
 }
 
 std::vector<std::string> ProxyRequest::scopeValues() const {
-  const evkeyvalq* in = evhttp_request_get_input_headers(req_);
-  return scopeValuesOf(*route_->idempotency, [in](HeaderVisitor fn) {
-    for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
-      fn(kv->key, kv->value);
-    }
-  });
+  return scopeValuesOf(*route_->idempotency,
+                       [this](HeaderVisitor fn) { client_->forEachField(fn); });
 }
 
 void ProxyRequest::reserve() {
@@ -322,7 +200,7 @@ void ProxyRequest::reserve() {
   rr.route = route_->name;
   rr.key = key_;
   rr.scope = scope_;
-  owner_ = worker_.proxy().newOwnerToken();
+  owner_ = shared_.newOwnerToken();
   rr.owner = owner_;
   rr.ttl_ms = ic.ttl.count();
   rr.lease_ms = ic.lease.count();
@@ -331,18 +209,19 @@ void ProxyRequest::reserve() {
       problemAnswer(Problem::OutcomeUnknown,
                     "the proxy that forwarded the original request stopped before "
                     "recording its outcome; the request is not sent again");
-  Worker* w = &worker_;
-  WaiterRegistry* waiters = &worker_.proxy().waiters();
-  worker_.proxy().store().reserve(
-      std::move(rr), [self = shared_from_this(), w, waiters](ReserveResult r) mutable {
-        // Writer thread: register ownership before anyone can see the record and park on it.
-        if (r.error == StoreError::None && r.status == ReserveStatus::Won) {
-          waiters->ownerStarted(self->id_);
-        }
-        w->post([self = std::move(self), r = std::move(r)]() mutable {
-          self->onReserved(std::move(r));
-        });
-      });
+  RequestLoop* w = &loop_;
+  WaiterRegistry* waiters = &shared_.waiters();
+  shared_.store().reserve(std::move(rr),
+                          [self = shared_from_this(), w, waiters](ReserveResult r) mutable {
+                            // Writer thread: register ownership before anyone can see the record
+                            // and park on it.
+                            if (r.error == StoreError::None && r.status == ReserveStatus::Won) {
+                              waiters->ownerStarted(self->id_);
+                            }
+                            w->post([self = std::move(self), r = std::move(r)]() mutable {
+                              self->onReserved(std::move(r));
+                            });
+                          });
 }
 
 void ProxyRequest::onReserved(ReserveResult r) {
@@ -366,7 +245,7 @@ void ProxyRequest::onReserved(ReserveResult r) {
       return;
     case ReserveStatus::InFlight:
       if (route_->idempotency->concurrent == ConcurrentMode::Reject) {
-        const int64_t left = r.record.lease_until_ms - worker_.proxy().clock().wallMs();
+        const int64_t left = r.record.lease_until_ms - shared_.clock().wallMs();
         retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
         respondProblem(Problem::KeyInUse, "a request with this key is still in progress",
                        Outcome::Conflict);
@@ -384,16 +263,15 @@ void onWaitTimer(evutil_socket_t, short, void* arg);
 }
 
 void ProxyRequest::waitForOwner(const Record& inFlight) {
-  Proxy& proxy = worker_.proxy();
   const auto now = Steady::now();
   if (state_ != RequestState::Waiting) setState(RequestState::Waiting);
   if (!wait_timer_) {
     // The first wait fixes the deadline: reserving again after a release does not extend it.
     wait_deadline_ = now + route_->idempotency->wait_timeout;
-    wait_timer_.reset(evtimer_new(worker_.base(), &onWaitTimer, this));
+    wait_timer_.reset(evtimer_new(loop_.base(), &onWaitTimer, this));
     poll_interval_ = std::chrono::milliseconds(2);
   }
-  const int64_t left = inFlight.lease_until_ms - proxy.clock().wallMs();
+  const int64_t left = inFlight.lease_until_ms - shared_.clock().wallMs();
   retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
   if (now >= wait_deadline_) {
     onWaitTimeout();
@@ -402,7 +280,7 @@ void ProxyRequest::waitForOwner(const Record& inFlight) {
   const uint64_t ticket = ++wait_ticket_;
   // Called on the owner's thread; the reference moves into the posted task so that the last
   // reference to this request is always dropped on its own worker.
-  auto wake = [w = &worker_, self = shared_from_this(), ticket]() mutable {
+  auto wake = [w = &loop_, self = shared_from_this(), ticket]() mutable {
     w->post([self = std::move(self), ticket] {
       if (self->wait_ticket_ == ticket && self->parked_) {
         self->parked_ = false;
@@ -411,7 +289,7 @@ void ProxyRequest::waitForOwner(const Record& inFlight) {
     });
   };
   std::chrono::steady_clock::duration until;
-  if (proxy.ownsToken(inFlight.owner) && proxy.waiters().park(id_, ticket, std::move(wake))) {
+  if (shared_.ownsToken(inFlight.owner) && shared_.waiters().park(id_, ticket, std::move(wake))) {
     parked_ = true;
     until = wait_deadline_ - now;  // woken by the owner; the timer only bounds the wait
   } else {
@@ -435,7 +313,7 @@ void onWaitTimer(evutil_socket_t, short, void* arg) {
 void ProxyRequest::onWaitTimerFired() {
   auto self = std::move(keepalive_);
   if (parked_) {
-    worker_.proxy().waiters().cancel(id_, wait_ticket_);
+    shared_.waiters().cancel(id_, wait_ticket_);
     parked_ = false;
   }
   // Poll tick or deadline: either way look at the store once more before answering 409.
@@ -446,7 +324,7 @@ void ProxyRequest::onWaitWake() {
   auto self = shared_from_this();
   keepalive_.reset();
   if (wait_timer_) evtimer_del(wait_timer_.get());
-  auto rec = worker_.proxy().store().lookup(id_);
+  auto rec = shared_.store().lookup(id_);
   if (!rec) {
     reserve();  // released, forgotten or expired: try to take it
     return;
@@ -460,7 +338,7 @@ void ProxyRequest::onWaitWake() {
     replay(*rec);
     return;
   }
-  if (rec->leasePassed(worker_.proxy().clock().wallMs())) {
+  if (rec->leasePassed(shared_.clock().wallMs())) {
     reserve();  // abandoned: the store applies the route's `abandoned` policy atomically
     return;
   }
@@ -482,41 +360,11 @@ void ProxyRequest::forward() {
   UpstreamRequest ur;
   ur.method = method_;
   ur.path_and_query = query_.empty() ? path_ : path_ + "?" + query_;
-  // Copied from evhttp's list only now, in order: a replay never needs them as strings.
-  Headers endToEnd;
-  {
-    const evkeyvalq* in = evhttp_request_get_input_headers(req_);
-    size_t n = 0;
-    for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) ++n;
-    endToEnd.reserve(n);
-    for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
-      endToEnd.push_back({kv->key, kv->value});
-    }
-  }
-  removeHopByHopFields(endToEnd);
-  std::string forwardedFor;
-  std::string host;
-  bool hasProto = false;  // set by a proxy in front of us (e.g. a TLS terminator): kept
-  bool hasHost = false;
-  ur.headers.reserve(endToEnd.size() + 3);
-  for (auto& h : endToEnd) {
-    if (iequals(h.name, "Content-Length") || iequals(h.name, "Expect")) continue;
-    if (iequals(h.name, "X-Forwarded-Proto")) hasProto = true;
-    if (iequals(h.name, "X-Forwarded-Host")) hasHost = true;
-    if (iequals(h.name, "X-Forwarded-For")) {
-      forwardedFor += forwardedFor.empty() ? h.value : ", " + h.value;
-      continue;
-    }
-    if (iequals(h.name, "Host")) host = h.value;
-    ur.headers.push_back(std::move(h));
-  }
-  if (!peer_.empty()) forwardedFor += forwardedFor.empty() ? peer_ : ", " + peer_;
-  if (!forwardedFor.empty()) ur.headers.push_back({"X-Forwarded-For", forwardedFor});
-  if (!hasProto) ur.headers.push_back({"X-Forwarded-Proto", "http"});
-  if (!hasHost && !host.empty()) ur.headers.push_back({"X-Forwarded-Host", host});
+  // Copied from the client's buffer only now: a replay never needs them as strings.
+  ur.headers = forwardedFields([this](FieldVisitor fn) { client_->forEachField(fn); }, peer_);
   ur.body.assign(body_);
 
-  worker_.proxy().upstreamCounter().fetch_add(1, std::memory_order_relaxed);
+  shared_.upstream_in_flight.fetch_add(1, std::memory_order_relaxed);
   upstream_->send(std::move(ur), [self = shared_from_this()](UpstreamResult r) {
     self->onUpstream(std::move(r));
   });
@@ -536,9 +384,8 @@ HttpAnswer ProxyRequest::forRecording(const HttpAnswer& a) const {
 }
 
 void ProxyRequest::onUpstream(UpstreamResult r) {
-  Proxy& proxy = worker_.proxy();
-  proxy.upstreamCounter().fetch_sub(1, std::memory_order_relaxed);
-  proxy.observer().upstreamDone(route_->upstream, r.latency, r.failure != UpstreamFailure::None);
+  shared_.upstream_in_flight.fetch_sub(1, std::memory_order_relaxed);
+  shared_.observer().upstreamDone(route_->upstream, r.latency, r.failure != UpstreamFailure::None);
   if (!own_reservation_) {  // pass-through
     switch (r.failure) {
       case UpstreamFailure::None:
@@ -604,63 +451,61 @@ void ProxyRequest::recordOutcome(HttpAnswer clientAnswer, HttpAnswer recorded, u
   rq.owner = owner_;
   rq.answer = std::move(recorded);
   rq.flags = flags;
-  Worker* w = &worker_;
-  worker_.proxy().store().record(
-      std::move(rq), [self = shared_from_this(), w, clientAnswer = std::move(clientAnswer),
-                      outcome](RecordResult res) mutable {
-        w->post([self = std::move(self), clientAnswer = std::move(clientAnswer), outcome,
-                 res = std::move(res)]() mutable {
-          if (res.error != StoreError::None) {
-            // The upstream acted; the client learns what happened even though the store
-            // failed. The reservation stays in flight and turns into outcome-unknown later.
-            self->worker_.proxy().observer().event("record-failed", self->route_->name,
-                                                   toString(res.error));
-            self->respond(clientAnswer, false, outcome);
-          } else if (res.status == RecordStatus::AlreadyFinal) {
-            self->worker_.proxy().observer().event(
-                "late-owner", self->route_->name,
-                "status " + std::to_string(clientAnswer.status) +
-                    " not recorded: the key was taken over or another outcome stands");
-            if (res.record.state == RecordState::Completed &&
-                res.record.fingerprint == self->fingerprint_) {
-              self->replay(res.record);  // one answer per key: the one that stands
-            } else {
-              // Taken over under `abandoned: retry` and still in flight (or expired and reused
-              // by another request): no outcome of this request stands, so this client gets
-              // what its own exchange produced.
-              self->respond(clientAnswer, false, outcome);
-            }
-          } else {
-            self->respond(clientAnswer, false, outcome);
-          }
-          self->ownerDone();
-        });
-      });
+  RequestLoop* w = &loop_;
+  shared_.store().record(std::move(rq), [self = shared_from_this(), w,
+                                         clientAnswer = std::move(clientAnswer),
+                                         outcome](RecordResult res) mutable {
+    w->post([self = std::move(self), clientAnswer = std::move(clientAnswer), outcome,
+             res = std::move(res)]() mutable {
+      if (res.error != StoreError::None) {
+        // The upstream acted; the client learns what happened even though the store
+        // failed. The reservation stays in flight and turns into outcome-unknown later.
+        self->shared_.observer().event("record-failed", self->route_->name, toString(res.error));
+        self->respond(clientAnswer, false, outcome);
+      } else if (res.status == RecordStatus::AlreadyFinal) {
+        self->shared_.observer().event(
+            "late-owner", self->route_->name,
+            "status " + std::to_string(clientAnswer.status) +
+                " not recorded: the key was taken over or another outcome stands");
+        if (res.record.state == RecordState::Completed &&
+            res.record.fingerprint == self->fingerprint_) {
+          self->replay(res.record);  // one answer per key: the one that stands
+        } else {
+          // Taken over under `abandoned: retry` and still in flight (or expired and reused
+          // by another request): no outcome of this request stands, so this client gets
+          // what its own exchange produced.
+          self->respond(clientAnswer, false, outcome);
+        }
+      } else {
+        self->respond(clientAnswer, false, outcome);
+      }
+      self->ownerDone();
+    });
+  });
 }
 
 void ProxyRequest::release(HttpAnswer clientAnswer, Outcome outcome, std::string_view detail) {
   setState(RequestState::Releasing);
-  Worker* w = &worker_;
-  worker_.proxy().store().release(
-      id_, owner_,
-      [self = shared_from_this(), w, clientAnswer = std::move(clientAnswer), outcome,
-       detail = std::string(detail)](WriteResult res) mutable {
-        w->post([self = std::move(self), clientAnswer = std::move(clientAnswer), outcome,
-                 detail = std::move(detail), res]() mutable {
-          if (res.error != StoreError::None) {
-            self->worker_.proxy().observer().event("release-failed", self->route_->name,
-                                                   toString(res.error));
-          }
-          self->respond(clientAnswer, false, outcome, detail);
-          self->ownerDone();
-        });
-      });
+  RequestLoop* w = &loop_;
+  shared_.store().release(id_, owner_,
+                          [self = shared_from_this(), w, clientAnswer = std::move(clientAnswer),
+                           outcome, detail = std::string(detail)](WriteResult res) mutable {
+                            w->post([self = std::move(self), clientAnswer = std::move(clientAnswer),
+                                     outcome, detail = std::move(detail), res]() mutable {
+                              if (res.error != StoreError::None) {
+                                self->shared_.observer().event("release-failed", self->route_->name,
+                                                               toString(res.error));
+                              }
+                              self->respond(clientAnswer, false, outcome, detail);
+                              self->ownerDone();
+                            });
+                          });
 }
 
 void ProxyRequest::ownerDone() {
   if (!own_reservation_) return;
   own_reservation_ = false;
-  worker_.proxy().waiters().ownerFinished(id_);
+  shared_.waiters().ownerFinished(id_);
 }
 
 // ---- Answers ----
@@ -680,18 +525,13 @@ bool ProxyRequest::replayView(const RecordView& record) {
   // returns true.
   if (state_ == RequestState::Responded) return false;
   setState(RequestState::Responded);
-  evkeyvalq* out = evhttp_request_get_output_headers(req_);
   const bool head = method_ == "HEAD";
-  // evhttp wants NUL-terminated fields: one reused buffer holds "name\0value\0".
-  thread_local std::string field;
+  client_->beginReply(record.status);
   record.forEachHeader([&](std::string_view name, std::string_view value) {
     if (!head && iequals(name, "Content-Length")) return;
-    field.assign(name);
-    field.push_back('\0');
-    field.append(value);
-    evhttp_add_header(out, field.c_str(), field.c_str() + name.size() + 1);
+    client_->addField(name, value);
   });
-  sendReply(record.status, record.body, true);
+  sendReply(record.body, true);
   return true;
 }
 
@@ -699,25 +539,19 @@ void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outc
                            std::string_view detail) {
   if (state_ == RequestState::Responded) return;
   setState(RequestState::Responded);
-  evkeyvalq* out = evhttp_request_get_output_headers(req_);
+  client_->beginReply(answer.status);
   for (const auto& h : answer.headers) {
     if (iequals(h.name, "Content-Length") && method_ != "HEAD") continue;
-    evhttp_add_header(out, h.name.c_str(), h.value.c_str());
+    client_->addField(h.name, h.value);
   }
-  sendReply(answer.status, answer.body, replayed);
+  sendReply(answer.body, replayed);
   report(answer.status, outcome, detail);
 }
 
-void ProxyRequest::sendReply(int status, std::string_view body, bool replayed) {
-  evkeyvalq* out = evhttp_request_get_output_headers(req_);
-  if (replayed) evhttp_add_header(out, "Idempotent-Replayed", "true");
-  if (close_connection_ || worker_.proxy().draining()) {
-    evhttp_add_header(out, "Connection", "close");  // draining: keep-alive clients move on
-  }
-  evbuffer* buf = evhttp_request_get_output_buffer(req_);
-  evbuffer_add(buf, body.data(), body.size());
-  evhttp_send_reply(req_, status, reasonPhrase(status), nullptr);
-  req_ = nullptr;
+void ProxyRequest::sendReply(std::string_view body, bool replayed) {
+  if (replayed) client_->addField("Idempotent-Replayed", "true");
+  // Draining: keep-alive clients move on to another instance.
+  client_->endReply(body, shared_.draining());
 }
 
 void ProxyRequest::report(int status, Outcome outcome, std::string_view detail) {
@@ -730,7 +564,7 @@ void ProxyRequest::report(int status, Outcome outcome, std::string_view detail) 
   r.duration_ms = std::chrono::duration<double, std::milli>(Steady::now() - started_).count();
   r.key = key_;
   r.detail = detail;
-  worker_.proxy().observer().requestDone(r);
+  shared_.observer().requestDone(r);
 }
 
 }  // namespace idem

@@ -6,23 +6,20 @@
 //       │            ▼  │            └──► Releasing ──► Responded
 //       │         Waiting ──► Responded (replay / 409)
 //       └──► Responded (replay from a read, 4xx, pass-through answer)
-#include <event2/http.h>
-
 #include <chrono>
 #include <memory>
 #include <string>
 
 #include "base/c_handles.h"
-#include "config/config.h"
 #include "base/http_types.h"
+#include "config/config.h"
 #include "http/problem.h"
-#include "http/server.h"
+#include "request/context.h"
+#include "request/downstream.h"
 #include "store/store.h"
 #include "upstream/upstream.h"
 
 namespace idem {
-
-class Worker;
 
 enum class RequestState {
   Received,    // parsed and routed; nothing decided yet
@@ -37,9 +34,11 @@ const char* toString(RequestState s);
 
 class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
  public:
-  static void start(Worker& worker, evhttp_request* req);
+  // Runs one request to its end: the request keeps itself alive through its pending store
+  // operations, timers and upstream exchange, and is freed once answered and done.
+  static void start(RequestLoop& loop, std::unique_ptr<Downstream> client);
 
-  ProxyRequest(Worker& worker, evhttp_request* req);
+  ProxyRequest(RequestLoop& loop, std::unique_ptr<Downstream> client);
   ~ProxyRequest();
   ProxyRequest(const ProxyRequest&) = delete;
   ProxyRequest& operator=(const ProxyRequest&) = delete;
@@ -75,14 +74,15 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   void respond(const HttpAnswer& answer, bool replayed, Outcome outcome,
                std::string_view detail = {});
   HttpAnswer forRecording(const HttpAnswer& upstreamAnswer) const;
-  // respond() in parts: the closing header fields, body and status line; then the report.
-  void sendReply(int status, std::string_view body, bool replayed);
+  // respond() in parts: the closing header fields and the body; then the report.
+  void sendReply(std::string_view body, bool replayed);
   void report(int status, Outcome outcome, std::string_view detail);
 
-  Worker& worker_;
+  RequestLoop& loop_;
+  RequestShared& shared_;
   ConfigPtr config_;  // the snapshot this request started with
   const RouteConfig* route_ = nullptr;
-  evhttp_request* req_;
+  std::unique_ptr<Downstream> client_;
   RequestState state_ = RequestState::Received;
   std::chrono::steady_clock::time_point started_;
 
@@ -90,9 +90,8 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   std::string path_;        // raw, as the client sent it: forwarded as is
   std::string match_path_;  // normalised: routing and fingerprint
   std::string query_;
-  std::string_view body_;  // in evhttp's input buffer, which lives until the reply is sent
+  std::string_view body_;  // in the client's buffer, which lives until the reply is sent
   std::string peer_;
-  bool close_connection_ = false;  // answer with Connection: close
 
   std::string key_;
   std::vector<std::string> scope_;  // values of the route's scope headers

@@ -13,15 +13,6 @@
 
 namespace idem {
 
-struct DigestHash {
-  size_t operator()(const Digest& d) const noexcept {
-    size_t h;
-    static_assert(sizeof(h) <= sizeof(Digest));
-    __builtin_memcpy(&h, d.data(), sizeof h);
-    return h;
-  }
-};
-
 class WaiterRegistry {
  public:
   // `wake` is called from the completing thread; it must post to the waiter's own loop.

@@ -8,13 +8,13 @@
 #include <string_view>
 #include <vector>
 
+#include "base/digest.h"
 #include "base/http_types.h"
 
 namespace idem {
 
-using Digest = std::array<uint8_t, 32>;  // SHA-256
-using RecordId = Digest;                 // digest of (route, scope values, key)
-using Fingerprint = Digest;              // digest of the request parts that must match
+using RecordId = Digest;     // digest of (route, scope values, key)
+using Fingerprint = Digest;  // digest of the request parts that must match
 
 enum class RecordState : uint8_t {
   InFlight = 1,   // reserved; the owner is forwarding the request

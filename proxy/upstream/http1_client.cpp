@@ -123,7 +123,7 @@ std::string_view lastToken(std::string_view value) {
   return trimOws(comma == std::string_view::npos ? value : value.substr(comma + 1));
 }
 
-class Http1Backend final : public Upstream::Impl {
+class Http1Backend final : public PooledUpstream::Impl {
  public:
   Http1Backend(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
                Target target);
@@ -795,7 +795,7 @@ void Http1Backend::onTimeout(evutil_socket_t, short, void* arg) noexcept {
 
 }  // namespace
 
-std::unique_ptr<Upstream::Impl> makeHttp1Backend(event_base* base, const UpstreamConfig& config,
+std::unique_ptr<PooledUpstream::Impl> makeHttp1Backend(event_base* base, const UpstreamConfig& config,
                                                  unsigned connectionLimit) {
   Target target;
   if (!parseTarget(config.url, target)) return nullptr;

@@ -156,23 +156,23 @@ void upstreamGlobalInit() {
   });
 }
 
-Upstream::Impl::Impl(event_base* base, const UpstreamConfig& config)
+PooledUpstream::Impl::Impl(event_base* base, const UpstreamConfig& config)
     : base_(base), config_(config) {
   deliver_.reset(event_new(base_, -1, 0, &Impl::onDeliver, this));
   if (!deliver_) throw std::runtime_error("upstream: out of memory");
 }
 
-Upstream::Impl::~Impl() {
+PooledUpstream::Impl::~Impl() {
   alive_.reset();
   finished_.clear();
   deliver_.reset();
 }
 
-void Upstream::Impl::scheduleDelivery() {
+void PooledUpstream::Impl::scheduleDelivery() {
   event_active(deliver_.get(), EV_TIMEOUT, 0);
 }
 
-void Upstream::Impl::onDeliver(evutil_socket_t, short, void* arg) noexcept {
+void PooledUpstream::Impl::onDeliver(evutil_socket_t, short, void* arg) noexcept {
   auto* self = static_cast<Impl*>(arg);
   std::weak_ptr<bool> alive = self->alive_;
   // Only what is queued now: a callback that keeps failing new sends cannot starve the loop.
@@ -192,7 +192,7 @@ void Upstream::Impl::onDeliver(evutil_socket_t, short, void* arg) noexcept {
 
 namespace {
 
-class CurlBackend final : public Upstream::Impl {
+class CurlBackend final : public PooledUpstream::Impl {
  public:
   // One forwarded request. Lives in `active_` (keyed by its easy handle) while curl owns it.
   struct Exchange {
@@ -607,29 +607,29 @@ int CurlBackend::onPrereq(void* userp, char*, char*, int, int) {
 
 }  // namespace
 
-Upstream::Upstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
-                   UpstreamBackend backend) {
+PooledUpstream::PooledUpstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
+                               UpstreamBackend backend) {
   if (backend == UpstreamBackend::Auto) {
     impl_ = makeHttp1Backend(base, config, connectionLimit);
   }
   if (!impl_) impl_ = std::make_unique<CurlBackend>(base, config, connectionLimit);
 }
 
-Upstream::~Upstream() = default;
+PooledUpstream::~PooledUpstream() = default;
 
-void Upstream::send(UpstreamRequest request, std::function<void(UpstreamResult)> done) {
+void PooledUpstream::send(UpstreamRequest request, std::function<void(UpstreamResult)> done) {
   impl_->start(std::move(request), std::move(done));
 }
 
-size_t Upstream::inFlight() const {
+size_t PooledUpstream::inFlight() const {
   return impl_->inFlight();
 }
 
-const char* Upstream::backendName() const {
+const char* PooledUpstream::backendName() const {
   return impl_->name();
 }
 
-const UpstreamConfig& Upstream::config() const {
+const UpstreamConfig& PooledUpstream::config() const {
   return impl_->config_;
 }
 

@@ -10,8 +10,8 @@
 #include <string>
 #include <string_view>
 
-#include "config/config.h"
 #include "base/http_types.h"
+#include "config/config.h"
 
 namespace idem {
 
@@ -51,16 +51,12 @@ inline constexpr std::chrono::seconds kMaxIdleConnectionAge{2};
 // host is an IP literal, libcurl otherwise. Curl forces libcurl (tests compare the two).
 enum class UpstreamBackend { Auto, Curl };
 
+// One upstream as the request core sees it: start an exchange, get one result later. The
+// core is unit-tested against fakes of this; PooledUpstream is the real one.
 class Upstream {
  public:
-  // `base` must outlive the Upstream. Its sockets and timers live on `base`.
-  Upstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
-           UpstreamBackend backend = UpstreamBackend::Auto);
-  ~Upstream();
-  Upstream(const Upstream&) = delete;
-  Upstream& operator=(const Upstream&) = delete;
-
-  // Starts the exchange; `done` runs later on the base's thread (never from inside send()),
+  virtual ~Upstream() = default;
+  // Starts the exchange; `done` runs later on the loop's thread (never from inside send()),
   // from its own event callback, never from inside a libcurl call or a socket callback. It
   // must not throw (it runs in a noexcept context: an escaping exception terminates the
   // process). It may call send() or destroy this Upstream.
@@ -69,10 +65,26 @@ class Upstream {
   // Framing is the backend's: Content-Length and Expect in `request.headers` are not forwarded
   // (Content-Length is written from the body); hop-by-hop fields are dropped too. A method that
   // is not a token, or a header name/value with CR, LF or NUL fails the exchange as BeforeSend.
-  void send(UpstreamRequest request, std::function<void(UpstreamResult)> done);
+  virtual void send(UpstreamRequest request, std::function<void(UpstreamResult)> done) = 0;
   // Exchanges started whose `done` has not run yet.
-  size_t inFlight() const;
-  const UpstreamConfig& config() const;
+  virtual size_t inFlight() const = 0;
+  virtual const UpstreamConfig& config() const = 0;
+};
+
+// The real Upstream: pooled keep-alive connections on one libevent loop (one per upstream per
+// worker), through the built-in HTTP/1.1 client or libcurl's multi interface.
+class PooledUpstream final : public Upstream {
+ public:
+  // `base` must outlive the Upstream. Its sockets and timers live on `base`.
+  PooledUpstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
+                 UpstreamBackend backend = UpstreamBackend::Auto);
+  ~PooledUpstream() override;
+  PooledUpstream(const PooledUpstream&) = delete;
+  PooledUpstream& operator=(const PooledUpstream&) = delete;
+
+  void send(UpstreamRequest request, std::function<void(UpstreamResult)> done) override;
+  size_t inFlight() const override;
+  const UpstreamConfig& config() const override;
   // "http1" (the built-in client) or "curl".
   const char* backendName() const;
 

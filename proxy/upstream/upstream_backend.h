@@ -19,7 +19,7 @@ namespace idem {
 // One backend per Upstream: libcurl (https://, http:// to a host name) or the built-in
 // HTTP/1.1 client (http:// to an IP literal). Both deliver results through finish(), which
 // runs `done` from the delivery event, never inside send() or a socket callback.
-struct Upstream::Impl {
+struct PooledUpstream::Impl {
   Impl(event_base* base, const UpstreamConfig& config);
   virtual ~Impl();
   Impl(const Impl&) = delete;
@@ -73,7 +73,7 @@ inline std::chrono::microseconds since(SteadyClock::time_point start) {
 
 // The HTTP/1.1 backend for `config.url`, or nullptr when it does not apply (not http://, or
 // the host is not an IP literal: names are resolved by curl, off the loop).
-std::unique_ptr<Upstream::Impl> makeHttp1Backend(event_base* base, const UpstreamConfig& config,
+std::unique_ptr<PooledUpstream::Impl> makeHttp1Backend(event_base* base, const UpstreamConfig& config,
                                                  unsigned connectionLimit);
 
 }  // namespace upstream_detail

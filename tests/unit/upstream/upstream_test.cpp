@@ -81,7 +81,7 @@ TEST_P(UpstreamTest, GetRoundTrip) {
   TestHttpServer server([](const ReceivedRequest& r) {
     return Reply::respond(200, {{"Content-Type", "text/plain"}, {"X-Got", r.target}}, "hello");
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   EXPECT_STREQ(up.backendName(), GetParam() == UpstreamBackend::Curl ? "curl" : "http1");
   UpstreamResult r = exchange(up, get("/v1/items?x=1&y=%20"));
   ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
@@ -102,7 +102,7 @@ TEST_P(UpstreamTest, PostBinaryBodyRoundTrip) {
   TestHttpServer server([](const ReceivedRequest& r) {
     return Reply::respond(201, {{"Content-Type", "application/octet-stream"}}, r.body);
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   std::string body;
   for (int i = 0; i < 70'000; ++i) body += static_cast<char>(i % 256);  // NULs included
   UpstreamResult r = exchange(up, {"POST", "/pay", {{"Content-Type", "application/x-bin"}}, body});
@@ -120,7 +120,7 @@ TEST_P(UpstreamTest, MethodsAndEmptyBodies) {
     if (r.method == "HEAD") return Reply::bytes("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
     return Reply::respond(200, {}, r.method + ":" + r.body);
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
 
   UpstreamResult post = exchange(up, {"POST", "/a", {}, ""});
   ASSERT_EQ(post.failure, UpstreamFailure::None) << post.detail;
@@ -149,7 +149,7 @@ TEST_P(UpstreamTest, MethodsAndEmptyBodies) {
 
 TEST_P(UpstreamTest, RequestHeadersForwardedExactly) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(204); });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   Headers sent = {
       {"Host", "api.example.test"}, {"X-Repeat", "one"}, {"Authorization", "Bearer t"},
       {"X-Repeat", "two"},          {"X-Empty", ""},     {"X-Forwarded-For", "10.0.0.1"},
@@ -168,7 +168,7 @@ TEST_P(UpstreamTest, RequestHeadersForwardedExactly) {
 
 TEST_P(UpstreamTest, FramingAndHopByHopRequestFieldsAreNotForwarded) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(200); });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   Headers sent = {
       {"Content-Type", "application/json"}, {"Content-Length", "999"}, {"Expect", "100-continue"},
       {"Transfer-Encoding", "chunked"},     {"Connection", "close"},   {"Accept", "*/*"}};
@@ -197,7 +197,7 @@ TEST_P(UpstreamTest, ResponseHeadersInWireOrderWithRepeats) {
         "\r\n"
         "ok");
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   UpstreamResult r = exchange(up, get("/"));
   ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
   EXPECT_EQ(r.answer.status, 201);
@@ -223,7 +223,7 @@ TEST_P(UpstreamTest, HopByHopResponseFieldsRemoved) {
                            {"X-Kept", "yes"}},
                           "b");
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   UpstreamResult r = exchange(up, get("/"));
   ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
   EXPECT_EQ(r.answer.headers, (Headers{{"X-Kept", "yes"}, {"Content-Length", "1"}}));
@@ -239,7 +239,7 @@ TEST_P(UpstreamTest, ChunkedResponseDecoded) {
         "\r\n"
         "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n");
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   UpstreamResult r = exchange(up, get("/"));
   ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
   EXPECT_EQ(r.answer.body, "hello world");
@@ -252,7 +252,7 @@ TEST_P(UpstreamTest, InformationalResponseIsSkipped) {
         "HTTP/1.1 100 Continue\r\nX-Early: 1\r\n\r\n"
         "HTTP/1.1 202 Accepted\r\nX-Final: 1\r\nContent-Length: 0\r\n\r\n");
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   UpstreamResult r = exchange(up, {"POST", "/", {}, "x"});
   ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
   EXPECT_EQ(r.answer.status, 202);
@@ -262,18 +262,18 @@ TEST_P(UpstreamTest, InformationalResponseIsSkipped) {
 TEST_P(UpstreamTest, UrlPathPrefixJoined) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(200); });
   for (std::string prefix : {"/base", "/base/", "/base//"}) {
-    Upstream up(base_.get(), config(server.url() + prefix), 4, GetParam());
+    PooledUpstream up(base_.get(), config(server.url() + prefix), 4, GetParam());
     UpstreamResult r = exchange(up, get("/v1/pay?x=1"));
     ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
     EXPECT_EQ(server.received().back().target, "/base/v1/pay?x=1") << prefix;
   }
-  Upstream bare(base_.get(), config(server.url() + "/"), 4, GetParam());
+  PooledUpstream bare(base_.get(), config(server.url() + "/"), 4, GetParam());
   exchange(bare, get("/v1/../x"));
   EXPECT_EQ(server.received().back().target, "/v1/../x");  // path kept as given
 }
 
 TEST_P(UpstreamTest, ConnectionRefusedIsBeforeSend) {
-  Upstream up(base_.get(), config("http://127.0.0.1:" + std::to_string(testing::closedPort())), 4,
+  PooledUpstream up(base_.get(), config("http://127.0.0.1:" + std::to_string(testing::closedPort())), 4,
               GetParam());
   UpstreamResult r = exchange(up, {"POST", "/pay", {}, "x"});
   EXPECT_EQ(r.failure, UpstreamFailure::BeforeSend) << r.detail;
@@ -284,7 +284,7 @@ TEST_P(UpstreamTest, ConnectTimeoutIsBeforeSend) {
   FullBacklogListener listener;
   UpstreamConfig c = config("http://127.0.0.1:" + std::to_string(listener.port()));
   c.connect_timeout = 200ms;
-  Upstream up(base_.get(), c, 4, GetParam());
+  PooledUpstream up(base_.get(), c, 4, GetParam());
   UpstreamResult r = exchange(up, {"POST", "/pay", {}, "x"});
   EXPECT_EQ(r.failure, UpstreamFailure::BeforeSend) << r.detail;
   EXPECT_GE(r.latency, 150ms);
@@ -293,7 +293,7 @@ TEST_P(UpstreamTest, ConnectTimeoutIsBeforeSend) {
 
 TEST_P(UpstreamTest, TlsHandshakeFailureIsBeforeSend) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(200); });
-  Upstream up(base_.get(), config("https://127.0.0.1:" + std::to_string(server.port())), 4,
+  PooledUpstream up(base_.get(), config("https://127.0.0.1:" + std::to_string(server.port())), 4,
               GetParam());
   UpstreamResult r = exchange(up, {"POST", "/pay", {}, "x"});
   EXPECT_EQ(r.failure, UpstreamFailure::BeforeSend) << r.detail;
@@ -304,7 +304,7 @@ TEST_P(UpstreamTest, HangIsTimeout) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::hang(); });
   UpstreamConfig c = config(server.url());
   c.timeout = 300ms;
-  Upstream up(base_.get(), c, 4, GetParam());
+  PooledUpstream up(base_.get(), c, 4, GetParam());
   UpstreamResult r = exchange(up, {"POST", "/pay", {}, "x"});
   EXPECT_EQ(r.failure, UpstreamFailure::Timeout) << r.detail;
   EXPECT_GE(r.latency, 250ms);
@@ -313,7 +313,7 @@ TEST_P(UpstreamTest, HangIsTimeout) {
 
 TEST_P(UpstreamTest, ResetAfterRequestIsAfterSend) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::reset(); });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   UpstreamResult r = exchange(up, {"POST", "/pay", {}, "x"});
   EXPECT_EQ(r.failure, UpstreamFailure::AfterSend) << r.detail;
   EXPECT_EQ(server.requests(), 1);
@@ -321,7 +321,7 @@ TEST_P(UpstreamTest, ResetAfterRequestIsAfterSend) {
 
 TEST_P(UpstreamTest, CloseWithoutAnswerIsAfterSend) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::close(); });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   UpstreamResult r = exchange(up, {"POST", "/pay", {}, "x"});
   EXPECT_EQ(r.failure, UpstreamFailure::AfterSend) << r.detail;
   EXPECT_EQ(server.requests(), 1);
@@ -335,7 +335,7 @@ TEST_P(UpstreamTest, MalformedRepliesAreAfterSend) {
       reply.closeAfter = true;
       return reply;
     });
-    Upstream up(base_.get(), config(server.url()), 4, GetParam());
+    PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
     UpstreamResult r = exchange(up, {"POST", "/pay", {}, "x"});
     EXPECT_EQ(r.failure, UpstreamFailure::AfterSend) << raw << " → " << r.detail;
     EXPECT_EQ(server.requests(), 1);
@@ -344,7 +344,7 @@ TEST_P(UpstreamTest, MalformedRepliesAreAfterSend) {
 
 TEST_P(UpstreamTest, InvalidRequestFailsBeforeSendWithoutContactingUpstream) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(200); });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   UpstreamResult r1 = exchange(up, {"POST", "/", {{"X-Evil", "a\r\nX-Injected: 1"}}, ""});
   EXPECT_EQ(r1.failure, UpstreamFailure::BeforeSend);
   UpstreamResult r2 = exchange(up, {"GET / HTTP/1.1\r\n", "/", {}, ""});
@@ -356,7 +356,7 @@ TEST_P(UpstreamTest, InvalidRequestFailsBeforeSendWithoutContactingUpstream) {
 
 TEST_P(UpstreamTest, KeepAliveReusesOneConnection) {
   TestHttpServer server([](const ReceivedRequest& r) { return Reply::respond(200, {}, r.target); });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   for (int i = 0; i < 20; ++i) {
     UpstreamResult r = exchange(up, {"POST", "/n/" + std::to_string(i), {}, "b"});
     ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
@@ -372,7 +372,7 @@ TEST_P(UpstreamTest, ConnectionLimitQueuesExcessRequests) {
     reply.delay = 30ms;
     return reply;
   });
-  Upstream up(base_.get(), config(server.url()), 2, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 2, GetParam());
   int done = 0;
   for (int i = 0; i < 10; ++i) {
     up.send({"POST", "/", {}, "x"}, [&](UpstreamResult r) {
@@ -390,7 +390,7 @@ TEST_P(UpstreamTest, ConnectionLimitQueuesExcessRequests) {
 
 TEST_P(UpstreamTest, ManyConcurrentRequestsAllComplete) {
   TestHttpServer server([](const ReceivedRequest& r) { return Reply::respond(200, {}, r.body); });
-  Upstream up(base_.get(), config(server.url()), 8, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 8, GetParam());
   constexpr int kCount = 200;
   int done = 0;
   int mismatched = 0;
@@ -409,7 +409,7 @@ TEST_P(UpstreamTest, ManyConcurrentRequestsAllComplete) {
 
 TEST_P(UpstreamTest, DoneNeverRunsInsideSend) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(200); });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   bool inSend = false;
   int calls = 0;
   auto done = [&](UpstreamResult) {
@@ -429,7 +429,7 @@ TEST_P(UpstreamTest, CallbackMaySendAgainAndDestroyTheUpstream) {
   TestHttpServer server([](const ReceivedRequest& r) {
     return r.target == "/never" ? Reply::hang() : Reply::respond(200);
   });
-  auto up = std::make_unique<Upstream>(base_.get(), config(server.url()), 4, GetParam());
+  auto up = std::make_unique<PooledUpstream>(base_.get(), config(server.url()), 4, GetParam());
   int second = 0;
   bool third = false;
   up->send(get("/1"), [&](UpstreamResult) {
@@ -449,7 +449,7 @@ TEST_P(UpstreamTest, DestructorAbandonsInFlightExchangesSilently) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::hang(); });
   bool called = false;
   {
-    Upstream up(base_.get(), config(server.url()), 4, GetParam());
+    PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
     up.send({"POST", "/pay", {}, "x"}, [&](UpstreamResult) { called = true; });
     up.send({"POST", "/pay", {}, "y"}, [&](UpstreamResult) { called = true; });
     ASSERT_TRUE(runUntil([&] { return server.requests() == 2; }));
@@ -469,7 +469,7 @@ TEST_P(UpstreamTest, IdleConnectionClosedByUpstreamIsReplacedSafely) {
     reply.closeAfter = true;
     return reply;
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   ASSERT_EQ(exchange(up, {"POST", "/", {}, "1"}).failure, UpstreamFailure::None);
   ASSERT_TRUE(server.waitClosedConnections(1, 5s));
   // curl notices the dead pooled connection before using it: a fresh one, sent once.
@@ -485,7 +485,7 @@ TEST_P(UpstreamTest, RequestOnReusedConnectionThatDiesIsNotResent) {
   TestHttpServer server([](const ReceivedRequest& r) {
     return r.indexOnConnection == 0 ? Reply::respond(200, {}, "ok") : Reply::close();
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   ASSERT_EQ(exchange(up, {"POST", "/", {}, "1"}).failure, UpstreamFailure::None);
   UpstreamResult r = exchange(up, {"POST", "/pay", {}, "2"});
   EXPECT_EQ(r.failure, UpstreamFailure::AfterSend) << r.detail;
@@ -499,7 +499,7 @@ TEST_P(UpstreamTest, LatencyCoversTheUpstreamDelay) {
     reply.delay = 50ms;
     return reply;
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   UpstreamResult r = exchange(up, get("/"));
   ASSERT_EQ(r.failure, UpstreamFailure::None);
   EXPECT_GE(r.latency, 50ms);
@@ -509,7 +509,7 @@ TEST_P(UpstreamTest, QueuedExchangeThatTimesOutIsBeforeSend) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::hang(); });
   UpstreamConfig c = config(server.url());
   c.timeout = 300ms;
-  Upstream up(base_.get(), c, 1, GetParam());
+  PooledUpstream up(base_.get(), c, 1, GetParam());
   std::optional<UpstreamResult> first, second;
   up.send({"POST", "/1", {}, "x"}, [&](UpstreamResult r) { first = std::move(r); });
   up.send({"POST", "/2", {}, "y"}, [&](UpstreamResult r) { second = std::move(r); });
@@ -529,7 +529,7 @@ TEST_P(UpstreamTest, QueuedExchangeThatTimesOutIsBeforeSend) {
 
 TEST_P(UpstreamTest, IdleConnectionPastMaxAgeIsNotReused) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(200, {}, "ok"); });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   ASSERT_EQ(exchange(up, get("/")).failure, UpstreamFailure::None);
   ASSERT_EQ(exchange(up, get("/")).failure, UpstreamFailure::None);
   EXPECT_EQ(server.connections(), 1);
@@ -548,7 +548,7 @@ TEST_P(UpstreamTest, ConnectionCloseFromUpstreamIsHonoured) {
     reply.closeAfter = true;
     return reply;
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   for (int i = 0; i < 3; ++i) {
     UpstreamResult r = exchange(up, {"POST", "/", {}, "x"});
     ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
@@ -573,7 +573,7 @@ TEST_P(UpstreamTest, BodyReadUntilCloseAndNoBodyStatuses) {
     }
     return Reply::bytes("HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n");
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   UpstreamResult r = exchange(up, get("/close"));
   ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
   EXPECT_EQ(r.answer.body, "until close");
@@ -597,15 +597,15 @@ TEST_P(UpstreamTest, OversizedResponseHeaderIsAfterSend) {
     reply.closeAfter = true;
     return reply;
   });
-  Upstream up(base_.get(), config(server.url()), 4, GetParam());
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
   UpstreamResult r = exchange(up, {"POST", "/", {}, "x"});
   EXPECT_EQ(r.failure, UpstreamFailure::AfterSend) << r.detail;
 }
 
 TEST_P(UpstreamTest, HostNameUrlUsesCurl) {
-  Upstream up(base_.get(), config("http://localhost:1"), 4, GetParam());
+  PooledUpstream up(base_.get(), config("http://localhost:1"), 4, GetParam());
   EXPECT_STREQ(up.backendName(), "curl");
-  Upstream v6(base_.get(), config("http://[::1]:1/p"), 4, GetParam());
+  PooledUpstream v6(base_.get(), config("http://[::1]:1/p"), 4, GetParam());
   EXPECT_STREQ(v6.backendName(), GetParam() == UpstreamBackend::Curl ? "curl" : "http1");
 }
 

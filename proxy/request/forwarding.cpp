@@ -1,0 +1,62 @@
+#include "request/forwarding.h"
+
+#include "upstream/upstream.h"
+
+namespace idem {
+
+RequestTarget splitTarget(std::string_view target) {
+  RequestTarget t;
+  if (!target.starts_with('/')) {
+    // absolute-form: scheme "://" authority, then the path (RFC 9112 §3.2.2).
+    const size_t scheme = target.find("://");
+    if (scheme == std::string_view::npos || scheme == 0) return t;
+    const size_t start = target.find_first_of("/?", scheme + 3);
+    target = start == std::string_view::npos ? std::string_view("/") : target.substr(start);
+    if (target.starts_with('?')) {
+      t.ok = true;
+      t.path = "/";
+      t.query.assign(target.substr(1));
+      return t;
+    }
+  }
+  const size_t q = target.find('?');
+  t.path.assign(target.substr(0, q));
+  if (q != std::string_view::npos) t.query.assign(target.substr(q + 1));
+  t.ok = true;
+  return t;
+}
+
+Headers forwardedFields(FunctionRef<void(FieldVisitor)> forEachField, std::string_view peer) {
+  Headers endToEnd;
+  forEachField([&](std::string_view name, std::string_view value) {
+    endToEnd.push_back({std::string(name), std::string(value)});
+  });
+  removeHopByHopFields(endToEnd);
+  Headers out;
+  out.reserve(endToEnd.size() + 3);
+  std::string forwardedFor;
+  std::string host;
+  bool hasProto = false;  // set by a proxy in front of us (e.g. a TLS terminator): kept
+  bool hasHost = false;
+  for (auto& h : endToEnd) {
+    if (iequals(h.name, "Content-Length") || iequals(h.name, "Expect")) continue;
+    if (iequals(h.name, "X-Forwarded-Proto")) hasProto = true;
+    if (iequals(h.name, "X-Forwarded-Host")) hasHost = true;
+    if (iequals(h.name, "X-Forwarded-For")) {
+      forwardedFor += forwardedFor.empty() ? h.value : ", " + h.value;
+      continue;
+    }
+    if (iequals(h.name, "Host")) host = h.value;
+    out.push_back(std::move(h));
+  }
+  if (!peer.empty()) {
+    if (!forwardedFor.empty()) forwardedFor += ", ";
+    forwardedFor += peer;
+  }
+  if (!forwardedFor.empty()) out.push_back({"X-Forwarded-For", std::move(forwardedFor)});
+  if (!hasProto) out.push_back({"X-Forwarded-Proto", "http"});
+  if (!hasHost && !host.empty()) out.push_back({"X-Forwarded-Host", std::move(host)});
+  return out;
+}
+
+}  // namespace idem

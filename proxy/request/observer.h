@@ -1,0 +1,46 @@
+#pragma once
+// The telemetry seam: the request core reports what happened; the wiring (metrics, logs)
+// listens. Neither side knows the other.
+#include <chrono>
+#include <string_view>
+
+namespace idem {
+
+// What happened to a request, for metrics (SPEC §7 outcome label).
+enum class Outcome {
+  Forwarded,
+  Replayed,
+  Conflict,
+  Mismatch,
+  Invalid,
+  Passthrough,
+  Released,
+  Error
+};
+const char* toString(Outcome o);
+
+struct RequestReport {
+  std::string_view route;  // "" when no route matched
+  std::string_view method;
+  std::string_view path;
+  int status = 0;
+  Outcome outcome = Outcome::Error;
+  double duration_ms = 0;
+  // The raw key ("" when none): an observer that logs it must hash it (keyHashForLog), so
+  // the hash is only computed when a log line is actually written.
+  std::string_view key;
+  std::string_view detail;  // short reason for errors, never a body or secret
+};
+
+// Telemetry seam: the server reports, the wiring (metrics, logs) listens. Called on worker
+// threads; implementations must be thread-safe and cheap.
+class ProxyObserver {
+ public:
+  virtual ~ProxyObserver() = default;
+  virtual void requestDone(const RequestReport& report) = 0;
+  virtual void upstreamDone(std::string_view upstream, std::chrono::microseconds latency,
+                            bool failed) = 0;
+  virtual void event(std::string_view name, std::string_view route, std::string_view detail) = 0;
+};
+
+}  // namespace idem
