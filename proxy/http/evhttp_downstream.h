@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "http/problem.h"
+#include "request/problem.h"
 #include "request/downstream.h"
 
 namespace idem {

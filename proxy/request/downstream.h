@@ -28,7 +28,8 @@ class Downstream {
   // Framing is the sink's own: it writes Content-Length from the body (a HEAD answer keeps the
   // Content-Length field it is given instead and sends no body), a Date field when none is
   // given, and `Connection: close` (then closes after the write) when `close` is set or the
-  // server decides so itself. A client that is gone by now makes these calls no-ops.
+  // server decides so itself. A client that is gone by now makes these calls no-ops. The core
+  // answers every request it is given, so a Downstream is never destroyed unanswered.
   virtual void beginReply(int status) = 0;
   virtual void addField(std::string_view name, std::string_view value) = 0;
   virtual void endReply(std::string_view body, bool close) = 0;

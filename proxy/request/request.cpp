@@ -42,7 +42,14 @@ bool named(const std::vector<std::string>& names, std::string_view name) {
 
 void ProxyRequest::start(RequestLoop& loop, std::unique_ptr<Downstream> client) {
   auto r = std::make_shared<ProxyRequest>(loop, std::move(client));
-  r->run();
+  try {
+    r->run();
+  } catch (const std::exception& e) {
+    // Whatever state it was in, the request is answered (500) and freed once its pending
+    // operations let go of it; a reservation it holds is left to its lease.
+    r->shared_.observer().event("request-failed", r->route_ ? r->route_->name : "", e.what());
+    r->respondProblem(Problem::Internal, "the proxy failed to handle the request", Outcome::Error);
+  }
 }
 
 ProxyRequest::ProxyRequest(RequestLoop& loop, std::unique_ptr<Downstream> client)
@@ -56,6 +63,15 @@ ProxyRequest::ProxyRequest(RequestLoop& loop, std::unique_ptr<Downstream> client
 
 ProxyRequest::~ProxyRequest() {
   if (own_reservation_) ownerDone();
+  if (state_ != RequestState::Responded) {
+    // Only an exception in a completion gets here (it dropped the last reference): the client
+    // still gets an answer and its connection moves on.
+    HttpAnswer a = problemAnswer(Problem::Internal, "the proxy failed to handle the request");
+    client_->beginReply(a.status);
+    for (const Header& h : a.headers) client_->addField(h.name, h.value);
+    client_->endReply(a.body, true);
+    report(a.status, Outcome::Error, problemSlug(Problem::Internal));
+  }
   shared_.active.fetch_sub(1, std::memory_order_relaxed);
 }
 

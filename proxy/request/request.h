@@ -13,9 +13,9 @@
 #include "base/c_handles.h"
 #include "base/http_types.h"
 #include "config/config.h"
-#include "http/problem.h"
 #include "request/context.h"
 #include "request/downstream.h"
+#include "request/problem.h"
 #include "store/store.h"
 #include "upstream/upstream.h"
 

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "base/c_handles.h"
-#include "http/problem.h"
+#include "request/problem.h"
 
 namespace idem {
 namespace {

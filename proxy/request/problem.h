@@ -21,6 +21,7 @@ enum class Problem {
   StoreUnavailable,       // 503 store-unavailable
   UpstreamTimeout,        // 504 upstream-timeout
   BadRequest,             // 400 bad-request (malformed request the HTTP layer accepted)
+  Internal,               // 500 internal-error (a broken invariant caught; logged)
 };
 
 int problemStatus(Problem p);

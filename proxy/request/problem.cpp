@@ -1,4 +1,4 @@
-#include "http/problem.h"
+#include "request/problem.h"
 
 #include "base/c_handles.h"
 
@@ -40,8 +40,10 @@ ProblemInfo info(Problem p) {
       return {504, "upstream-timeout", "The upstream did not answer in time"};
     case Problem::BadRequest:
       return {400, "bad-request", "The request is malformed"};
+    case Problem::Internal:
+      break;
   }
-  return {500, "internal", "Internal error"};
+  return {500, "internal-error", "The proxy failed to handle the request"};
 }
 
 }  // namespace
