@@ -192,7 +192,7 @@ def wait_port(port, proc, timeout=10.0):
 
 def http_post(port, path, key=None, body=None):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
     if key is not None:
         headers["Idempotency-Key"] = key
     c.request("POST", path, body=body if body is not None else BODY, headers=headers)

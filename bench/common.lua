@@ -11,7 +11,7 @@ M.body = '{"amount":2599,"currency":"EUR","customer":"cus_9s6XKzkNRiz8i3",'
 -- Formats one request with a placeholder key and splits it around the placeholder, so a
 -- per-request key costs two string concatenations instead of a wrk.format call.
 function M.split_request(path, with_key)
-  local headers = { ["Content-Type"] = "application/json" }
+  local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer bench" }
   if with_key then headers["Idempotency-Key"] = "@@KEY@@" end
   local req = wrk.format("POST", path, headers, M.body)
   if not with_key then return req end

@@ -51,7 +51,7 @@ Digest Sha256::finish() {
 }
 
 Digest recordId(std::string_view route, const std::vector<std::string>& scope,
-                  std::string_view key) {
+                std::string_view key) {
   Sha256 h;
   h.field("idemproxy-record-v1").field(route);
   h.field(std::to_string(scope.size()));

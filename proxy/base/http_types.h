@@ -23,6 +23,9 @@ struct HttpAnswer {
   bool operator==(const HttpAnswer&) const = default;
 };
 
+// An RFC 9110 §5.6.2 token (field names, methods): one or more tchar.
+bool isHttpToken(std::string_view s);
+
 // ASCII case-insensitive comparison for header names.
 bool iequals(std::string_view a, std::string_view b);
 

@@ -6,14 +6,14 @@
 #include <cstdio>
 #include <memory>
 
-#include "ops/admin.h"
-#include "cli/cli.h"
-#include "ops/lifecycle.h"
 #include "base/log.h"
-#include "ops/metrics.h"
+#include "cli/cli.h"
 #include "http/server.h"
-#include "store/lmdb/lmdb_store.h"
+#include "ops/admin.h"
+#include "ops/lifecycle.h"
+#include "ops/metrics.h"
 #include "ops/telemetry.h"
+#include "store/lmdb/lmdb_store.h"
 #include "upstream/upstream.h"
 #include "version.h"
 
@@ -118,6 +118,7 @@ class Daemon {
     log::info("started", {{"version", IDEMPROXY_VERSION},
                           {"listen", config_->server.listen.text},
                           {"port", proxy_->port()},
+                          {"admin_port", static_cast<uint64_t>(admin_ ? admin_->port() : 0)},
                           {"workers", static_cast<uint64_t>(proxy_->workerCount())},
                           {"store", config_->store.path}});
     notifier_.status("serving on " + config_->server.listen.text);

@@ -5,8 +5,8 @@
 #include <ctime>
 
 #include "base/c_handles.h"
-#include "cli/cli.h"
 #include "base/digest.h"
+#include "cli/cli.h"
 #include "request/idempotency.h"
 #include "store/lmdb/lmdb_store.h"
 

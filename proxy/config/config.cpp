@@ -84,6 +84,7 @@ struct RouteMarks {
   std::optional<YAML::Mark> idempotency;
   std::optional<YAML::Mark> lease;
   std::optional<YAML::Mark> ttl;
+  std::optional<YAML::Mark> scope;
 };
 
 struct StringItem {
@@ -150,6 +151,7 @@ class Parser {
   std::map<std::string, UpstreamMarks> upstreamMarks_;
   std::vector<RouteMarks> routeMarks_;  // parallel to Config::routes
   std::optional<YAML::Mark> serverListenMark_;
+  std::optional<YAML::Mark> drainTimeoutMark_;
   std::optional<YAML::Mark> adminListenMark_;
   std::optional<YAML::Mark> routesMark_;
   bool routesListEmpty_ = false;
@@ -333,7 +335,11 @@ void Parser::parseServer(const Field& f, ServerConfig& out) {
            {"workers", [&](const Field& k) { readUnsigned(k, out.workers, 0, 256); }},
            {"max_request_body", [&](const Field& k) { readSize(k, out.max_request_body); }},
            {"client_timeout", [&](const Field& k) { readDuration(k, out.client_timeout, false); }},
-           {"drain_timeout", [&](const Field& k) { readDuration(k, out.drain_timeout, true); }},
+           {"drain_timeout",
+            [&](const Field& k) {
+              drainTimeoutMark_ = k.key.Mark();
+              readDuration(k, out.drain_timeout, true);
+            }},
        });
 }
 
@@ -584,7 +590,12 @@ void Parser::parseIdempotency(const Field& f, IdempotencyConfig& out, RouteMarks
               readDuration(k, out.ttl, false);
               marks.ttl = k.mark();
             }},
-           {"scope", [&](const Field& k) { readHeaderList(k, out.scope); }},
+           {"scope",
+            [&](const Field& k) {
+              readHeaderList(k, out.scope);
+              marks.scope = k.key.Mark();
+            }},
+           {"shared_scope", [&](const Field& k) { readBool(k, out.shared_scope); }},
            {"fingerprint",
             [&](const Field& k) {
               auto items = readStringList(k);
@@ -705,6 +716,12 @@ void Parser::crossCheck(Config& config, const YAML::Node& root) {
     }
     if (!route.idempotency) continue;
     const IdempotencyConfig& idem = *route.idempotency;
+    if (idem.scope.empty() && !idem.shared_scope && marks.scope) {
+      error(*marks.scope, label +
+                              ": scope [] makes every client one tenant; say so with "
+                              "shared_scope: true, or name the header that identifies a "
+                              "client (e.g. Authorization, X-Api-Key)");
+    }
     const UpstreamMarks& upMarks = upstreamMarks_[route.upstream];
     if (upstream->second.timeout >= idem.lease) {
       // A lease that ends while the upstream may still answer lets another request take the key
@@ -732,6 +749,23 @@ void Parser::crossCheck(Config& config, const YAML::Node& root) {
     }
   }
 
+  // SIGTERM waits drain_timeout for in-flight exchanges: it must outlast the slowest one, or a
+  // stop cuts a payment that is still running (and its outcome is never recorded).
+  Millis slowest{0};
+  std::string slowestName;
+  for (const auto& [name, up] : config.upstreams) {
+    if (up.timeout > slowest) {
+      slowest = up.timeout;
+      slowestName = name;
+    }
+  }
+  if (!slowestName.empty() && config.server.drain_timeout < slowest + kDrainMargin) {
+    const YAML::Mark at = drainTimeoutMark_ ? *drainTimeoutMark_ : upstreamMarks_[slowestName].key;
+    error(at, "server.drain_timeout " + formatDuration(config.server.drain_timeout) +
+                  " must be at least the timeout " + formatDuration(slowest) + " of upstream '" +
+                  slowestName + "' plus " + formatDuration(kDrainMargin) +
+                  ", so that a stop lets every exchange finish and be recorded");
+  }
   if (config.admin && adminListenMark_ && config.admin->listen.port != 0 &&
       config.admin->listen.port == config.server.listen.port &&
       config.admin->listen.host == config.server.listen.host) {

@@ -20,12 +20,17 @@ struct ListenAddress {
   std::string text;   // as written, e.g. "[::1]:8080"
 };
 
+// How much longer than the slowest upstream exchange a drain must last (its record included).
+inline constexpr Millis kDrainMargin{5'000};
+
 struct ServerConfig {
   ListenAddress listen{"127.0.0.1", 8080, "127.0.0.1:8080"};
   unsigned workers = 0;                    // 0 = one per CPU
   uint64_t max_request_body = 1ull << 20;  // 1MiB
   Millis client_timeout{30'000};
-  Millis drain_timeout{30'000};  // SIGTERM: how long in-flight exchanges may take to finish
+  // SIGTERM: how long in-flight exchanges may take to finish; at least the largest upstream
+  // timeout + kDrainMargin.
+  Millis drain_timeout{40'000};
 };
 
 struct AdminConfig {
@@ -60,6 +65,9 @@ struct IdempotencyConfig {
   bool required = true;
   Millis ttl{24ll * 3600 * 1000};
   std::vector<std::string> scope{"Authorization"};
+  // true: requests without any scope header share one key space (an API with no per-client
+  // credential); false: they are refused with 400 idempotency-scope-missing.
+  bool shared_scope = false;
   std::vector<FingerprintPart> fingerprint{FingerprintPart::Method, FingerprintPart::Path,
                                            FingerprintPart::Query, FingerprintPart::Body};
   ConcurrentMode concurrent = ConcurrentMode::Wait;

@@ -9,6 +9,7 @@
 #include <system_error>
 #include <utility>
 
+#include "base/http_types.h"
 #include "config/config.h"
 
 namespace idem {
@@ -27,16 +28,10 @@ bool isAlpha(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
-// RFC 9110 §5.6.2 tchar.
-bool isTchar(char c) {
-  return isDigit(c) || isAlpha(c) ||
-         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
-
 }  // namespace
 
 bool isToken(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), isTchar);
+  return isHttpToken(s);
 }
 
 // Printable ASCII without space: what names of routes and upstreams may contain.

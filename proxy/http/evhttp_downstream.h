@@ -4,8 +4,8 @@
 
 #include <string>
 
-#include "request/problem.h"
 #include "request/downstream.h"
+#include "request/problem.h"
 
 namespace idem {
 

@@ -30,7 +30,7 @@ class Proxy {
   Proxy& operator=(const Proxy&) = delete;
 
   // Binds the listener and starts the workers. False with `error` set on failure.
-  bool start(std::string& error);
+  [[nodiscard]] bool start(std::string& error);
   uint16_t port() const { return port_; }
 
   // Swap in a new snapshot; requests already running keep the one they started with.
@@ -75,6 +75,7 @@ class Proxy {
 };
 
 // Opens a listening TCP socket (non-blocking, SO_REUSEADDR) on `addr`. Returns -1 with `error`.
-int openListener(const ListenAddress& addr, std::string& error, uint16_t* boundPort = nullptr);
+[[nodiscard]] int openListener(const ListenAddress& addr, std::string& error,
+                               uint16_t* boundPort = nullptr);
 
 }  // namespace idem

@@ -29,7 +29,7 @@ class Worker final : public RequestLoop {
   Worker& operator=(const Worker&) = delete;
 
   // Creates the loop and the HTTP server on `listenFd` (shared, not owned).
-  bool init(int listenFd, std::string& error);
+  [[nodiscard]] bool init(int listenFd, std::string& error);
   void startThread();
   void join();
 

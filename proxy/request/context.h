@@ -38,6 +38,9 @@ class RequestShared {
   // Whether `owner` was issued by this process (so its waiters can park here).
   bool ownsToken(std::string_view owner) const;
 
+  // A waiter ticket unique in this process: a waiter cancels its own entry and no other.
+  uint64_t newWaitTicket() { return wait_seq_.fetch_add(1, std::memory_order_relaxed) + 1; }
+
   // Draining: answers carry Connection: close so keep-alive clients move on.
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
   void setDraining() { draining_.store(true, std::memory_order_relaxed); }
@@ -54,6 +57,7 @@ class RequestShared {
   WaiterRegistry waiters_;
   std::string owner_prefix_;
   std::atomic<uint64_t> owner_seq_{0};
+  std::atomic<uint64_t> wait_seq_{0};
   std::atomic<bool> draining_{false};
 };
 

@@ -59,4 +59,11 @@ Headers forwardedFields(FunctionRef<void(FieldVisitor)> forEachField, std::strin
   return out;
 }
 
+bool sanitizeUpstreamAnswer(HttpAnswer& answer) {
+  std::erase_if(answer.headers, [](const Header& h) {
+    return !isHttpToken(h.name) || iequals(h.name, "Idempotent-Replayed");
+  });
+  return answer.status >= 100 && answer.status <= 599;
+}
+
 }  // namespace idem

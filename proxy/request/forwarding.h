@@ -25,4 +25,10 @@ RequestTarget splitTarget(std::string_view target);
 // Host) added unless a proxy in front of this one set them.
 Headers forwardedFields(FunctionRef<void(FieldVisitor)> forEachField, std::string_view peer);
 
+// An upstream answer made fit to pass on and record. False when it must be treated as a
+// malformed answer (a status outside 100–599). Drops fields whose name is not an HTTP token
+// (strict clients would refuse every replay of them) and any Idempotent-Replayed field (only a
+// replay by this proxy carries one; the first client must not think it got a replay).
+[[nodiscard]] bool sanitizeUpstreamAnswer(HttpAnswer& answer);
+
 }  // namespace idem

@@ -80,11 +80,33 @@ std::vector<std::string> scopeValuesOf(const IdempotencyConfig& cfg,
     bool first = true;
     forEachHeader([&](std::string_view hname, std::string_view hvalue) {
       if (!iequals(hname, name)) return;
+      // Optional whitespace around a value is not part of it (RFC 9110 §5.5): a client that
+      // sends "Bearer T" once with a tab before it is the same tenant.
+      while (!hvalue.empty() && (hvalue.front() == ' ' || hvalue.front() == '\t')) {
+        hvalue.remove_prefix(1);
+      }
+      while (!hvalue.empty() && (hvalue.back() == ' ' || hvalue.back() == '\t')) {
+        hvalue.remove_suffix(1);
+      }
+      if (hvalue.empty()) return;
       if (!first) v += ", ";
       v += hvalue;
       first = false;
     });
     out.push_back(std::move(v));
+  }
+  return out;
+}
+
+bool scopeMissing(const std::vector<std::string>& values) {
+  return std::all_of(values.begin(), values.end(), [](const std::string& v) { return v.empty(); });
+}
+
+std::vector<std::string> scopeDigests(const std::vector<std::string>& values) {
+  std::vector<std::string> out;
+  out.reserve(values.size());
+  for (const auto& v : values) {
+    out.push_back(v.empty() ? std::string() : "sha256:" + toHex(Sha256().raw(v).finish()));
   }
   return out;
 }
@@ -114,7 +136,52 @@ void sortObjectKeys(cJSON* node) {
 
 }  // namespace
 
+namespace {
+
+// Whether cJSON (numbers as doubles, strings as C strings) would read `text` losing what tells
+// two requests apart: a number with more than 15 significant digits or an exponent (2^53 + 1
+// would compare equal to 2^53), or a string with an escaped NUL (cut there). Such a body is
+// compared by its bytes instead.
+bool cJsonWouldLoseSomething(std::string_view text) {
+  bool inString = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (inString) {
+      if (c == '\\') {
+        if (text.substr(i + 1, 5) == "u0000") return true;
+        ++i;
+      } else if (c == '"') {
+        inString = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      inString = true;
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+      int significant = 0;
+      bool leading = true;
+      for (; i < text.size(); ++i) {
+        const char d = text[i];
+        if (d >= '0' && d <= '9') {
+          if (d != '0') leading = false;
+          if (!leading) ++significant;
+        } else if (d == 'e' || d == 'E') {
+          return true;
+        } else if (d != '-' && d != '.' && d != '+') {
+          break;
+        }
+      }
+      if (significant > 15) return true;
+      --i;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 bool canonicalJson(std::string_view text, std::string& out) {
+  if (cJsonWouldLoseSomething(text)) return false;
   const char* end = nullptr;
   CJsonPtr root(cJSON_ParseWithLengthOpts(text.data(), text.size(), &end, false));
   if (!root) return false;

@@ -21,18 +21,25 @@ struct ParsedKey {
 };
 
 // `values` are every value of the key header in the request (the header may repeat).
-ParsedKey parseIdempotencyKey(const std::vector<std::string_view>& values);
+[[nodiscard]] ParsedKey parseIdempotencyKey(const std::vector<std::string_view>& values);
 // The same without a vector: `count` values of which `first` is the first (ignored when 0).
-ParsedKey parseIdempotencyKey(std::string_view first, size_t count);
+[[nodiscard]] ParsedKey parseIdempotencyKey(std::string_view first, size_t count);
 
-// The values of the route's scope headers, in the configured order ("" when absent; repeated
-// fields joined with ", ").
+// The values of the route's scope headers, in the configured order: surrounding spaces and
+// tabs trimmed, "" when absent or empty, repeated fields joined with ", ".
 std::vector<std::string> scopeValues(const IdempotencyConfig& cfg, const Headers& headers);
 // The same over any header source: forEachHeader(fn) calls fn(name, value) for every field of
 // the request, in order.
 using HeaderVisitor = FunctionRef<void(std::string_view name, std::string_view value)>;
 std::vector<std::string> scopeValuesOf(const IdempotencyConfig& cfg,
                                        FunctionRef<void(HeaderVisitor)> forEachHeader);
+
+// True when none of the route's scope headers carried a value: such a request cannot be told
+// apart from another tenant's (400 idempotency-scope-missing unless shared_scope).
+bool scopeMissing(const std::vector<std::string>& values);
+// What a record keeps of its scope values: "sha256:<hex>" of each ("" stays ""), never the
+// credential itself.
+std::vector<std::string> scopeDigests(const std::vector<std::string>& values);
 
 struct RequestParts {
   std::string_view method;
@@ -45,6 +52,6 @@ Fingerprint requestFingerprint(const IdempotencyConfig& cfg, const RequestParts&
 
 // JSON with object keys sorted and insignificant whitespace dropped; false when `text` is not
 // JSON (the caller then falls back to the bytes).
-bool canonicalJson(std::string_view text, std::string& out);
+[[nodiscard]] bool canonicalJson(std::string_view text, std::string& out);
 
 }  // namespace idem

@@ -17,6 +17,9 @@ ProblemInfo info(Problem p) {
       return {400, "idempotency-key-missing", "Idempotency-Key header is required"};
     case Problem::KeyInvalid:
       return {400, "idempotency-key-invalid", "Idempotency-Key header is invalid"};
+    case Problem::ScopeMissing:
+      return {400, "idempotency-scope-missing",
+              "The request carries none of the route's scope headers"};
     case Problem::NoRoute:
       return {404, "no-route", "No route matches this request"};
     case Problem::KeyInUse:

@@ -10,6 +10,7 @@ namespace idem {
 enum class Problem {
   KeyMissing,             // 400 idempotency-key-missing
   KeyInvalid,             // 400 idempotency-key-invalid
+  ScopeMissing,           // 400 idempotency-scope-missing
   NoRoute,                // 404 no-route
   KeyInUse,               // 409 idempotency-key-in-use
   RequestTooLarge,        // 413 request-too-large

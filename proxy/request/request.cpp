@@ -33,6 +33,12 @@ namespace {
 
 using Steady = std::chrono::steady_clock;
 
+std::string joinNames(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out.empty() ? "(no headers)" : out;
+}
+
 bool named(const std::vector<std::string>& names, std::string_view name) {
   return std::any_of(names.begin(), names.end(),
                      [&](const std::string& n) { return iequals(n, name); });
@@ -173,6 +179,13 @@ void ProxyRequest::beginIdempotent() {
   }
   key_ = std::move(parsed.key);
   scope_ = scopeValues();  // computed once: the identity here, the record on reserve
+  if (!ic.shared_scope && scopeMissing(scope_)) {
+    respondProblem(Problem::ScopeMissing,
+                   "this route keeps one key space per client, told apart by " +
+                       joinNames(ic.scope) + "; the request carries none of them",
+                   Outcome::Invalid);
+    return;
+  }
   id_ = recordId(route_->name, scope_, key_);
   fingerprint_ = requestFingerprint(ic, {method_, match_path_, query_, body_});
 
@@ -215,7 +228,7 @@ void ProxyRequest::reserve() {
   rr.fingerprint = fingerprint_;
   rr.route = route_->name;
   rr.key = key_;
-  rr.scope = scope_;
+  rr.scope = scopeDigests(scope_);
   owner_ = shared_.newOwnerToken();
   rr.owner = owner_;
   rr.ttl_ms = ic.ttl.count();
@@ -250,6 +263,7 @@ void ProxyRequest::onReserved(ReserveResult r) {
   switch (r.status) {
     case ReserveStatus::Won:
       own_reservation_ = true;
+      lease_until_ms_ = r.record.lease_until_ms;
       forward();
       return;
     case ReserveStatus::Completed:
@@ -293,7 +307,7 @@ void ProxyRequest::waitForOwner(const Record& inFlight) {
     onWaitTimeout();
     return;
   }
-  const uint64_t ticket = ++wait_ticket_;
+  const uint64_t ticket = wait_ticket_ = shared_.newWaitTicket();
   // Called on the owner's thread; the reference moves into the posted task so that the last
   // reference to this request is always dropped on its own worker.
   auto wake = [w = &loop_, self = shared_from_this(), ticket]() mutable {
@@ -401,6 +415,10 @@ HttpAnswer ProxyRequest::forRecording(const HttpAnswer& a) const {
 
 void ProxyRequest::onUpstream(UpstreamResult r) {
   shared_.upstream_in_flight.fetch_sub(1, std::memory_order_relaxed);
+  if (r.failure == UpstreamFailure::None && !sanitizeUpstreamAnswer(r.answer)) {
+    r.failure = UpstreamFailure::AfterSend;  // sent; what came back is not an HTTP answer
+    r.detail = "the upstream answered with status " + std::to_string(r.answer.status);
+  }
   shared_.observer().upstreamDone(route_->upstream, r.latency, r.failure != UpstreamFailure::None);
   if (!own_reservation_) {  // pass-through
     switch (r.failure) {
@@ -462,42 +480,90 @@ void ProxyRequest::onUpstream(UpstreamResult r) {
 void ProxyRequest::recordOutcome(HttpAnswer clientAnswer, HttpAnswer recorded, uint32_t flags,
                                  Outcome outcome) {
   setState(RequestState::Recording);
+  pending_answer_ = std::move(clientAnswer);
+  pending_outcome_ = outcome;
+  record_flags_ = flags;
+  if (flags & kFlagProxyError) recorded_problem_ = recorded;  // small: a problem document
+  writeRecord(std::move(recorded));
+}
+
+HttpAnswer ProxyRequest::recordedAnswer() const {
+  return (record_flags_ & kFlagProxyError) ? recorded_problem_ : forRecording(pending_answer_);
+}
+
+void ProxyRequest::writeRecord(HttpAnswer recorded) {
   RecordRequest rq;
   rq.id = id_;
   rq.owner = owner_;
   rq.answer = std::move(recorded);
-  rq.flags = flags;
+  rq.flags = record_flags_;
   RequestLoop* w = &loop_;
-  shared_.store().record(std::move(rq), [self = shared_from_this(), w,
-                                         clientAnswer = std::move(clientAnswer),
-                                         outcome](RecordResult res) mutable {
-    w->post([self = std::move(self), clientAnswer = std::move(clientAnswer), outcome,
-             res = std::move(res)]() mutable {
-      if (res.error != StoreError::None) {
-        // The upstream acted; the client learns what happened even though the store
-        // failed. The reservation stays in flight and turns into outcome-unknown later.
-        self->shared_.observer().event("record-failed", self->route_->name, toString(res.error));
-        self->respond(clientAnswer, false, outcome);
-      } else if (res.status == RecordStatus::AlreadyFinal) {
-        self->shared_.observer().event(
-            "late-owner", self->route_->name,
-            "status " + std::to_string(clientAnswer.status) +
-                " not recorded: the key was taken over or another outcome stands");
-        if (res.record.state == RecordState::Completed &&
-            res.record.fingerprint == self->fingerprint_) {
-          self->replay(res.record);  // one answer per key: the one that stands
-        } else {
-          // Taken over under `abandoned: retry` and still in flight (or expired and reused
-          // by another request): no outcome of this request stands, so this client gets
-          // what its own exchange produced.
-          self->respond(clientAnswer, false, outcome);
-        }
-      } else {
-        self->respond(clientAnswer, false, outcome);
-      }
-      self->ownerDone();
+  shared_.store().record(std::move(rq), [self = shared_from_this(), w](RecordResult res) mutable {
+    w->post([self = std::move(self), res = std::move(res)]() mutable {
+      self->onRecorded(std::move(res));
     });
   });
+}
+
+void ProxyRequest::onRecorded(RecordResult res) {
+  if (res.error != StoreError::None) {
+    shared_.observer().event("record-failed", route_->name, toString(res.error));
+    // No answer leaves without its record: a client that saw an answer must find it on retry.
+    if (res.error == StoreError::Full && !(record_flags_ & kFlagNotReplayable)) {
+      // The answer does not fit: keep what fits in the store's headroom (status only, replayed
+      // as response-not-replayable) so that the key is settled and never forwarded again.
+      record_flags_ |= kFlagProxyError | kFlagNotReplayable;
+      recorded_problem_ = problemAnswer(Problem::ResponseNotReplayable,
+                                        "the original response did not fit in the store; it was "
+                                        "delivered once and is not executed again");
+      writeRecord(recordedAnswer());
+      return;
+    }
+    const int64_t now = shared_.clock().wallMs();
+    if (now + record_retry_.count() + kRecordRetryMargin.count() < lease_until_ms_) {
+      // A failing store may come back while the lease lasts: try again, backing off.
+      if (!record_timer_) {
+        record_timer_.reset(evtimer_new(
+            loop_.base(),
+            [](evutil_socket_t, short, void* arg) {
+              auto* r = static_cast<ProxyRequest*>(arg);
+              auto self = std::move(r->keepalive_);
+              r->writeRecord(r->recordedAnswer());
+            },
+            this));
+      }
+      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(record_retry_).count();
+      timeval tv{static_cast<time_t>(us / 1'000'000), static_cast<suseconds_t>(us % 1'000'000)};
+      evtimer_add(record_timer_.get(), &tv);
+      record_retry_ = std::min(record_retry_ * 2, std::chrono::milliseconds(1'000));
+      keepalive_ = shared_from_this();
+      return;
+    }
+    // The lease is running out: the client is told the store failed, not what the upstream
+    // said (which nobody could replay). The key stays in flight and becomes outcome-unknown.
+    respondProblem(Problem::StoreUnavailable,
+                   "the answer could not be recorded; the request may have taken effect and is "
+                   "not sent again under this key",
+                   Outcome::Error);
+    ownerDone();
+    return;
+  }
+  if (res.status == RecordStatus::AlreadyFinal) {
+    shared_.observer().event("late-owner", route_->name,
+                             "status " + std::to_string(pending_answer_.status) +
+                                 " not recorded: the key was taken over or another outcome stands");
+    if (res.record.state == RecordState::Completed && res.record.fingerprint == fingerprint_) {
+      replay(res.record);  // one answer per key: the one that stands
+    } else {
+      // Taken over under `abandoned: retry` and still in flight (or expired and reused by
+      // another request): no outcome of this request stands, so this client gets what its own
+      // exchange produced.
+      respond(pending_answer_, false, pending_outcome_);
+    }
+  } else {
+    respond(pending_answer_, false, pending_outcome_);
+  }
+  ownerDone();
 }
 
 void ProxyRequest::release(HttpAnswer clientAnswer, Outcome outcome, std::string_view detail) {

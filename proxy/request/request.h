@@ -63,6 +63,10 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   void forward();
   void onUpstream(UpstreamResult result);
   void recordOutcome(HttpAnswer clientAnswer, HttpAnswer recorded, uint32_t flags, Outcome outcome);
+  void writeRecord(HttpAnswer recorded);
+  void onRecorded(RecordResult result);
+  // What is recorded for pending_answer_ under record_flags_.
+  HttpAnswer recordedAnswer() const;
   void release(HttpAnswer clientAnswer, Outcome outcome, std::string_view detail);
   void ownerDone();
 
@@ -100,6 +104,17 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   std::string owner_;  // our reservation token once we won
   bool own_reservation_ = false;
   std::shared_ptr<Upstream> upstream_;
+  int64_t lease_until_ms_ = 0;  // our reservation's lease (store clock)
+
+  // Recording: the answer the client gets once its record is durable.
+  HttpAnswer pending_answer_;
+  Outcome pending_outcome_ = Outcome::Forwarded;
+  uint32_t record_flags_ = kFlagNone;
+  HttpAnswer recorded_problem_;  // what is recorded when record_flags_ has kFlagProxyError
+  std::chrono::milliseconds record_retry_{50};
+  EventPtr record_timer_;
+  // A failing record is retried while the lease lasts, stopping this long before it ends.
+  static constexpr std::chrono::milliseconds kRecordRetryMargin{1'000};
 
   // Waiting.
   uint64_t wait_ticket_ = 0;

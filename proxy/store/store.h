@@ -126,10 +126,10 @@ class Store {
 };
 
 // Synchronous helpers over the asynchronous interface, for the CLI and tests.
-ReserveResult reserveSync(Store& store, ReserveRequest req);
-RecordResult recordSync(Store& store, RecordRequest req);
-WriteResult releaseSync(Store& store, const RecordId& id, std::string owner);
-WriteResult forgetSync(Store& store, const RecordId& id);
-WriteResult sweepSync(Store& store, size_t limit);
+[[nodiscard]] ReserveResult reserveSync(Store& store, ReserveRequest req);
+[[nodiscard]] RecordResult recordSync(Store& store, RecordRequest req);
+[[nodiscard]] WriteResult releaseSync(Store& store, const RecordId& id, std::string owner);
+[[nodiscard]] WriteResult forgetSync(Store& store, const RecordId& id);
+[[nodiscard]] WriteResult sweepSync(Store& store, size_t limit);
 
 }  // namespace idem

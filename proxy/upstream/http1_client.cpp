@@ -795,8 +795,9 @@ void Http1Backend::onTimeout(evutil_socket_t, short, void* arg) noexcept {
 
 }  // namespace
 
-std::unique_ptr<PooledUpstream::Impl> makeHttp1Backend(event_base* base, const UpstreamConfig& config,
-                                                 unsigned connectionLimit) {
+std::unique_ptr<PooledUpstream::Impl> makeHttp1Backend(event_base* base,
+                                                       const UpstreamConfig& config,
+                                                       unsigned connectionLimit) {
   Target target;
   if (!parseTarget(config.url, target)) return nullptr;
   return std::make_unique<Http1Backend>(base, config, connectionLimit, std::move(target));

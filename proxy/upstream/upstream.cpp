@@ -607,8 +607,8 @@ int CurlBackend::onPrereq(void* userp, char*, char*, int, int) {
 
 }  // namespace
 
-PooledUpstream::PooledUpstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
-                               UpstreamBackend backend) {
+PooledUpstream::PooledUpstream(event_base* base, const UpstreamConfig& config,
+                               unsigned connectionLimit, UpstreamBackend backend) {
   if (backend == UpstreamBackend::Auto) {
     impl_ = makeHttp1Backend(base, config, connectionLimit);
   }

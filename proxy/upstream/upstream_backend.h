@@ -73,8 +73,9 @@ inline std::chrono::microseconds since(SteadyClock::time_point start) {
 
 // The HTTP/1.1 backend for `config.url`, or nullptr when it does not apply (not http://, or
 // the host is not an IP literal: names are resolved by curl, off the loop).
-std::unique_ptr<PooledUpstream::Impl> makeHttp1Backend(event_base* base, const UpstreamConfig& config,
-                                                 unsigned connectionLimit);
+std::unique_ptr<PooledUpstream::Impl> makeHttp1Backend(event_base* base,
+                                                       const UpstreamConfig& config,
+                                                       unsigned connectionLimit);
 
 }  // namespace upstream_detail
 }  // namespace idem

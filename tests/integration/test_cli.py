@@ -22,7 +22,7 @@ class CliTest(unittest.TestCase):
         return path
 
     def valid_config(self):
-        return to_yaml(make_config(harness.free_port(), os.path.join(self.tmp, "store"),
+        return to_yaml(make_config(0, os.path.join(self.tmp, "store"),
                                    "http://127.0.0.1:9")) + "\n"
 
     def test_version(self):

@@ -250,6 +250,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(404); self.send_header("Content-Length", "0"); self.end_headers()
     def log_message(self, *a): pass
 srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+sys.stderr.write('{"event":"started","port":%d,"admin_port":0}\n' % srv.server_address[1])
+sys.stderr.flush()
 signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=srv.shutdown).start())
 srv.serve_forever(0.05)
 sys.exit(0)

@@ -97,9 +97,8 @@ class NotifyTest(ProxyTestCase):
 @requires_proxy
 class MetricsTest(ProxyTestCase):
     def test_metrics_count_a_forward_and_its_replay(self):
-        admin = free_port()
-        proxy = self.start_proxy(admin_port=admin)
-        self.assertTrue(harness.wait_for_port(admin, time.monotonic() + 10))
+        proxy = self.start_proxy(admin_port=0)
+        admin = proxy.admin_port
         types, before = parse_prometheus(request(admin, "GET", "/metrics").body.decode())
         self.assertEqual(types.get("idemproxy_requests_total"), "counter")
         self.assertEqual(value(before, "idemproxy_requests_total", route="payments",
@@ -137,10 +136,9 @@ class MetricsTest(ProxyTestCase):
         self.assertEqual(value(s, "idemproxy_waiters"), 0)
 
     def test_background_sweep_deletes_expired_records(self):
-        admin = free_port()
-        proxy = self.start_proxy(admin_port=admin, payments={"ttl": "1s", "lease": "900ms"},
+        proxy = self.start_proxy(admin_port=0, payments={"ttl": "1s", "lease": "900ms"},
                                  upstream={"timeout": "500ms"}, store={"sweep_interval": "200ms"})
-        self.assertTrue(harness.wait_for_port(admin, time.monotonic() + 10))
+        admin = proxy.admin_port
 
         def records():
             _, s = parse_prometheus(request(admin, "GET", "/metrics").body.decode())
@@ -153,9 +151,8 @@ class MetricsTest(ProxyTestCase):
                         "expired records were not swept")
 
     def test_readyz_and_healthz(self):
-        admin = free_port()
-        self.start_proxy(admin_port=admin)
-        self.assertTrue(harness.wait_for_port(admin, time.monotonic() + 10))
+        proxy = self.start_proxy(admin_port=0)
+        admin = proxy.admin_port
         self.assertEqual(request(admin, "GET", "/healthz").status, 200)
         self.assertEqual(request(admin, "GET", "/readyz").status, 200)
         self.assertEqual(request(admin, "GET", "/nope").status, 404)

@@ -62,7 +62,8 @@ constexpr unsigned kMaxReaders = 512;      // reader slots in the lock file (all
 constexpr size_t kMaxPooledReadTxns = 64;  // idle read transactions kept for reuse
 constexpr int kResizeAttempts = 4;
 constexpr uint64_t kMinHeadroomPages = 16;
-constexpr uint64_t kMaxHeadroomPages = 4096;  // 16 MiB with 4 KiB pages
+constexpr size_t kCompactOutcomeMaxBytes = 2048;  // an encoded compact outcome record
+constexpr uint64_t kMaxHeadroomPages = 4096;      // 16 MiB with 4 KiB pages
 
 MDB_val mdbVal(const void* p, size_t n) {
   return MDB_val{n, const_cast<void*>(p)};
@@ -228,7 +229,8 @@ struct LmdbStore::Impl {
   MDB_dbi records = 0;
   MDB_dbi expiry = 0;
   size_t page_size = 4096;
-  int64_t grow_budget = 0;  // writer thread only: bytes growing writes may still take
+  int64_t grow_budget = 0;     // writer thread only: bytes growing writes may still take
+  int64_t headroom_bytes = 0;  // writer thread only: the headroom, for compact outcomes
 
   std::shared_mutex map_mu;  // shared: a transaction is active; exclusive: resizing the map
 
@@ -281,6 +283,7 @@ int LmdbStore::Impl::measureFreePages(MDB_txn* txn) {
   grow_budget = (static_cast<int64_t>(map_pages) - static_cast<int64_t>(in_use) -
                  static_cast<int64_t>(headroom)) *
                 static_cast<int64_t>(page_size);
+  headroom_bytes = static_cast<int64_t>(headroom * page_size);
   return MDB_SUCCESS;
 }
 
@@ -293,7 +296,14 @@ int LmdbStore::Impl::put(MDB_txn* txn, const RecordId& id, const Record& rec, co
   const int64_t need = static_cast<int64_t>(
       (value > page_size / 2 ? (value + page_size - 1) / page_size * page_size : value) +
       sizeof(RecordId) + sizeof(ExpiryKey) + 32);
-  if (need > grow_budget) return MDB_MAP_FULL;
+  // A compact outcome (not replayable, small) settles a key that is already reserved: it may use
+  // the headroom, so that a reservation the store admitted can always get its outcome recorded
+  // and the client its answer (the request core falls back to one when a full answer does not
+  // fit).
+  const bool compactOutcome = rec.state == RecordState::Completed &&
+                              (rec.flags & kFlagNotReplayable) != 0 &&
+                              bytes.size() <= kCompactOutcomeMaxBytes;
+  if (need > grow_budget + (compactOutcome ? headroom_bytes : 0)) return MDB_MAP_FULL;
   int rc;
   if (old != nullptr && old->expires_at_ms != rec.expires_at_ms) {
     ExpiryKey ok = expiryKey(old->expires_at_ms, id);

@@ -21,8 +21,8 @@ struct LmdbOptions {
 
 class LmdbStore;
 // Opens (creating if needed) the environment. On failure returns nullptr and sets `error`.
-std::unique_ptr<LmdbStore> openLmdbStore(const LmdbOptions& options, const Clock& clock,
-                                         std::string& error);
+[[nodiscard]] std::unique_ptr<LmdbStore> openLmdbStore(const LmdbOptions& options,
+                                                       const Clock& clock, std::string& error);
 
 // Declared here so tests and main can hold the concrete type; defined in lmdb_store.cpp.
 class LmdbStore : public Store {

@@ -139,7 +139,7 @@ TEST(Config, MinimalFileTakesEveryDefault) {
   EXPECT_EQ(c.server.workers, 0u);
   EXPECT_EQ(c.server.max_request_body, 1u << 20);
   EXPECT_EQ(c.server.client_timeout, 30s);
-  EXPECT_EQ(c.server.drain_timeout, 30s);
+  EXPECT_EQ(c.server.drain_timeout, 40s);
   EXPECT_FALSE(c.admin.has_value());
   EXPECT_EQ(c.store.backend, "lmdb");
   EXPECT_EQ(c.store.path, "/var/lib/idemproxy");
@@ -196,7 +196,7 @@ TEST(Config, EveryKeyIsRead) {
   workers: 4
   max_request_body: 2MiB
   client_timeout: 5s
-  drain_timeout: 0s
+  drain_timeout: 20s
 admin:
   listen: 127.0.0.1:0
 store:
@@ -239,7 +239,7 @@ log:
   EXPECT_EQ(c.server.workers, 4u);
   EXPECT_EQ(c.server.max_request_body, 2u << 20);
   EXPECT_EQ(c.server.client_timeout, 5s);
-  EXPECT_EQ(c.server.drain_timeout, 0s);
+  EXPECT_EQ(c.server.drain_timeout, 20s);
   ASSERT_TRUE(c.admin);
   EXPECT_EQ(c.admin->listen.port, 0);
   EXPECT_EQ(c.store.path, "/tmp/idem");
@@ -577,7 +577,8 @@ TEST(ConfigErrors, UpstreamTlsCaFileMustBeReadable) {
 
 TEST(ConfigErrors, UpstreamTimeoutMustBeShorterThanLease) {
   // An explicit lease: the error is at the lease and names the upstream timeout's line.
-  expectOneError(R"(upstreams:
+  expectOneError(R"(server: {drain_timeout: 10m}
+upstreams:
   api:
     url: http://x
     timeout: 45s
@@ -588,11 +589,12 @@ routes:
     idempotency:
       lease: 45s
 )",
-                 10, 14,
-                 "route 'pay': lease 45s must be longer than the timeout 45s (line 4) of its "
+                 11, 14,
+                 "route 'pay': lease 45s must be longer than the timeout 45s (line 5) of its "
                  "upstream 'api'");
   // The default lease (60s): the error is at the upstream timeout and names the route.
-  expectOneError(R"(upstreams:
+  expectOneError(R"(server: {drain_timeout: 10m}
+upstreams:
   api:
     url: http://x
     timeout: 2m
@@ -602,16 +604,30 @@ routes:
     upstream: api
     idempotency: {}
 )",
-                 4, 14,
+                 5, 14,
                  "upstream 'api': timeout 2m must be shorter than the lease 1m (the default) of "
-                 "route 'pay' (line 6), which uses it");
+                 "route 'pay' (line 7), which uses it");
   // A default timeout (30s) against a short explicit lease.
   expectOneError(std::string(kMinimal) + "    idempotency:\n      lease: 10s\n", 9, 14,
                  "lease 10s must be longer than the timeout 30s (the default)");
   // A long timeout does not matter to a pass-through route.
-  EXPECT_TRUE(parse("upstreams:\n  api: {url: 'http://x', timeout: 10m}\nroutes:\n"
+  EXPECT_TRUE(parse("server: {drain_timeout: 11m}\n"
+                    "upstreams:\n  api: {url: 'http://x', timeout: 10m}\nroutes:\n"
                     "  - {name: a, path: /, upstream: api}\n")
                   .ok());
+}
+
+TEST(ConfigErrors, DrainTimeoutMustOutlastTheSlowestUpstream) {
+  // The defaults agree: 40s drain, 30s upstream timeout.
+  EXPECT_TRUE(parse(kMinimal).ok());
+  // An explicit drain too short for the default timeout: the error is at the drain.
+  expectOneError("server:\n  drain_timeout: 30s\n" + std::string(kMinimal), 2, 3,
+                 "server.drain_timeout 30s must be at least the timeout 30s of upstream");
+  // A long upstream timeout against the default drain: the error is at that upstream.
+  expectOneError(
+      "upstreams:\n  slow: {url: 'http://x', timeout: 50s}\nroutes:\n"
+      "  - {name: a, path: /, upstream: slow}\n",
+      2, 3, "server.drain_timeout 40s must be at least the timeout 50s of upstream 'slow' plus 5s");
 }
 
 TEST(ConfigErrors, TtlMustOutliveTheLease) {

@@ -14,8 +14,8 @@
 #include <mutex>
 #include <thread>
 
-#include "store/lmdb/lmdb_store.h"
 #include "http/worker.h"
+#include "store/lmdb/lmdb_store.h"
 
 namespace idem {
 namespace {

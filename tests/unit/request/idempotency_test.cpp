@@ -121,6 +121,23 @@ TEST(CanonicalJson, SortsNestedKeysAndRejectsTrailingGarbage) {
   EXPECT_FALSE(canonicalJson("", out));
 }
 
+TEST(Fingerprint, BodyJsonNeverConfusesValuesADoubleCannotTellApart) {
+  IdempotencyConfig ic;
+  ic.fingerprint = {FingerprintPart::BodyJson};
+  auto fp = [&](std::string_view body) { return requestFingerprint(ic, {"POST", "/", "", body}); };
+  // 2^53 + 1 and 2^53 are one double.
+  EXPECT_NE(fp(R"({"amount": 9007199254740993})"), fp(R"({"amount": 9007199254740992})"));
+  EXPECT_NE(fp(R"({"amount": 1e400})"), fp(R"({"amount": 1e401})"));
+  // A C string ends at the NUL.
+  EXPECT_NE(fp(R"({"ref": "abc\u0000tail1"})"), fp(R"({"ref": "abc\u0000tail2"})"));
+  // Ordinary numbers still compare canonically.
+  EXPECT_EQ(fp(R"({"a": 2599, "b": -0.25})"), fp(R"({"b":-0.25,"a":2599})"));
+  std::string out;
+  EXPECT_FALSE(canonicalJson(R"({"amount": 12345678901234567})", out));
+  EXPECT_TRUE(canonicalJson(R"({"amount": 123456789012345})", out));
+  EXPECT_TRUE(canonicalJson(R"({"s": "1e5 and 12345678901234567 in a string"})", out));
+}
+
 TEST(Problem, BodyIsRfc9457) {
   HttpAnswer a = problemAnswer(Problem::KeyMismatch, "detail text");
   EXPECT_EQ(a.status, 422);

@@ -194,15 +194,16 @@ class RequestCoreTest : public ::testing::Test {
  protected:
   void SetUp() override { build(IdempotencyConfig{}); }
   void TearDown() override {
-    // Requests still held by pending completions die here, before the fakes they point to.
-    reply_.reset();
+    // Requests still held by pending completions die here, before the fakes they point to;
+    // their last-resort 500s go nowhere.
+    FakeClient::gone = true;
     store_.reserves.clear();
     store_.records.clear();
     store_.releases.clear();
     upstream_->sent.clear();
     shared_->waiters().clear();
     loop_->drain();
-    reply_.reset();
+    FakeClient::gone = false;
   }
 
   void build(IdempotencyConfig ic) {
@@ -228,8 +229,10 @@ class RequestCoreTest : public ::testing::Test {
   }
 
   void start(std::string method = "POST", std::string target = "/v1/payments",
-             std::string key = "k1", std::string body = R"({"amount":1})") {
-    Headers h{{"Host", "api.test"}, {"Authorization", "Bearer A"}};
+             std::string key = "k1", std::string body = R"({"amount":1})",
+             std::string authorization = "Bearer A") {
+    Headers h{{"Host", "api.test"}};
+    if (!authorization.empty()) h.push_back({"Authorization", authorization});
     if (!key.empty()) h.push_back({"Idempotency-Key", key});
     ProxyRequest::start(*loop_, std::make_unique<FakeClient>(method, target, std::move(h),
                                                              std::move(body), &reply_));
@@ -304,7 +307,10 @@ TEST_F(RequestCoreTest, WinnerForwardsRecordsThenAnswers) {
   start();
   ASSERT_EQ(store_.reserves.size(), 1u);
   EXPECT_EQ(store_.reserves[0].first.key, "k1");
-  EXPECT_EQ(store_.reserves[0].first.scope, std::vector<std::string>{"Bearer A"});
+  // The record keeps a digest of the credential, never the credential.
+  ASSERT_EQ(store_.reserves[0].first.scope.size(), 1u);
+  EXPECT_EQ(store_.reserves[0].first.scope[0].rfind("sha256:", 0), 0u);
+  EXPECT_EQ(store_.reserves[0].first.scope[0].find("Bearer"), std::string::npos);
   completeReserve(ReserveStatus::Won);
   ASSERT_EQ(upstream_->sent.size(), 1u);
   EXPECT_EQ(upstream_->sent[0].first.path_and_query, "/v1/payments");
@@ -434,14 +440,53 @@ TEST_F(RequestCoreTest, SentWithoutAnAnswerRecords504) {
   EXPECT_TRUE(store_.records[0].first.flags & kFlagProxyError);
 }
 
-TEST_F(RequestCoreTest, RecordFailingIsLoggedAndTheClientAnswered) {
+TEST_F(RequestCoreTest, AnAnswerThatDoesNotFitIsRecordedCompactBeforeTheClientSeesIt) {
   start();
-  completeReserve(ReserveStatus::Won);
-  completeUpstream(answer(201, "paid"));
+  completeReserve(ReserveStatus::Won, inFlight("me"));
+  completeUpstream(answer(201, std::string(4096, 'x')));
   store_.records[0].second({StoreError::Full, RecordStatus::Recorded, {}});
+  store_.records.pop_front();
   loop_->drain();
   EXPECT_TRUE(observer_.saw("record-failed"));
+  EXPECT_FALSE(reply_) << "no answer leaves without its record";
+  ASSERT_EQ(store_.records.size(), 1u);
+  const RecordRequest& compact = store_.records[0].first;
+  EXPECT_EQ(compact.answer.status, 502);
+  EXPECT_NE(compact.answer.body.find("response-not-replayable"), std::string::npos);
+  EXPECT_TRUE(compact.flags & kFlagNotReplayable);
+  EXPECT_LT(compact.answer.body.size(), 1024u);
+  store_.records[0].second({StoreError::None, RecordStatus::Recorded, {}});
+  loop_->drain();
   ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 201);
+  EXPECT_EQ(reply_->body.size(), 4096u);
+}
+
+TEST_F(RequestCoreTest, AFailingRecordIsRetriedWhileTheLeaseLastsThen503) {
+  start();
+  completeReserve(ReserveStatus::Won, inFlight("me"));  // lease: 5 s from now
+  completeUpstream(answer(201, "paid"));
+  // The store fails; it is retried (a timer, backing off) and succeeds the second time.
+  store_.records[0].second({StoreError::Io, RecordStatus::Recorded, {}});
+  store_.records.pop_front();
+  loop_->drain();
+  EXPECT_FALSE(reply_);
+  ASSERT_TRUE(loop_->runUntil([&] { return !store_.records.empty(); }));
+  EXPECT_EQ(store_.records[0].first.answer.body, "paid");
+  store_.records[0].second({StoreError::Io, RecordStatus::Recorded, {}});
+  store_.records.pop_front();
+  loop_->drain();
+  EXPECT_FALSE(reply_);
+  // Time passes to near the end of the lease: the next failure is the last.
+  clock_.advance(std::chrono::milliseconds(4'500));
+  ASSERT_TRUE(loop_->runUntil([&] { return !store_.records.empty(); }));
+  store_.records[0].second({StoreError::Io, RecordStatus::Recorded, {}});
+  store_.records.pop_front();
+  loop_->drain();
+  ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 503);
+  EXPECT_NE(reply_->body.find("store-unavailable"), std::string::npos);
+  EXPECT_EQ(reply_->body.find("paid"), std::string::npos);
 }
 
 TEST_F(RequestCoreTest, StoreFailingOnReserveIs503AndNothingForwarded) {
@@ -523,6 +568,102 @@ TEST_F(RequestCoreTest, DrainingAnswersCarryClose) {
   start();
   ASSERT_TRUE(reply_);
   EXPECT_TRUE(reply_->close);
+}
+
+TEST_F(RequestCoreTest, NoScopeHeaderIsRefusedUnlessTheRouteSharesOneKeySpace) {
+  start("POST", "/v1/payments", "k1", "{}", "");
+  ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 400);
+  EXPECT_NE(reply_->body.find("idempotency-scope-missing"), std::string::npos);
+  reply_.reset();
+  start("POST", "/v1/payments", "k1", "{}", " \t ");  // only whitespace: no credential
+  ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 400);
+  EXPECT_TRUE(store_.reserves.empty());
+
+  IdempotencyConfig ic;
+  ic.shared_scope = true;
+  build(ic);
+  reply_.reset();
+  start("POST", "/v1/payments", "k1", "{}", "");
+  EXPECT_FALSE(reply_);
+  EXPECT_EQ(store_.reserves.size(), 1u);
+}
+
+TEST_F(RequestCoreTest, ScopeValuesAreComparedWithoutSurroundingWhitespace) {
+  start("POST", "/v1/payments", "k1", "{}", "Bearer T");
+  start("POST", "/v1/payments", "k1", "{}", "\tBearer T ");
+  ASSERT_EQ(store_.reserves.size(), 2u);
+  EXPECT_EQ(store_.reserves[0].first.id, store_.reserves[1].first.id);
+  start("POST", "/v1/payments", "k1", "{}", "Bearer U");
+  EXPECT_NE(store_.reserves[0].first.id, store_.reserves[2].first.id);
+}
+
+TEST_F(RequestCoreTest, UpstreamReplayMarkerAndBadFieldNamesAreNotPassedOn) {
+  start();
+  completeReserve(ReserveStatus::Won);
+  UpstreamResult r = answer(201, "paid");
+  r.answer.headers.push_back({"Idempotent-Replayed", "true"});
+  r.answer.headers.push_back({"X Bad Name", "v"});
+  completeUpstream(r);
+  ASSERT_EQ(store_.records.size(), 1u);
+  for (const auto& h : store_.records[0].first.answer.headers) {
+    EXPECT_FALSE(iequals(h.name, "Idempotent-Replayed"));
+    EXPECT_NE(h.name, "X Bad Name");
+  }
+  store_.records[0].second({StoreError::None, RecordStatus::Recorded, {}});
+  loop_->drain();
+  ASSERT_TRUE(reply_);
+  EXPECT_FALSE(reply_->has("Idempotent-Replayed"));
+  EXPECT_FALSE(reply_->has("X Bad Name"));
+}
+
+TEST_F(RequestCoreTest, StatusBeyond599IsAMalformedAnswerRecordedAs502) {
+  start();
+  completeReserve(ReserveStatus::Won);
+  completeUpstream(answer(600, "??"));
+  ASSERT_EQ(store_.records.size(), 1u);
+  EXPECT_EQ(store_.records[0].first.answer.status, 502);
+  EXPECT_NE(store_.records[0].first.answer.body.find("upstream-failed"), std::string::npos);
+}
+
+TEST_F(RequestCoreTest, WaiterTicketsAreUniqueAcrossRequests) {
+  // Two waiters on one key, on two loops: the one that parked second times out first, and its
+  // cancel must remove its own entry, not the other waiter's.
+  const std::string owner = shared_->newOwnerToken();
+  store_.stored = inFlight(owner);
+  auto withWait = [&](Millis wait) {
+    auto c = std::make_shared<Config>(*config_);
+    c->routes[0].idempotency->wait_timeout = wait;
+    return c;
+  };
+  TestLoop patientLoop(withWait(Millis(5'000)), *shared_, upstream_);
+  TestLoop hastyLoop(withWait(Millis(20)), *shared_, upstream_);
+  std::optional<FakeClient::Reply> patient, hasty;
+  const Headers h{{"Authorization", "Bearer A"}, {"Idempotency-Key", "k1"}};
+  ProxyRequest::start(patientLoop, std::make_unique<FakeClient>("POST", "/v1/payments", h,
+                                                                R"({"amount":1})", &patient));
+  ProxyRequest::start(hastyLoop, std::make_unique<FakeClient>("POST", "/v1/payments", h,
+                                                              R"({"amount":1})", &hasty));
+  const RecordId id = store_.reserves[0].first.id;
+  shared_->waiters().ownerStarted(id);
+  ASSERT_EQ(store_.reserves.size(), 2u);
+  for (TestLoop* l : {&patientLoop, &hastyLoop}) {  // parked in this order
+    auto [req, done] = std::move(store_.reserves.front());
+    store_.reserves.pop_front();
+    done({StoreError::None, ReserveStatus::InFlight, *store_.stored});
+    l->drain();
+  }
+  ASSERT_EQ(shared_->waiters().parked(), 2u);
+  ASSERT_TRUE(hastyLoop.runUntil([&] { return hasty.has_value(); }));
+  EXPECT_EQ(hasty->status, 409);
+  EXPECT_EQ(shared_->waiters().parked(), 1u);
+  // The owner finishes: the patient waiter is woken at once (no timer needed).
+  store_.stored = completed({201, {}, "paid"});
+  shared_->waiters().ownerFinished(id);
+  patientLoop.drain();
+  ASSERT_TRUE(patient.has_value()) << "the patient waiter's entry was cancelled by the other";
+  EXPECT_EQ(patient->status, 201);
 }
 
 }  // namespace

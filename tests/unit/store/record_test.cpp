@@ -91,7 +91,7 @@ TEST(Record, TrailingGarbageIsAnError) {
 
 TEST(Record, UnknownVersionIsAnError) {
   std::string bytes = encodeRecord(sampleRecord());
-  for (uint8_t v : {0, 2, 255}) {
+  for (int v : {0, 2, 255}) {
     bytes[0] = static_cast<char>(v);
     Record out;
     EXPECT_EQ(decodeRecord(bytes, out), DecodeError::UnknownVersion);
@@ -101,7 +101,7 @@ TEST(Record, UnknownVersionIsAnError) {
 TEST(Record, BadStateFlagsOrStatusIsAnError) {
   const std::string good = encodeRecord(sampleRecord());
   Record out;
-  for (uint8_t state : {0, 3, 200}) {
+  for (int state : {0, 3, 200}) {
     std::string bytes = good;
     bytes[1] = static_cast<char>(state);
     EXPECT_EQ(decodeRecord(bytes, out), DecodeError::BadValue);

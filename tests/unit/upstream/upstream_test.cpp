@@ -273,8 +273,9 @@ TEST_P(UpstreamTest, UrlPathPrefixJoined) {
 }
 
 TEST_P(UpstreamTest, ConnectionRefusedIsBeforeSend) {
-  PooledUpstream up(base_.get(), config("http://127.0.0.1:" + std::to_string(testing::closedPort())), 4,
-              GetParam());
+  PooledUpstream up(base_.get(),
+                    config("http://127.0.0.1:" + std::to_string(testing::closedPort())), 4,
+                    GetParam());
   UpstreamResult r = exchange(up, {"POST", "/pay", {}, "x"});
   EXPECT_EQ(r.failure, UpstreamFailure::BeforeSend) << r.detail;
   EXPECT_FALSE(r.detail.empty());
@@ -294,7 +295,7 @@ TEST_P(UpstreamTest, ConnectTimeoutIsBeforeSend) {
 TEST_P(UpstreamTest, TlsHandshakeFailureIsBeforeSend) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(200); });
   PooledUpstream up(base_.get(), config("https://127.0.0.1:" + std::to_string(server.port())), 4,
-              GetParam());
+                    GetParam());
   UpstreamResult r = exchange(up, {"POST", "/pay", {}, "x"});
   EXPECT_EQ(r.failure, UpstreamFailure::BeforeSend) << r.detail;
   EXPECT_EQ(server.requests(), 0);
@@ -611,8 +612,8 @@ TEST_P(UpstreamTest, HostNameUrlUsesCurl) {
 
 INSTANTIATE_TEST_SUITE_P(Backends, UpstreamTest,
                          ::testing::Values(UpstreamBackend::Auto, UpstreamBackend::Curl),
-                         [](const ::testing::TestParamInfo<UpstreamBackend>& info) {
-                           return info.param == UpstreamBackend::Curl ? "Curl" : "Http1";
+                         [](const ::testing::TestParamInfo<UpstreamBackend>& p) {
+                           return p.param == UpstreamBackend::Curl ? "Curl" : "Http1";
                          });
 
 TEST(HopByHop, NamesAreCaseInsensitive) {

@@ -1,0 +1,149 @@
+"""Hardening found by the security review, against the real binary: tenant isolation by
+default, upstream answers passed on as they came, a drain that outlasts every exchange."""
+import json
+import os
+import unittest
+
+from harness import ProxyTestCase, requires_proxy, run_cli, to_yaml
+
+
+@requires_proxy
+class TenantIsolationTest(ProxyTestCase):
+    def test_request_without_any_scope_header_is_refused(self):
+        proxy = self.start_proxy()
+        k = self.new_key()
+        r = self.post(proxy, key=k, auth=False)
+        self.assertProblem(r, 400, "idempotency-scope-missing")
+        # An empty or blank credential is no credential.
+        self.assertProblem(self.post(proxy, key=k, auth=" "), 400, "idempotency-scope-missing")
+        self.assertCount(0)
+        # Tenant A's request with the same key is its own.
+        self.assertEqual(self.post(proxy, key=k).status, 201)
+        self.assertCount(1)
+
+    def test_shared_scope_lets_requests_without_credentials_share_one_key_space(self):
+        proxy = self.start_proxy(payments={"shared_scope": True})
+        k = self.new_key()
+        r1 = self.post(proxy, key=k, auth=False)
+        self.assertEqual(r1.status, 201, r1)
+        self.assertReplayOf(self.post(proxy, key=k, auth=False), r1)
+        self.assertCount(1)
+
+    def test_scope_values_are_compared_without_surrounding_whitespace(self):
+        proxy = self.start_proxy()
+        k = self.new_key()
+        r1 = self.post(proxy, key=k, auth="Bearer T")
+        self.assertEqual(r1.status, 201, r1)
+        self.assertReplayOf(self.post(proxy, key=k, auth="\tBearer T "), r1)
+        self.assertCount(1)
+
+    def test_the_store_keeps_no_credential(self):
+        proxy = self.start_proxy()
+        k = self.new_key()
+        self.assertEqual(self.post(proxy, key=k, auth="Bearer SECRET-TOKEN-42").status, 201)
+        store = self.proxy_store_path(proxy)
+        for name in os.listdir(store):
+            with open(os.path.join(store, name), "rb") as f:
+                self.assertNotIn(b"SECRET-TOKEN-42", f.read(), name)
+        r = run_cli(["keys", "show", "--config", proxy.config_path, "--route", "payments",
+                     "--key", k, "--scope", "Bearer SECRET-TOKEN-42"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("SECRET-TOKEN-42", r.stdout)
+        self.assertTrue(json.loads(r.stdout)["scope"][0].startswith("sha256:"))
+
+    def test_check_refuses_an_empty_scope_without_shared_scope(self):
+        cfg = self.config(payments={"scope": []})
+        path = os.path.join(self.tmp, "empty-scope.yaml")
+        with open(path, "w") as f:
+            f.write(to_yaml(cfg) + "\n")
+        r = run_cli(["check", "--config", path])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("shared_scope: true", r.stderr + r.stdout)
+
+    def proxy_store_path(self, proxy):
+        return proxy.config["store"]["path"]
+
+
+@requires_proxy
+class UpstreamAnswerTest(ProxyTestCase):
+    def test_an_upstream_replay_marker_is_not_passed_on(self):
+        proxy = self.start_proxy()
+        self.up.script(queue=[{"status": 201, "body": "{}",
+                               "headers": [["Content-Type", "application/json"],
+                                           ["Idempotent-Replayed", "true"]]}])
+        k = self.new_key()
+        r1 = self.post(proxy, key=k)
+        self.assertEqual(r1.status, 201)
+        self.assertIsNone(r1.header("Idempotent-Replayed"), "the first answer is not a replay")
+        r2 = self.post(proxy, key=k)
+        self.assertEqual(r2.headers_all("Idempotent-Replayed"), ["true"])
+
+    def test_field_names_that_are_not_tokens_are_dropped(self):
+        proxy = self.start_proxy()
+        self.up.script(queue=[{"status": 201, "body": "{}",
+                               "headers": [["X Bad Name", "v"], ["X-Good", "g"]]}])
+        k = self.new_key()
+        r1 = self.post(proxy, key=k)
+        self.assertEqual(r1.status, 201, r1)
+        self.assertIsNone(r1.header("X Bad Name"))
+        self.assertEqual(r1.header("X-Good"), "g")
+        r2 = self.post(proxy, key=k)
+        self.assertTrue(r2.replayed)
+        self.assertIsNone(r2.header("X Bad Name"))
+
+    def test_status_600_is_a_malformed_answer(self):
+        proxy = self.start_proxy()
+        self.up.script(queue=[{"status": 600, "body": "?"}])
+        k = self.new_key()
+        self.assertProblem(self.post(proxy, key=k), 502, "upstream-failed")
+        r2 = self.post(proxy, key=k)
+        self.assertProblem(r2, 502, "upstream-failed")
+        self.assertTrue(r2.replayed)
+        self.assertCount(1)
+
+
+@requires_proxy
+class NoAnswerWithoutItsRecordTest(ProxyTestCase):
+    def test_a_full_store_never_lets_an_answer_out_without_its_record(self):
+        # Small reservations still fit once 12 KB answers no longer do: each answer that leaves
+        # must be settled in the store, so a retry agrees with it and nothing runs twice.
+        proxy = self.start_proxy(store={"max_size": "1MiB"})
+        self.up.script(default={"body_size": 12000})
+        answered = {}
+        last = None
+        for i in range(400):
+            k = self.new_key("fill")
+            last = self.post(proxy, key=k)
+            if last.status != 201:
+                break
+            answered[k] = last
+        self.assertProblem(last, 503, "store-unavailable")
+        forwarded = self.up.count()
+        self.assertGreater(len(answered), 10)
+        compact = 0
+        for k, first in answered.items():
+            r = self.post(proxy, key=k, timeout=5)
+            self.assertTrue(r.replayed, (k, r))
+            if r.status == 201:
+                self.assertEqual(r.body, first.body)
+            else:
+                self.assertProblem(r, 502, "response-not-replayable")
+                compact += 1
+        self.assertGreater(compact, 0, "the store never reached the point the test is about")
+        self.assertCount(forwarded)
+
+
+@requires_proxy
+class DrainTimeoutTest(ProxyTestCase):
+    def test_a_drain_shorter_than_an_upstream_timeout_is_refused(self):
+        cfg = self.config(server={"drain_timeout": "10s"}, upstream={"timeout": "20s"})
+        path = os.path.join(self.tmp, "short-drain.yaml")
+        with open(path, "w") as f:
+            f.write(to_yaml(cfg) + "\n")
+        r = run_cli(["check", "--config", path])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("drain_timeout 10s must be at least the timeout 20s", r.stderr + r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
