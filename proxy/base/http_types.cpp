@@ -86,4 +86,31 @@ std::string normalizePath(std::string_view raw) {
   return out;
 }
 
+std::string_view ambiguousPathReason(std::string_view raw) {
+  if (raw.find('#') != std::string_view::npos) return "a fragment ('#') in the request target";
+  if (raw.find('\\') != std::string_view::npos) return "a backslash in the path";
+  if (raw.find(';') != std::string_view::npos) return "a ';' parameter in the path";
+  std::string segment;  // the current segment, percent-decoded
+  auto dotSegment = [&] { return segment == "." || segment == ".."; };
+  for (size_t i = 0; i < raw.size(); ++i) {
+    char c = raw[i];
+    if (c == '%') {
+      if (i + 2 >= raw.size()) return "a malformed percent-escape in the path";
+      const int hi = hexValue(raw[i + 1]);
+      const int lo = hexValue(raw[i + 2]);
+      if (hi < 0 || lo < 0) return "a malformed percent-escape in the path";
+      c = static_cast<char>(hi * 16 + lo);
+      if (c == '/' || c == '\\' || c == '\0') return "an encoded '/', '\\' or NUL in the path";
+      i += 2;
+    } else if (c == '/') {
+      if (dotSegment()) return "a '.' or '..' segment in the path";
+      segment.clear();
+      continue;
+    }
+    segment.push_back(c);
+  }
+  if (dotSegment()) return "a '.' or '..' segment in the path";
+  return {};
+}
+
 }  // namespace idem

@@ -35,4 +35,10 @@ bool iequals(std::string_view a, std::string_view b);
 // "/v1/%70ay" and "/v1/x/../pay" all match a route for "/v1/pay", as the backend would see it.
 std::string normalizePath(std::string_view raw);
 
+// Why a request path cannot be read one way only, or "" when it can: a fragment ('#'), a
+// backslash, a ';' parameter, an encoded '/', '\' or NUL, a malformed escape, or a "." or ".."
+// segment (plain or encoded). Backends disagree on each, so the proxy refuses them rather than
+// route on one reading and forward another (and a ".." could climb out of an upstream's prefix).
+std::string_view ambiguousPathReason(std::string_view rawPath);
+
 }  // namespace idem

@@ -6,6 +6,7 @@
 // Syntaxes of single values (durations, sizes, addresses, URLs) are in config_values.cpp.
 #include "config/config.h"
 
+#include <arpa/inet.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
@@ -327,6 +328,23 @@ void Parser::readEnum(const Field& f, E& out,
   error(f, "expected one of " + join(names) + ", got " + describe(f.value));
 }
 
+namespace {
+
+// The canonical text of an IPv4 or IPv6 literal, "" when `text` is not one.
+std::string canonicalIp(const std::string& text) {
+  unsigned char bytes[sizeof(in6_addr)];
+  char out[INET6_ADDRSTRLEN];
+  for (int family : {AF_INET, AF_INET6}) {
+    if (inet_pton(family, text.c_str(), bytes) == 1 &&
+        inet_ntop(family, bytes, out, sizeof out) != nullptr) {
+      return out;
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
 void Parser::parseServer(const Field& f, ServerConfig& out) {
   if (!expectMap(f)) return;
   walk(f.value, f.path,
@@ -335,6 +353,21 @@ void Parser::parseServer(const Field& f, ServerConfig& out) {
            {"workers", [&](const Field& k) { readUnsigned(k, out.workers, 0, 256); }},
            {"max_request_body", [&](const Field& k) { readSize(k, out.max_request_body); }},
            {"client_timeout", [&](const Field& k) { readDuration(k, out.client_timeout, false); }},
+           {"trusted_proxies",
+            [&](const Field& k) {
+              auto items = readStringList(k);
+              if (!items) return;
+              for (const auto& item : *items) {
+                std::string canonical = canonicalIp(item.text);
+                if (canonical.empty()) {
+                  error(item.mark, "server.trusted_proxies: '" + item.text +
+                                       "' is not an IP address (names and ranges are not "
+                                       "accepted)");
+                  continue;
+                }
+                out.trusted_proxies.push_back(std::move(canonical));
+              }
+            }},
            {"drain_timeout",
             [&](const Field& k) {
               drainTimeoutMark_ = k.key.Mark();
@@ -875,6 +908,10 @@ ConfigResult loadConfigFile(const std::string& path) {
 
 ConfigResult parseConfig(const std::string& yamlText, const std::string& fileName) {
   return Parser(fileName).run(yamlText);
+}
+
+bool ServerConfig::trusts(std::string_view peer) const {
+  return std::find(trusted_proxies.begin(), trusted_proxies.end(), peer) != trusted_proxies.end();
 }
 
 }  // namespace idem

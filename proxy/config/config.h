@@ -31,6 +31,10 @@ struct ServerConfig {
   // SIGTERM: how long in-flight exchanges may take to finish; at least the largest upstream
   // timeout + kDrainMargin.
   Millis drain_timeout{40'000};
+  // Peers whose X-Forwarded-Proto and X-Forwarded-Host are passed on (a TLS terminator or load
+  // balancer in front); from anyone else they are replaced. IP literals, canonical text.
+  std::vector<std::string> trusted_proxies;
+  bool trusts(std::string_view peer) const;
 };
 
 struct AdminConfig {

@@ -26,7 +26,8 @@ RequestTarget splitTarget(std::string_view target) {
   return t;
 }
 
-Headers forwardedFields(FunctionRef<void(FieldVisitor)> forEachField, std::string_view peer) {
+Headers forwardedFields(FunctionRef<void(FieldVisitor)> forEachField, std::string_view peer,
+                        bool trusted) {
   Headers endToEnd;
   forEachField([&](std::string_view name, std::string_view value) {
     endToEnd.push_back({std::string(name), std::string(value)});
@@ -36,12 +37,15 @@ Headers forwardedFields(FunctionRef<void(FieldVisitor)> forEachField, std::strin
   out.reserve(endToEnd.size() + 3);
   std::string forwardedFor;
   std::string host;
-  bool hasProto = false;  // set by a proxy in front of us (e.g. a TLS terminator): kept
+  bool hasProto = false;  // set by a trusted proxy in front of us (e.g. a TLS terminator): kept
   bool hasHost = false;
   for (auto& h : endToEnd) {
     if (iequals(h.name, "Content-Length") || iequals(h.name, "Expect")) continue;
-    if (iequals(h.name, "X-Forwarded-Proto")) hasProto = true;
-    if (iequals(h.name, "X-Forwarded-Host")) hasHost = true;
+    const bool proto = iequals(h.name, "X-Forwarded-Proto");
+    const bool fhost = iequals(h.name, "X-Forwarded-Host");
+    if ((proto || fhost) && !trusted) continue;  // a client's claim: replaced below
+    hasProto |= proto;
+    hasHost |= fhost;
     if (iequals(h.name, "X-Forwarded-For")) {
       forwardedFor += forwardedFor.empty() ? h.value : ", " + h.value;
       continue;

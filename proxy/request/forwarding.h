@@ -21,9 +21,11 @@ RequestTarget splitTarget(std::string_view target);
 
 // The fields forwarded upstream, in the client's order: hop-by-hop fields (and those named in
 // Connection), Content-Length and Expect dropped (framing is the upstream client's);
-// X-Forwarded-For extended with `peer`; X-Forwarded-Proto (http) and X-Forwarded-Host (from
-// Host) added unless a proxy in front of this one set them.
-Headers forwardedFields(FunctionRef<void(FieldVisitor)> forEachField, std::string_view peer);
+// X-Forwarded-For extended with `peer`; X-Forwarded-Proto and X-Forwarded-Host kept when a
+// `trusted` proxy in front of this one set them, otherwise replaced by this hop's own (http,
+// and the request's Host).
+Headers forwardedFields(FunctionRef<void(FieldVisitor)> forEachField, std::string_view peer,
+                        bool trusted);
 
 // An upstream answer made fit to pass on and record. False when it must be treated as a
 // malformed answer (a status outside 100–599). Drops fields whose name is not an HTTP token

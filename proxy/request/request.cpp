@@ -144,6 +144,17 @@ bool ProxyRequest::readRequest() {
                    Outcome::Invalid);
     return false;
   }
+  std::string_view why = ambiguousPathReason(target.path);
+  if (why.empty() && client_->target().find('#') != std::string_view::npos) {
+    why = "a fragment ('#') in the request target";
+  }
+  if (!why.empty()) {
+    path_ = std::move(target.path);
+    respondProblem(Problem::BadRequest,
+                   std::string("the request target is ambiguous: ") + std::string(why),
+                   Outcome::Invalid);
+    return false;
+  }
   path_ = std::move(target.path);
   query_ = std::move(target.query);
   match_path_ = normalizePath(path_);
@@ -389,9 +400,12 @@ void ProxyRequest::forward() {
   setState(RequestState::Forwarding);
   UpstreamRequest ur;
   ur.method = method_;
-  ur.path_and_query = query_.empty() ? path_ : path_ + "?" + query_;
+  // The path that was routed on (normalised) is the path forwarded: the backend cannot read
+  // the request as another route.
+  ur.path_and_query = query_.empty() ? match_path_ : match_path_ + "?" + query_;
   // Copied from the client's buffer only now: a replay never needs them as strings.
-  ur.headers = forwardedFields([this](FieldVisitor fn) { client_->forEachField(fn); }, peer_);
+  ur.headers = forwardedFields([this](FieldVisitor fn) { client_->forEachField(fn); }, peer_,
+                               config_->server.trusts(peer_));
   ur.body.assign(body_);
 
   shared_.upstream_in_flight.fetch_add(1, std::memory_order_relaxed);

@@ -91,8 +91,8 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   std::chrono::steady_clock::time_point started_;
 
   std::string method_;
-  std::string path_;        // raw, as the client sent it: forwarded as is
-  std::string match_path_;  // normalised: routing and fingerprint
+  std::string path_;        // raw, as the client sent it: logs
+  std::string match_path_;  // normalised: routing, fingerprint and forwarding
   std::string query_;
   std::string_view body_;  // in the client's buffer, which lives until the reply is sent
   std::string peer_;

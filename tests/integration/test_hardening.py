@@ -4,7 +4,7 @@ import json
 import os
 import unittest
 
-from harness import ProxyTestCase, requires_proxy, run_cli, to_yaml
+from harness import ProxyTestCase, request, requires_proxy, run_cli, to_yaml
 
 
 @requires_proxy
@@ -62,6 +62,44 @@ class TenantIsolationTest(ProxyTestCase):
 
     def proxy_store_path(self, proxy):
         return proxy.config["store"]["path"]
+
+
+@requires_proxy
+class OnePathTest(ProxyTestCase):
+    def test_targets_read_differently_by_backends_are_refused(self):
+        routes = [{"name": "payments", "methods": ["POST"], "path": "/v1/payments/*",
+                   "upstream": "backend", "idempotency": {"lease": "5s"}},
+                  {"name": "rest", "path": "/*", "upstream": "backend"}]
+        proxy = self.start_proxy(routes=routes)
+        for target in ["/v1/payments#frag", "/v1%2Fpayments", "/v1/payments/%2e%2e/status",
+                       "/v1/payments;jsessionid=1", "/v1/pay%5Cments", "/v1/payments/x%00"]:
+            r = request(proxy.port, "POST", target, [("Authorization", "t"),
+                                                     ("Idempotency-Key", self.new_key())])
+            self.assertProblem(r, 400, "bad-request")
+        self.assertCount(0)
+
+    def test_a_target_never_leaves_the_upstream_prefix(self):
+        routes = [{"name": "rest", "path": "/*", "upstream": "backend"}]
+        proxy = self.start_proxy(routes=routes, upstream_url=self.up.url + "/api")
+        self.assertProblem(request(proxy.port, "GET", "/../internal/admin"), 400, "bad-request")
+        self.assertProblem(request(proxy.port, "GET", "/x/%2e%2e/%2e%2e/internal"), 400,
+                           "bad-request")
+        self.assertCount(0)
+        self.assertEqual(request(proxy.port, "GET", "/x").status, 200)
+        self.assertEqual(self.up.last_request()["path"], "/api/x")
+
+    def test_the_path_routed_on_is_the_path_forwarded(self):
+        proxy = self.start_proxy()
+        k = self.new_key()
+        r = request(proxy.port, "POST", "/v1//payments/%63harge?q=1",
+                    [("Authorization", "t"), ("Idempotency-Key", k)], b"{}")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(self.up.last_request()["path"], "/v1/payments/charge?q=1")
+        # The same payment under its plain spelling is the same request: replayed.
+        r2 = request(proxy.port, "POST", "/v1/payments/charge?q=1",
+                     [("Authorization", "t"), ("Idempotency-Key", k)], b"{}")
+        self.assertTrue(r2.replayed, r2)
+        self.assertCount(1)
 
 
 @requires_proxy

@@ -35,3 +35,22 @@ TEST(Iequals, IgnoresAsciiCaseOnly) {
 
 }  // namespace
 }  // namespace idem
+
+namespace idem {
+namespace {
+
+TEST(AmbiguousPath, RefusesEveryFormBackendsReadDifferently) {
+  for (const char* p :
+       {"/v1/payments#frag", "/v1%2Fpayments", "/v1%2fpayments", "/v1/a%5Cb", "/v1/a\\b",
+        "/v1/a%00b", "/v1/payments;jsessionid=1", "/v1/payments/%2e%2e/x", "/v1/payments/%2E/x",
+        "/v1/payments/../x", "/v1/./x", "/v1/..", "/..", "/v1/%zz", "/v1/%4", "/v1/%"}) {
+    EXPECT_FALSE(ambiguousPathReason(p).empty()) << p;
+  }
+  for (const char* p : {"/", "/v1/payments", "/v1//payments/", "/v1/%70ay", "/v1/a.b/..c/...",
+                        "/v1/%41%42", "/v1/x%20y"}) {
+    EXPECT_EQ(ambiguousPathReason(p), "") << p;
+  }
+}
+
+}  // namespace
+}  // namespace idem

@@ -386,7 +386,7 @@ TEST(ConfigErrors, StrFormatsFileLineColumn) {
 TEST(ConfigErrors, UnknownKeyNamesTheKeyAndTheAllowedOnes) {
   expectOneError(std::string(kMinimal) + "server:\n  listen: 127.0.0.1:1\n  listn: x\n", 10, 3,
                  "unknown key 'listn' in server; allowed keys: listen, workers, "
-                 "max_request_body, client_timeout, drain_timeout");
+                 "max_request_body, client_timeout, trusted_proxies, drain_timeout");
   expectOneError(std::string("extra: 1\n") + kMinimal, 1, 1, "unknown key 'extra'");
   expectOneError(std::string(kMinimal) + "    idempotency:\n      tll: 1h\n", 9, 7,
                  "unknown key 'tll' in routes[0].idempotency");
@@ -397,7 +397,8 @@ TEST(ConfigErrors, UnknownKeyNamesTheKeyAndTheAllowedOnes) {
 TEST(ConfigErrors, MergeKeysAreNotSupported) {
   expectOneError(std::string(kMinimal) + "server:\n  <<: {workers: 2}\n", 9, 3,
                  "unknown key '<<' in server; allowed keys: listen, workers, max_request_body, "
-                 "client_timeout, drain_timeout (YAML merge keys are not supported)");
+                 "client_timeout, trusted_proxies, drain_timeout (YAML merge keys are not "
+                 "supported)");
 }
 
 TEST(ConfigErrors, DuplicateKey) {
@@ -617,6 +618,17 @@ routes:
                   .ok());
 }
 
+TEST(Config, TrustedProxiesAreIpLiteralsInCanonicalForm) {
+  ConfigResult r = parse("server:\n  trusted_proxies: [10.0.0.1, '::ffff:0:1', '0:0::1']\n" +
+                         std::string(kMinimal));
+  ASSERT_TRUE(r.ok()) << dump(r);
+  EXPECT_TRUE(r.config->server.trusts("10.0.0.1"));
+  EXPECT_TRUE(r.config->server.trusts("::1"));
+  EXPECT_FALSE(r.config->server.trusts("10.0.0.2"));
+  expectOneError("server:\n  trusted_proxies: [lb.internal]\n" + std::string(kMinimal), 2, 21,
+                 "'lb.internal' is not an IP address");
+}
+
 TEST(ConfigErrors, DrainTimeoutMustOutlastTheSlowestUpstream) {
   // The defaults agree: 40s drain, 30s upstream timeout.
   EXPECT_TRUE(parse(kMinimal).ok());
@@ -726,7 +738,7 @@ TEST(Cli, CheckPrintsEveryErrorAndExits1) {
                          "got '999'\n" +
                          file.path() +
                          ":10:3: unknown key 'bogus' in server; allowed keys: listen, workers, "
-                         "max_request_body, client_timeout, drain_timeout\n");
+                         "max_request_body, client_timeout, trusted_proxies, drain_timeout\n");
   CliRun missing = cli({"check", "--config", "/nonexistent.yaml"});
   EXPECT_EQ(missing.code, 1);
   EXPECT_NE(missing.err.find("/nonexistent.yaml: cannot read"), std::string::npos);

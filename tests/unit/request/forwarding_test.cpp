@@ -5,12 +5,12 @@
 namespace idem {
 namespace {
 
-Headers forward(const Headers& in, std::string_view peer = "10.0.0.9") {
+Headers forward(const Headers& in, std::string_view peer = "10.0.0.9", bool trusted = true) {
   return forwardedFields(
       [&](FieldVisitor fn) {
         for (const auto& h : in) fn(h.name, h.value);
       },
-      peer);
+      peer, trusted);
 }
 
 TEST(SplitTarget, OriginAndAbsoluteForms) {
@@ -64,6 +64,17 @@ TEST(ForwardedFields, ExtendsForwardedForAndKeepsAFrontProxysFields) {
                      {"X-Forwarded-Host", "public.test"},
                      {"Host", "internal"},
                      {"X-Forwarded-For", "1.1.1.1, 2.2.2.2, 10.0.0.9"}};
+  EXPECT_EQ(out, want);
+}
+
+TEST(ForwardedFields, AnUntrustedClientsProtoAndHostAreReplaced) {
+  const Headers out = forward(
+      {{"X-Forwarded-Proto", "https"}, {"X-Forwarded-Host", "evil.test"}, {"Host", "api.test"}},
+      "10.0.0.9", false);
+  const Headers want{{"Host", "api.test"},
+                     {"X-Forwarded-For", "10.0.0.9"},
+                     {"X-Forwarded-Proto", "http"},
+                     {"X-Forwarded-Host", "api.test"}};
   EXPECT_EQ(out, want);
 }
 

@@ -666,5 +666,24 @@ TEST_F(RequestCoreTest, WaiterTicketsAreUniqueAcrossRequests) {
   EXPECT_EQ(patient->status, 201);
 }
 
+TEST_F(RequestCoreTest, TheRoutedPathIsTheForwardedPath) {
+  start("GET", "/status//x/%70q?a=1;b", "");
+  ASSERT_EQ(upstream_->sent.size(), 1u);
+  EXPECT_EQ(upstream_->sent[0].first.path_and_query, "/status/x/pq?a=1;b");
+}
+
+TEST_F(RequestCoreTest, AmbiguousTargetsAreRefusedBeforeRouting) {
+  for (const char* target : {"/v1/payments#frag", "/v1%2Fpayments", "/v1/payments/%2e%2e/status",
+                             "/v1/payments;jsessionid=1", "/../internal/admin"}) {
+    reply_.reset();
+    start("POST", target);
+    ASSERT_TRUE(reply_) << target;
+    EXPECT_EQ(reply_->status, 400) << target;
+    EXPECT_NE(reply_->body.find("bad-request"), std::string::npos);
+  }
+  EXPECT_TRUE(upstream_->sent.empty());
+  EXPECT_TRUE(store_.reserves.empty());
+}
+
 }  // namespace
 }  // namespace idem
