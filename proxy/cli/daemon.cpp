@@ -1,19 +1,20 @@
 // `idemproxy run`: wires config, store, proxy workers, admin, signals and systemd together on
 // the main thread's event loop (SPEC §6–7).
 #include <event2/thread.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <memory>
 
-#include "ops/admin.h"
-#include "cli/cli.h"
-#include "ops/lifecycle.h"
 #include "base/log.h"
-#include "ops/metrics.h"
+#include "cli/cli.h"
 #include "http/server.h"
-#include "store/lmdb/lmdb_store.h"
+#include "ops/admin.h"
+#include "ops/lifecycle.h"
+#include "ops/metrics.h"
 #include "ops/telemetry.h"
+#include "store/lmdb/lmdb_store.h"
 #include "upstream/upstream.h"
 #include "version.h"
 
@@ -44,6 +45,14 @@ std::vector<std::string> restartOnlyChanges(const Config& a, const Config& b) {
                    a.admin->listen.port != b.admin->listen.port)))
     out.push_back("admin.listen");
   return out;
+}
+
+// The open-file limit in force: LimitNOFILE= may have been lowered where systemd lacks
+// CAP_SYS_RESOURCE (containers), so the operator sees what the process really got.
+uint64_t openFileLimit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+  return static_cast<uint64_t>(rl.rlim_cur);
 }
 
 class Daemon {
@@ -119,7 +128,8 @@ class Daemon {
                           {"listen", config_->server.listen.text},
                           {"port", proxy_->port()},
                           {"workers", static_cast<uint64_t>(proxy_->workerCount())},
-                          {"store", config_->store.path}});
+                          {"store", config_->store.path},
+                          {"max_open_files", openFileLimit()}});
     notifier_.status("serving on " + config_->server.listen.text);
     notifier_.ready();
 
