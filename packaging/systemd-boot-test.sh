@@ -21,7 +21,7 @@
 # Exit: 0 pass, 1 fail, 77 skipped (not root, or no systemd-nspawn; with
 # IDEMPROXY_REQUIRE_SYSTEMD_BOOT=1 those fail instead, as in CI).
 # Needs: systemd-nspawn (systemd-container), nsenter, debootstrap (only to build the cache),
-# dpkg-deb, flock, timeout, curl inside the root (installed by this script).
+# dpkg-deb, flock, timeout, python3 (all in the CI image; scripts/install-deps.sh).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source_dir="$(dirname "$here")"
@@ -104,11 +104,16 @@ build_root() {
   # nspawn gives the container a transient machine id when this file is empty.
   : >"$tmp/etc/machine-id"
   mv "$tmp" "$cached"
+  # One root is kept: roots for other package sets (an older Depends) go.
+  find "$cache" -mindepth 1 -maxdepth 1 -name "$suite-*" ! -name "$(basename "$cached")" \
+    -exec rm -rf {} +
 }
-(
-  flock 9
-  [ -d "$cached" ] || build_root
-) 9>"$cache/lock"
+# Built under an exclusive lock; used under a shared one, so a run never loses its root to
+# another run's pruning.
+exec 9>"$cache/lock"
+flock -w 1500 -x 9 || fail "the cache lock $cache/lock is held too long"
+[ -d "$cached" ] || build_root
+flock -s 9
 say "root $cached"
 
 # --- a throw-away copy, booted -----------------------------------------------------------------
@@ -274,8 +279,10 @@ ct systemctl enable --now idemproxy >/dev/null 2>&1 || {
 }
 [ "$(ct systemctl is-active idemproxy)" = active ] || fail "not active after enable --now"
 pid1="$(prop idemproxy MainPID)"
-say "enable --now: active, MainPID $pid1, $(ct journalctl -u idemproxy -o cat --no-pager |
-  grep -o '"max_open_files":[0-9]*' | tail -n1) (LimitNOFILE=$(prop idemproxy LimitNOFILE))"
+nofile="$(ct journalctl -u idemproxy -o cat --no-pager | grep '"event":"started"' |
+  grep -o '"max_open_files":[0-9]*' | tail -n1 | cut -d: -f2 || true)"
+[ -n "$nofile" ] || fail "the started line does not show max_open_files"
+say "enable --now: active, MainPID $pid1, max_open_files $nofile (LimitNOFILE=$(prop idemproxy LimitNOFILE))"
 
 expect_post /v1/payments/p1 k1 "201 -" "first POST"
 expect_post /v1/payments/p1 k1 "201 true" "retried POST"
