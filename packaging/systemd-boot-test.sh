@@ -80,26 +80,38 @@ mirror="${IDEMPROXY_DEBIAN_MIRROR:-$(debian_mirror | head -n1)}"
 # alternative, no versions), so that the .deb installs with the container offline.
 depends="$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -e 's/|.*//' -e 's/(.*)//' -e 's/:.*//' \
   -e 's/[[:space:]]//g' | grep -v '^$' || true)"
-includes="$(printf '%s\n' systemd systemd-sysv dbus ca-certificates python3 curl $depends | sort -u |
-  paste -sd, -)"
+includes="$({ printf '%s\n' systemd systemd-sysv dbus ca-certificates python3 curl; echo "$depends"; } |
+  grep -v '^$' | sort -u | paste -sd, -)"
 cache="${IDEMPROXY_BOOT_CACHE:-/var/cache/idemproxy-systemd-root}"
 cache_key="$(printf '%s\n' "$suite" minbase "$includes" | sha256sum | cut -c1-16)"
 cached="$cache/$suite-$cache_key"
 mkdir -p "$cache/debs"
 
+# Unmounts whatever is mounted at or below $1 (debootstrap mounts /proc and /sys in its target;
+# an interrupted run leaves them).
+umount_under() {
+  awk -v d="$1" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/mounts | sort -r |
+    while read -r m; do umount -l "$m" || true; done
+}
 build_root() {
   command -v debootstrap >/dev/null || fail "debootstrap not found (and no cached root at $cached)"
   [ -n "$mirror" ] || fail "no $suite archive in /etc/apt/sources.list*; set IDEMPROXY_DEBIAN_MIRROR"
-  local tmp="$cached.tmp.$$"
-  rm -rf "$tmp"
+  local tmp="$cached.tmp.$$" stale
+  for stale in "$cache/$suite"-*.tmp.*; do  # interrupted builds (we hold the exclusive lock)
+    [ -e "$stale" ] || continue
+    umount_under "$stale"
+    rm -rf "$stale"
+  done
   say "debootstrap $suite from $mirror into $cached (cached for later runs)"
   say "  packages: $includes"
   if ! timeout 1200 debootstrap --variant=minbase --include="$includes" --cache-dir="$cache/debs" \
       "$suite" "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1; then
     tail -n 30 "$cache/debootstrap.log" >&2
+    umount_under "$tmp"
     rm -rf "$tmp"
     fail "debootstrap failed (log: $cache/debootstrap.log)"
   fi
+  umount_under "$tmp"
   rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*_Packages
   # nspawn gives the container a transient machine id when this file is empty.
   : >"$tmp/etc/machine-id"
