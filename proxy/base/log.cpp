@@ -1,5 +1,6 @@
 #include "base/log.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <mutex>
 
@@ -21,6 +23,8 @@ namespace {
 
 std::atomic<int> gLevel{static_cast<int>(LogLevel::Info)};
 std::atomic<int> gFd{STDERR_FILENO};
+// Whether gFd is journald's stream: lines then start with their priority. Set with gFd.
+std::atomic<bool> gJournal{journalStreamIs(std::getenv("JOURNAL_STREAM"), STDERR_FILENO)};
 std::atomic<const Clock*> gClock{nullptr};
 std::mutex gWriteMu;  // one line at a time, even if a write(2) comes back short
 
@@ -158,7 +162,38 @@ bool enabled(LogLevel l) {
   return static_cast<int>(l) >= gLevel.load(std::memory_order_relaxed);
 }
 int setFd(int fd) {
+  gJournal.store(journalStreamIs(std::getenv("JOURNAL_STREAM"), fd));
   return gFd.exchange(fd);
+}
+
+bool journalStreamIs(const char* journalStream, int fd) {
+  if (journalStream == nullptr) return false;
+  std::string_view v(journalStream);
+  const size_t colon = v.find(':');
+  if (colon == std::string_view::npos) return false;
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  const char* devEnd = v.data() + colon;
+  const char* end = v.data() + v.size();
+  if (std::from_chars(v.data(), devEnd, dev).ptr != devEnd || colon == 0) return false;
+  if (colon + 1 == v.size() || std::from_chars(devEnd + 1, end, ino).ptr != end) return false;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return false;
+  return static_cast<uint64_t>(st.st_dev) == dev && static_cast<uint64_t>(st.st_ino) == ino;
+}
+
+std::string_view journalPrefix(LogLevel l) {
+  switch (l) {
+    case LogLevel::Debug:
+      return "<7>";
+    case LogLevel::Info:
+      return "<6>";
+    case LogLevel::Warn:
+      return "<4>";
+    case LogLevel::Error:
+      return "<3>";
+  }
+  return "<6>";
 }
 void setClock(const Clock* clock) {
   gClock.store(clock);
@@ -222,8 +257,10 @@ void write(LogLevel l, std::string_view event, const Fields& fields) {
   if (!enabled(l)) return;
   const Clock* clock = gClock.load();
   const int64_t now = clock ? clock->wallMs() : SystemClock::instance().wallMs();
-  const std::string line = formatLine(l, event, fields, now);
-  if (!line.empty()) writeAll(gFd.load(std::memory_order_relaxed), line);
+  std::string line = formatLine(l, event, fields, now);
+  if (line.empty()) return;
+  if (gJournal.load(std::memory_order_relaxed)) line.insert(0, journalPrefix(l));
+  writeAll(gFd.load(std::memory_order_relaxed), line);
 }
 
 }  // namespace idem::log

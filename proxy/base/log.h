@@ -84,13 +84,25 @@ Field keyHash(std::string_view rawKey);
 void setLevel(LogLevel level);
 LogLevel level();
 bool enabled(LogLevel level);
-// Where lines go; the caller keeps the descriptor open. Returns the previous one.
+// Where lines go; the caller keeps the descriptor open. Returns the previous one. Also decides,
+// once per descriptor, whether lines carry a journal priority (see journalStreamIs).
 int setFd(int fd);
 // Time source for the "time" field (tests inject a FakeClock); nullptr = the system clock.
 // The clock must outlive its use.
 void setClock(const Clock* clock);
 
 std::string_view levelName(LogLevel level);  // "debug", "info", "warn", "error"
+
+// Under systemd, stderr is a stream to journald, which files every line at the unit's default
+// priority (info) unless the line starts with an sd-daemon(3) prefix "<N>". So when `fd` is
+// that stream — journald sets JOURNAL_STREAM=<st_dev>:<st_ino> of it, and the variable is
+// inherited by children whose stderr may go elsewhere, hence the comparison — every line gets
+// "<3>" (error), "<4>" (warn), "<6>" (info) or "<7>" (debug) in front of its JSON; anywhere
+// else lines are plain JSON. `journalStream` is the variable's value (nullptr: unset).
+// Decided when the descriptor is set (at start-up for stderr), not per line.
+bool journalStreamIs(const char* journalStream, int fd);
+// "<3>" etc.: the sd-daemon prefix for `level`.
+std::string_view journalPrefix(LogLevel level);
 
 // The line (with its trailing '\n') that write() would emit at wall time `wallMs`.
 std::string formatLine(LogLevel level, std::string_view event, const Fields& fields,

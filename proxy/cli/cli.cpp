@@ -2,9 +2,14 @@
 #include "cli/cli.h"
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <cstring>
 #include <exception>
 #include <iostream>
 
+#include "base/log.h"
 #include "config/config.h"
 #include "version.h"
 
@@ -48,6 +53,11 @@ CliParse parseCli(const std::vector<std::string>& args, std::ostream& out, std::
   addRecordOptions(show, options);
   CLI::App* forget = keys->add_subcommand("forget", "delete one record, so the key is new again");
   addRecordOptions(forget, options);
+  CLI::App* reload = app.add_subcommand(
+      "reload", "validate the configuration file, then tell the daemon to reload it (SIGHUP)");
+  reload->add_option("--pid", options.pid, "process id of the running daemon ($MAINPID)")
+      ->required()
+      ->check(CLI::Range(2L, static_cast<long>(INT32_MAX)));
 
   try {
     std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 pops from the back
@@ -64,6 +74,8 @@ CliParse parseCli(const std::vector<std::string>& args, std::ostream& out, std::
   // `run` and no command at all are the same: CliCommand::Run, the default.
   if (check->parsed()) {
     options.command = CliCommand::Check;
+  } else if (reload->parsed()) {
+    options.command = CliCommand::Reload;
   } else if (keys->parsed()) {
     options.command = CliCommand::Keys;
     if (list->parsed()) {
@@ -89,6 +101,24 @@ int cmdCheck(const CliOptions& options, std::ostream& out, std::ostream& err) {
   return kExitOk;
 }
 
+int cmdReload(const CliOptions& options) {
+  ConfigResult result = loadConfigFile(options.config_path);
+  if (!result.ok()) {
+    // Errors, not plain text: under systemd this runs as ExecReload=, and its lines must reach
+    // `journalctl -p err` like the daemon's own (the daemon never hears of this attempt).
+    for (const ConfigError& e : result.errors) {
+      log::error("reload-rejected", {{"error", e.str()}, {"pid", options.pid}});
+    }
+    return kExitFailure;
+  }
+  if (::kill(static_cast<pid_t>(options.pid), SIGHUP) != 0) {
+    log::error("reload-signal-failed", {{"pid", options.pid}, {"error", std::strerror(errno)}});
+    return kExitFailure;
+  }
+  log::info("reload-requested", {{"pid", options.pid}, {"config", options.config_path}});
+  return kExitOk;
+}
+
 int runCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   CliParse parsed = parseCli(args, out, err);
   if (!parsed.options) return parsed.exit_code;
@@ -99,6 +129,8 @@ int runCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
         return cmdCheck(options, out, err);
       case CliCommand::Keys:
         return cmdKeys(options);
+      case CliCommand::Reload:
+        return cmdReload(options);
       case CliCommand::Run:
         return cmdRun(options);
     }

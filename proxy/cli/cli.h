@@ -4,6 +4,7 @@
 //   idemproxy [run] --config FILE        serve in the foreground; -c FILE too
 //   idemproxy check --config FILE        validate; exit 0, or 1 with FILE:LINE:COL: message
 //   idemproxy keys list|show|forget --config FILE [--route R] [--key K] [--scope V]... [--json]
+//   idemproxy reload --config FILE --pid PID   validate FILE; if valid, send SIGHUP to PID
 //   idemproxy --version | --help
 //
 // Exit codes: 0 ok, 1 invalid config or failed operation, 2 usage error.
@@ -15,9 +16,10 @@
 namespace idem {
 
 enum class CliCommand {
-  Run,    // serve (the default when no command is given)
-  Check,  // validate the configuration file
-  Keys,   // inspect or forget records; see KeysCommand
+  Run,     // serve (the default when no command is given)
+  Check,   // validate the configuration file
+  Keys,    // inspect or forget records; see KeysCommand
+  Reload,  // validate the file, then signal the daemon to reload it (systemd's ExecReload=)
 };
 
 enum class KeysCommand {
@@ -35,6 +37,7 @@ struct CliOptions {
   std::string key;                  // --key: required for show/forget
   std::vector<std::string> scopes;  // --scope, repeatable, in the order of the route's `scope`
   bool json = false;                // --json (keys list): one JSON object per line
+  long pid = 0;                     // --pid (reload): the daemon's process id
 };
 
 // Exit codes.
@@ -62,7 +65,13 @@ int runCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
 // prints "FILE: ok" to `out` and returns 0.
 int cmdCheck(const CliOptions& options, std::ostream& out, std::ostream& err);
 
-// Implemented in cli_commands.cpp (the server and the store wire these up).
+// `idemproxy reload`: validates the file like `check`; if it is invalid, logs each problem as
+// `reload-rejected` (level error) and returns 1 without signalling, so `systemctl reload`
+// fails and the daemon keeps its configuration untouched; if valid, sends SIGHUP to
+// options.pid and returns 0 (1 if the signal cannot be sent).
+int cmdReload(const CliOptions& options);
+
+// Implemented in daemon.cpp and keys_cli.cpp (the server and the store wire these up).
 int cmdRun(const CliOptions& options);
 int cmdKeys(const CliOptions& options);
 

@@ -1,6 +1,7 @@
 // `idemproxy run`: wires config, store, proxy workers, admin, signals and systemd together on
 // the main thread's event loop (SPEC §6–7).
 #include <event2/thread.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -44,6 +45,14 @@ std::vector<std::string> restartOnlyChanges(const Config& a, const Config& b) {
                    a.admin->listen.port != b.admin->listen.port)))
     out.push_back("admin.listen");
   return out;
+}
+
+// The open-file limit in force: LimitNOFILE= may have been lowered where systemd lacks
+// CAP_SYS_RESOURCE (containers), so the operator sees what the process really got.
+uint64_t openFileLimit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+  return static_cast<uint64_t>(rl.rlim_cur);
 }
 
 class Daemon {
@@ -120,7 +129,8 @@ class Daemon {
                           {"port", proxy_->port()},
                           {"admin_port", static_cast<uint64_t>(admin_ ? admin_->port() : 0)},
                           {"workers", static_cast<uint64_t>(proxy_->workerCount())},
-                          {"store", config_->store.path}});
+                          {"store", config_->store.path},
+                          {"max_open_files", openFileLimit()}});
     notifier_.status("serving on " + config_->server.listen.text);
     notifier_.ready();
 

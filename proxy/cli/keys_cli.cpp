@@ -1,7 +1,13 @@
 // `idemproxy keys list|show|forget` (SPEC §6): operator access to the store while the daemon
 // runs (LMDB readers never block the writer; `forget` queues one write like the daemon does).
+#include <grp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 
 #include "base/c_handles.h"
@@ -83,6 +89,34 @@ int keysList(const CliOptions& o, Store& store) {
   return kExitOk;
 }
 
+// Root never makes the store root's: LMDB creates lock.mdb (and, on first use, data.mdb) with
+// the creator's uid and mode 0600, and the service — another, unprivileged user, under the
+// packaged unit a DynamicUser= uid — could then not open its own store. So when run as root on
+// a store directory that someone else owns, act as that owner: enter the directory while still
+// root (the path may lead through /var/lib/private, 0700 root), drop to the directory's uid and
+// gid for good, and open the store as "." from there. Returns false (with `error`) when the
+// directory is missing or the switch fails; `path` is rewritten to "." when switched.
+bool actAsStoreOwner(std::string& path, std::string& error) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    error = std::string(std::strerror(errno)) + " (has the service ever started?)";
+    return false;
+  }
+  if (::geteuid() != 0 || st.st_uid == 0 || !S_ISDIR(st.st_mode)) return true;
+  if (::chdir(path.c_str()) != 0) {
+    error = std::string("cannot enter the store directory: ") + std::strerror(errno);
+    return false;
+  }
+  if (::setgroups(0, nullptr) != 0 || ::setresgid(st.st_gid, st.st_gid, st.st_gid) != 0 ||
+      ::setresuid(st.st_uid, st.st_uid, st.st_uid) != 0) {
+    error = std::string("cannot act as the store's owner (uid ") + std::to_string(st.st_uid) +
+            "): " + std::strerror(errno);
+    return false;
+  }
+  path = std::string(".");  // (not = "."; GCC 12 -O3 warns falsely: -Wrestrict)
+  return true;
+}
+
 }  // namespace
 
 int cmdKeys(const CliOptions& o) {
@@ -103,10 +137,15 @@ int cmdKeys(const CliOptions& o) {
   }
   LmdbOptions so;
   so.path = cfg.store.path;
+  std::string error;
+  if (!actAsStoreOwner(so.path, error)) {
+    std::fprintf(stderr, "idemproxy: cannot open the store at %s: %s\n", cfg.store.path.c_str(),
+                 error.c_str());
+    return kExitFailure;
+  }
   so.max_size = cfg.store.max_size;
   so.durability = cfg.store.durability;
   so.read_only = o.keys != KeysCommand::Forget;
-  std::string error;
   auto store = openLmdbStore(so, SystemClock::instance(), error);
   if (!store) {
     std::fprintf(stderr, "idemproxy: cannot open the store at %s: %s\n", cfg.store.path.c_str(),

@@ -1,10 +1,13 @@
 #include "base/log.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -224,6 +227,87 @@ TEST_F(Log, LinesFromManyThreadsNeverInterleave) {
     seen.emplace(t, i);
   }
   EXPECT_EQ(seen.size(), static_cast<size_t>(kThreads * kLines));
+}
+
+// JOURNAL_STREAM's format: "<st_dev>:<st_ino>" of the stream journald gave the service.
+std::string journalStreamOf(int fd) {
+  struct stat st {};
+  EXPECT_EQ(::fstat(fd, &st), 0);
+  return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+}
+
+// Sets JOURNAL_STREAM for one test and restores what was there.
+class ScopedJournalStream {
+ public:
+  explicit ScopedJournalStream(const std::string& value) {
+    if (const char* old = std::getenv("JOURNAL_STREAM")) old_ = old;
+    ::setenv("JOURNAL_STREAM", value.c_str(), 1);
+  }
+  ~ScopedJournalStream() {
+    if (old_) {
+      ::setenv("JOURNAL_STREAM", old_->c_str(), 1);
+    } else {
+      ::unsetenv("JOURNAL_STREAM");
+    }
+  }
+
+ private:
+  std::optional<std::string> old_;
+};
+
+TEST(LogJournal, StreamMatchesOnlyItsOwnDeviceAndInode) {
+  FILE* f = std::tmpfile();
+  FILE* other = std::tmpfile();
+  ASSERT_NE(f, nullptr);
+  ASSERT_NE(other, nullptr);
+  const std::string mine = journalStreamOf(fileno(f));
+  EXPECT_TRUE(log::journalStreamIs(mine.c_str(), fileno(f)));
+  EXPECT_FALSE(log::journalStreamIs(mine.c_str(), fileno(other)));  // inherited, not ours
+  EXPECT_FALSE(log::journalStreamIs(nullptr, fileno(f)));
+  const std::vector<std::string> bads = {"", ":", "1", "1:", ":2", "x:y", mine + "x", " " + mine};
+  for (const std::string& bad : bads) {
+    EXPECT_FALSE(log::journalStreamIs(bad.c_str(), fileno(f))) << bad;
+  }
+  EXPECT_FALSE(log::journalStreamIs(mine.c_str(), -1));
+  std::fclose(f);
+  std::fclose(other);
+}
+
+TEST(LogJournal, PrefixesAreSdDaemonPriorities) {
+  EXPECT_EQ(log::journalPrefix(LogLevel::Error), "<3>");  // LOG_ERR
+  EXPECT_EQ(log::journalPrefix(LogLevel::Warn), "<4>");   // LOG_WARNING
+  EXPECT_EQ(log::journalPrefix(LogLevel::Info), "<6>");   // LOG_INFO
+  EXPECT_EQ(log::journalPrefix(LogLevel::Debug), "<7>");  // LOG_DEBUG
+}
+
+TEST_F(Log, LinesToTheJournalStreamCarryTheirPriority) {
+  ScopedJournalStream env(journalStreamOf(fileno(file_)));
+  log::setFd(fileno(file_));  // decided when the descriptor is set
+  log::error("e");
+  log::warn("w");
+  log::info("i");
+  log::debug("d");
+  const auto got = lines(slurp(file_));
+  ASSERT_EQ(got.size(), 4u);
+  const char* prefixes[] = {"<3>", "<4>", "<6>", "<7>"};
+  const char* levels[] = {"error", "warn", "info", "debug"};
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].substr(0, 3), prefixes[i]) << got[i];
+    EXPECT_EQ(str(parseJson(got[i].substr(3)).get(), "level"), levels[i]);
+  }
+}
+
+TEST_F(Log, LinesElsewhereArePlainJsonEvenWithJournalStreamSet) {
+  FILE* journal = std::tmpfile();  // stands for the journal stream stderr was before a redirect
+  ASSERT_NE(journal, nullptr);
+  ScopedJournalStream env(journalStreamOf(fileno(journal)));
+  log::setFd(fileno(file_));
+  log::error("e");
+  const auto got = lines(slurp(file_));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].front(), '{') << got[0];
+  EXPECT_EQ(str(parseJson(got[0]).get(), "level"), "error");
+  std::fclose(journal);
 }
 
 }  // namespace
