@@ -72,6 +72,8 @@ class FrontServer {
   // after it; connections with no request in progress are closed now.
   void closeIdleAndFinish();
   bool draining() const { return draining_; }
+  // A reload: requests whose head is read from now on get the new limit.
+  void setMaxRequestBody(uint64_t bytes) { limits_.max_request_body = bytes; }
   // Connections open now (idle, reading, waiting for their answer or writing it).
   size_t openConnections() const { return open_; }
   // Times accept() failed for want of descriptors or memory and the server backed off.

@@ -3,22 +3,17 @@
 Each test sends the bytes of one finding of the security review and fails on the evhttp front
 (which executes smuggled requests, cuts values at NUL, restarts its timeout with every byte,
 buffers endless chunk-size lines and spins on EMFILE).
-
-Runs only with IDEMPROXY_FRONT_DOOR=1 until the data plane is served by FrontServer.
 """
 import json
 import os
 import resource
+import signal
 import socket
 import threading
 import time
 import unittest
 
 from harness import ProxyTestCase, poll_until, request, requires_proxy
-
-FRONT_DOOR = unittest.skipUnless(os.environ.get("IDEMPROXY_FRONT_DOOR"),
-                                 "IDEMPROXY_FRONT_DOOR is not set (evhttp still serves)")
-
 
 def exchange(port, data, timeout=5.0, drip=None):
     """Sends `data` (all at once, or one byte every `drip` seconds) and reads until the server
@@ -89,7 +84,6 @@ SMUGGLED = post(b"Content-Length: 2\r\n", b"{}", key=b"SMUG")
 
 
 @requires_proxy
-@FRONT_DOOR
 class FrontDoorTest(ProxyTestCase):
     def setUp(self):
         super().setUp()
@@ -281,6 +275,21 @@ class FrontDoorTest(ProxyTestCase):
         self.assertLessEqual(sum(b"accept-failed" in l for l in lines), 2)
         ok = request(self.proxy.port, "GET", "/v1/plain/after")
         self.assertEqual(ok.status, 200, ok)
+
+    def test_max_request_body_follows_a_reload(self):
+        body = b"{" + b" " * 2000 + b"}"
+        data = lambda key: post(b"Connection: close\r\nContent-Length: %d\r\n" % len(body), body,
+                                key=key)
+        self.proxy.config["server"]["max_request_body"] = "1KiB"
+        self.proxy.write_config()
+        self.proxy.signal(signal.SIGHUP)
+        self.assertTrue(poll_until(
+            lambda: responses(exchange(self.proxy.port, data(b"x"))[0])[0][0] == 413, 5))
+        self.proxy.config["server"]["max_request_body"] = "4KiB"
+        self.proxy.write_config()
+        self.proxy.signal(signal.SIGHUP)
+        self.assertTrue(poll_until(
+            lambda: responses(exchange(self.proxy.port, data(b"big-2"))[0])[0][0] == 201, 5))
 
     def stderr(self):
         with open(self.proxy.stderr_path, "rb") as f:
