@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "base/c_handles.h"
-#include "request/problem.h"
 #include "request/downstream.h"
+#include "request/problem.h"
 
 namespace idem {
 

@@ -482,6 +482,18 @@ TEST_F(FrontServerTest, HeadAnswerKeepsGivenLengthAndSendsNoBody) {
   EXPECT_EQ(all.substr(headEnd + 4, 13), "HTTP/1.1 200 ") << all;
 }
 
+TEST_F(FrontServerTest, UpgradeIsNotPerformedAndTheNextRequestIsParsed) {
+  start();
+  auto c = connect();
+  c->send(
+      "GET /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+      "GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto rs = c->responses(2);
+  ASSERT_EQ(rs.size(), 2u);
+  EXPECT_EQ(rs[0].body, "GET /u fields=3 body=");
+  EXPECT_EQ(rs[1].body, "GET /next fields=1 body=");
+}
+
 TEST_F(FrontServerTest, Http10ClosesUnlessAskedToKeepAlive) {
   start();
   auto c = connect();
