@@ -1,5 +1,6 @@
 // `idemproxy run`: wires config, store, proxy workers, admin, signals and systemd together on
 // the main thread's event loop (SPEC §6–7).
+#include <event2/event.h>
 #include <event2/thread.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -83,6 +84,14 @@ class Daemon {
         });
     telemetry_.install(*config_);
 
+    // Signals first: from the moment the port accepts, a SIGTERM must drain, not kill. (They
+    // are handled once the loop below runs, when everything they touch exists.)
+    base_.reset(event_base_new());
+    SignalHandlers::Callbacks cb;
+    cb.terminate = [this] { beginDrain(); };
+    cb.reload = [this] { reload(); };
+    signals_ = SignalHandlers::install(base_.get(), std::move(cb));
+
     proxy_ = std::make_unique<Proxy>(config_, *store_, telemetry_);
     if (!proxy_->start(error)) {
       log::error("listen-failed", {{"listen", config_->server.listen.text}, {"error", error}});
@@ -104,7 +113,6 @@ class Daemon {
         "idemproxy_requests_active", "Requests received and not yet answered.", {},
         [this] { return static_cast<double>(proxy_->active()); }));
 
-    base_.reset(event_base_new());
     if (config_->admin) {
       admin_ = std::make_unique<AdminServer>(base_.get(), metrics_, [this] { return !draining_; });
       if (!admin_->start(config_->admin->listen, error)) {
@@ -114,10 +122,6 @@ class Daemon {
         return kExitFailure;
       }
     }
-    SignalHandlers::Callbacks cb;
-    cb.terminate = [this] { beginDrain(); };
-    cb.reload = [this] { reload(); };
-    signals_ = SignalHandlers::install(base_.get(), std::move(cb));
     sweep_timer_.reset(evtimer_new(base_.get(), &Daemon::onSweepTimer, this));
     armSweep(config_->store.sweep_interval);
     drain_timer_.reset(event_new(base_.get(), -1, EV_PERSIST, &Daemon::onDrainTimer, this));
@@ -231,6 +235,17 @@ class Daemon {
   std::chrono::steady_clock::time_point drain_deadline_;
 };
 
+// libevent's own messages (by default "[warn] …" lines on stderr) become JSON lines too.
+void routeLibeventLog() {
+  event_set_log_callback([](int severity, const char* msg) {
+    const LogLevel level = severity >= EVENT_LOG_ERR    ? LogLevel::Error
+                           : severity == EVENT_LOG_WARN ? LogLevel::Warn
+                           : severity == EVENT_LOG_MSG  ? LogLevel::Info
+                                                        : LogLevel::Debug;
+    if (log::enabled(level)) log::write(level, "libevent", {{"message", msg}});
+  });
+}
+
 }  // namespace
 
 int cmdRun(const CliOptions& options) {
@@ -242,6 +257,7 @@ int cmdRun(const CliOptions& options) {
     return kExitFailure;
   }
   log::setLevel(cr.config->log.level);
+  routeLibeventLog();
   Daemon daemon(options.config_path, cr.config);
   return daemon.run();
 }

@@ -1,6 +1,6 @@
 #pragma once
 // The HTTP front: one listening socket shared by N worker threads, each with its own
-// event_base, evhttp and upstream clients. A request lives and dies on one worker.
+// event_base, FrontServer and upstream clients. A request lives and dies on one worker.
 #include <atomic>
 #include <chrono>
 #include <cstdint>

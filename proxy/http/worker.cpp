@@ -1,11 +1,7 @@
 #include "http/worker.h"
 
-#include <event2/buffer.h>
-#include <event2/http.h>
-
 #include <chrono>
 
-#include "http/evhttp_downstream.h"
 #include "http/server.h"
 #include "request/request.h"
 
@@ -23,8 +19,7 @@ Worker::~Worker() {
   }
   dropped.clear();  // may destroy requests: their timers and upstreams need the base alive
   upstreams_.clear();
-  if (bound_ != nullptr && http_) evhttp_del_accept_socket(http_.get(), bound_);
-  http_.reset();
+  front_.reset();  // closes the connections still open (their Downstreams become no-ops)
   mailbox_event_.reset();
   heartbeat_.reset();
   base_.reset();
@@ -45,30 +40,23 @@ bool Worker::init(int listenFd, std::string& error) {
   const timeval second{1, 0};
   event_add(heartbeat_.get(), &second);
   last_beat_ms_ = steadyMs();
-  http_.reset(evhttp_new(base_.get()));
   const ServerConfig& s = config_->server;
-  // evhttp enforces a hard cap; bodies between the configured limit and the cap are read and
-  // refused with a problem body by the request handler (evhttp's own 413 has no problem body).
-  const uint64_t cap = s.max_request_body * 2 + 65536;
-  evhttp_set_max_body_size(http_.get(), static_cast<ev_ssize_t>(cap));
-  evhttp_set_max_headers_size(http_.get(), 64 * 1024);
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(s.client_timeout.count() / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((s.client_timeout.count() % 1000) * 1000);
-  evhttp_set_timeout_tv(http_.get(), &tv);
-  evhttp_set_allowed_methods(http_.get(), EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                              EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                              EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-  evhttp_set_default_content_type(http_.get(), nullptr);
-  evhttp_set_flags(http_.get(), EVHTTP_SERVER_LINGERING_CLOSE);
-  evhttp_set_gencb(http_.get(), &Worker::onRequest, this);
-  evconnlistener* listener =
-      evconnlistener_new(base_.get(), nullptr, nullptr, LEV_OPT_REUSEABLE, 0, listenFd);
-  if (listener == nullptr) {
-    error = "cannot attach listener";
+  FrontLimits limits;
+  limits.max_request_body = s.max_request_body;
+  limits.client_timeout = s.client_timeout;
+  limits.idle_timeout = s.client_timeout;
+  try {
+    front_ = std::make_unique<FrontServer>(
+        base_.get(), listenFd, limits,
+        [this](std::unique_ptr<Downstream> client) { onRequest(std::move(client)); },
+        [this](std::string_view name, std::string_view detail) {
+          proxy_.observer().event(name, "", detail);
+        });
+  } catch (const std::exception& e) {
+    error = e.what();
     return false;
   }
-  bound_ = evhttp_bind_listener(http_.get(), listener);
+  accepting_ = true;
   rebuildUpstreams();
   return true;
 }
@@ -121,15 +109,18 @@ void Worker::onHeartbeat(evutil_socket_t, short, void* arg) {
 void Worker::reload(ConfigPtr config) {
   post([this, config = std::move(config)] {
     config_ = config;
+    front_->setMaxRequestBody(config_->server.max_request_body);
     rebuildUpstreams();
   });
 }
 
 void Worker::stopAccepting() {
   post([this] {
-    if (bound_ != nullptr) {
-      evhttp_del_accept_socket(http_.get(), bound_);
-      bound_ = nullptr;
+    if (accepting_) {
+      accepting_ = false;
+      front_->stopAccepting();
+      // Drain: idle keep-alive connections close now, the others after their answer.
+      front_->closeIdleAndFinish();
       proxy_.listenerRemoved();
     }
   });
@@ -168,24 +159,13 @@ RequestShared& Worker::shared() {
   return proxy_.shared();
 }
 
-void Worker::onRequest(evhttp_request* req, void* arg) {
-  auto* self = static_cast<Worker*>(arg);
-  // Refusals evhttp itself does not make (RFC 9112 §6.3), before the core sees the request.
-  if (std::string why = EvhttpDownstream::framingError(req); !why.empty()) {
-    sendEvhttpProblem(req, Problem::BadRequest, why, true);
-    return;
-  }
-  const uint64_t limit = self->config_->server.max_request_body;
-  if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > limit) {
-    sendEvhttpProblem(req, Problem::RequestTooLarge,
-                      "the body is larger than " + std::to_string(limit) + " bytes", false);
-    return;
-  }
+void Worker::onRequest(std::unique_ptr<Downstream> client) {
+  // Framing and body-size refusals are the FrontServer's: what arrives here is well-formed.
   try {
     // An exception unwinds the request; its Downstream then answers 500 and frees it.
-    ProxyRequest::start(*self, std::make_unique<EvhttpDownstream>(req));
+    ProxyRequest::start(*this, std::move(client));
   } catch (const std::exception& e) {
-    self->proxy_.observer().event("request-failed", "", e.what());
+    proxy_.observer().event("request-failed", "", e.what());
   }
 }
 

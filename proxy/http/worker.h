@@ -1,8 +1,7 @@
 #pragma once
-// One event-loop thread: its event_base, evhttp on the shared listening socket, its upstream
-// clients and a mailbox through which other threads (the store writer, waiters) post work.
-#include <event2/listener.h>
-
+// One event-loop thread: its event_base, a FrontServer on the shared listening socket, its
+// upstream clients and a mailbox through which other threads (the store writer, waiters) post
+// work.
 #include <atomic>
 #include <functional>
 #include <map>
@@ -14,6 +13,7 @@
 
 #include "base/c_handles.h"
 #include "config/config.h"
+#include "http/front_server.h"
 #include "request/context.h"
 #include "upstream/upstream.h"
 
@@ -52,7 +52,7 @@ class Worker final : public RequestLoop {
   static int64_t steadyMs();
 
  private:
-  static void onRequest(evhttp_request* req, void* arg);
+  void onRequest(std::unique_ptr<Downstream> client);
   static void onMailbox(evutil_socket_t, short, void* arg);
   static void onHeartbeat(evutil_socket_t, short, void* arg);
   void rebuildUpstreams();
@@ -61,8 +61,8 @@ class Worker final : public RequestLoop {
   unsigned worker_count_;
   ConfigPtr config_;
   EventBasePtr base_;
-  EvhttpPtr http_;
-  evhttp_bound_socket* bound_ = nullptr;
+  std::unique_ptr<FrontServer> front_;
+  bool accepting_ = false;
   EventPtr mailbox_event_;
   EventPtr heartbeat_;
   std::atomic<int64_t> last_beat_ms_{0};

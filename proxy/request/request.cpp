@@ -640,8 +640,10 @@ void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outc
     if (iequals(h.name, "Content-Length") && method_ != "HEAD") continue;
     client_->addField(h.name, h.value);
   }
-  sendReply(answer.body, replayed);
+  // Reported first: the answer may reach the client, and its next request be logged, before
+  // this function returns.
   report(answer.status, outcome, detail);
+  sendReply(answer.body, replayed);
 }
 
 void ProxyRequest::sendReply(std::string_view body, bool replayed) {

@@ -127,24 +127,45 @@ bool isHopByHop(std::string_view name) {
 }
 
 void removeHopByHopFields(Headers& headers) {
-  std::vector<std::string> named;  // field names listed in Connection values
+  // Linear in the size of the fields: at most kMaxConnectionTokens distinct names are taken
+  // from Connection values (further ones are ignored: no real sender lists that many), so the
+  // check per field is bounded, whatever a peer sends (16,000 tokens × 7,000 fields would
+  // otherwise cost a worker's loop most of a second).
+  constexpr size_t kMaxConnectionTokens = 32;
+  std::string_view named[kMaxConnectionTokens];
+  size_t count = 0;
   for (const Header& h : headers) {
+    if (count == kMaxConnectionTokens) break;
     if (!iequals(h.name, "Connection")) continue;
     std::string_view rest = h.value;
-    while (!rest.empty()) {
+    while (!rest.empty() && count < kMaxConnectionTokens) {
       size_t comma = rest.find(',');
       std::string_view token = trimOws(rest.substr(0, comma));
-      if (!token.empty()) named.emplace_back(token);
       rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+      if (token.empty() || isHopByHop(token)) continue;
+      bool seen = false;
+      for (size_t i = 0; i < count && !seen; ++i) seen = iequals(named[i], token);
+      if (!seen) named[count++] = token;
     }
   }
-  std::erase_if(headers, [&](const Header& h) {
-    if (isHopByHop(h.name)) return true;
-    for (const std::string& n : named) {
-      if (iequals(n, h.name)) return true;
+  // The views above point into Connection values, which are themselves removed: decide for
+  // every field first, then compact.
+  std::vector<bool> drop(headers.size());
+  for (size_t i = 0; i < headers.size(); ++i) {
+    const std::string& name = headers[i].name;
+    bool hop = isHopByHop(name);
+    for (size_t j = 0; j < count && !hop; ++j) {
+      hop = named[j].size() == name.size() && iequals(named[j], name);
     }
-    return false;
-  });
+    drop[i] = hop;
+  }
+  size_t out = 0;
+  for (size_t i = 0; i < headers.size(); ++i) {
+    if (drop[i]) continue;
+    if (out != i) headers[out] = std::move(headers[i]);
+    ++out;
+  }
+  headers.resize(out);
 }
 
 void upstreamGlobalInit() {
