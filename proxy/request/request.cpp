@@ -206,6 +206,10 @@ void ProxyRequest::beginIdempotent() {
   bool mismatch = false;
   bool sent = false;
   int status = 0;
+  if (!shared_.store().localReads()) {
+    reserve();  // a network store: the reserve is the read
+    return;
+  }
   shared_.store().visit(id_, [&](const RecordView& rec) {
     if (rec.state != RecordState::Completed) return;
     completed = true;
@@ -365,6 +369,10 @@ void ProxyRequest::onWaitWake() {
   auto self = shared_from_this();
   keepalive_.reset();
   if (wait_timer_) evtimer_del(wait_timer_.get());
+  if (!shared_.store().localReads()) {
+    reserve();  // classifies again in one round trip: replay, mismatch, still in flight, or won
+    return;
+  }
   auto rec = shared_.store().lookup(id_);
   if (!rec) {
     reserve();  // released, forgotten or expired: try to take it

@@ -106,6 +106,12 @@ class Store {
   // Delete up to `limit` expired records, oldest first, using the expiry index.
   virtual void sweep(size_t limit, std::function<void(WriteResult)> done) = 0;
 
+  // True when lookup() and visit() are local reads an event loop may call (LMDB's mapped file).
+  // A network store returns false: the request core then never reads it directly, and reserve()
+  // doubles as the read (Completed carries the record to replay; InFlight the lease to wait on).
+  // lookup(), visit() and list() may then block: they are for the command line.
+  virtual bool localReads() const { return true; }
+
   // Read the record; an expired record reads as absent. Safe from any thread; never blocks on
   // the writer.
   virtual std::optional<Record> lookup(const RecordId& id) = 0;

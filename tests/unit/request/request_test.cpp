@@ -85,6 +85,8 @@ class FakeStore final : public Store {
   std::optional<Record> stored;  // what lookup() and visit() see
   int lookups = 0;
   bool throwOnReserve = false;
+  bool local = true;  // localReads()
+  bool localReads() const override { return local; }
 
   void reserve(ReserveRequest req, std::function<void(ReserveResult)> done) override {
     if (throwOnReserve) throw std::runtime_error("store exploded");
@@ -99,10 +101,12 @@ class FakeStore final : public Store {
   void forget(RecordId, std::function<void(WriteResult)> done) override { done({}); }
   void sweep(size_t, std::function<void(WriteResult)> done) override { done({}); }
   std::optional<Record> lookup(const RecordId&) override {
+    EXPECT_TRUE(local) << "a network store is never read directly by the core";
     ++lookups;
     return stored;
   }
   bool visit(const RecordId&, FunctionRef<void(const RecordView&)> fn) override {
+    EXPECT_TRUE(local) << "a network store is never read directly by the core";
     if (!stored) return false;
     const std::string bytes = encodeRecord(*stored);
     RecordView view;
@@ -683,6 +687,33 @@ TEST_F(RequestCoreTest, AmbiguousTargetsAreRefusedBeforeRouting) {
   }
   EXPECT_TRUE(upstream_->sent.empty());
   EXPECT_TRUE(store_.reserves.empty());
+}
+
+TEST_F(RequestCoreTest, WithANetworkStoreTheReserveIsTheRead) {
+  store_.local = false;
+  store_.stored = completed({201, {}, "paid"});  // would be replayed by a local read
+  start();
+  ASSERT_EQ(store_.reserves.size(), 1u) << "no direct read: straight to reserve";
+  completeReserve(ReserveStatus::Completed, *store_.stored);
+  ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 201);
+  EXPECT_EQ(reply_->field("Idempotent-Replayed"), "true");
+}
+
+TEST_F(RequestCoreTest, WithANetworkStoreAWokenWaiterReservesAgain) {
+  store_.local = false;
+  start();
+  const std::string owner = shared_->newOwnerToken();
+  const RecordId id = store_.reserves[0].first.id;
+  shared_->waiters().ownerStarted(id);
+  completeReserve(ReserveStatus::InFlight, inFlight(owner));
+  EXPECT_EQ(shared_->waiters().parked(), 1u);
+  shared_->waiters().ownerFinished(id);
+  ASSERT_TRUE(loop_->runUntil([&] { return !store_.reserves.empty(); }));
+  completeReserve(ReserveStatus::Completed, completed({201, {}, "paid"}));
+  ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 201);
+  EXPECT_EQ(store_.lookups, 0);
 }
 
 }  // namespace
