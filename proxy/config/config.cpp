@@ -617,6 +617,19 @@ void Parser::parseIdempotency(const Field& f, IdempotencyConfig& out, RouteMarks
               }
               out.key_header = name;
             }},
+           {"key_json_pointer",
+            [&](const Field& k) {
+              std::string pointer;
+              if (!readText(k, pointer)) return;
+              if (!isJsonPointer(pointer)) {
+                error(k,
+                      "expected an RFC 6901 JSON pointer to a member of the body, like "
+                      "/idempotency_key ('~' only as ~0 or ~1), got " +
+                          describe(k.value));
+                return;
+              }
+              out.key_json_pointer = pointer;
+            }},
            {"required", [&](const Field& k) { readBool(k, out.required); }},
            {"ttl",
             [&](const Field& k) {

@@ -66,6 +66,8 @@ enum class AbandonedMode { Fail, Retry };
 
 struct IdempotencyConfig {
   std::string key_header = "Idempotency-Key";
+  // Legacy clients: the key inside a JSON body (RFC 6901 pointer), when the header is absent.
+  std::optional<std::string> key_json_pointer;
   bool required = true;
   Millis ttl{24ll * 3600 * 1000};
   std::vector<std::string> scope{"Authorization"};

@@ -30,6 +30,17 @@ bool isAlpha(char c) {
 
 }  // namespace
 
+bool isJsonPointer(std::string_view pointer) {
+  if (pointer.empty() || pointer.front() != '/') return false;
+  for (size_t i = 0; i < pointer.size(); ++i) {
+    if (pointer[i] == '~' &&
+        (i + 1 >= pointer.size() || (pointer[i + 1] != '0' && pointer[i + 1] != '1'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
 bool isToken(std::string_view s) {
   return isHttpToken(s);
 }

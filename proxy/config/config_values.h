@@ -11,6 +11,8 @@ namespace idem::config_detail {
 
 // An HTTP token (RFC 9110 §5.6.2): header names and methods.
 bool isToken(std::string_view s);
+// An RFC 6901 JSON pointer to a member ("/a/b~1c": non-empty, '~' only as ~0 or ~1).
+bool isJsonPointer(std::string_view pointer);
 // Printable ASCII without space: names of routes and upstreams.
 bool isPrintableName(std::string_view s);
 std::string toUpper(std::string_view s);

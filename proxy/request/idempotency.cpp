@@ -45,6 +45,12 @@ ParsedKey parseIdempotencyKey(std::string_view first, size_t count) {
   } else {
     key.assign(v);
   }
+  return validatedKey(std::move(key));
+}
+
+ParsedKey validatedKey(std::string key) {
+  ParsedKey out;
+  out.status = KeyStatus::Invalid;
   if (key.empty()) {
     out.reason = "the key is empty";
     return out;
@@ -63,6 +69,55 @@ ParsedKey parseIdempotencyKey(std::string_view first, size_t count) {
   out.status = KeyStatus::Ok;
   out.key = std::move(key);
   return out;
+}
+
+ParsedKey keyFromJsonBody(std::string_view body, std::string_view pointer) {
+  ParsedKey missing;  // status Missing
+  CJsonPtr root(cJSON_ParseWithLength(body.data(), body.size()));
+  if (!root) return missing;
+  const cJSON* node = root.get();
+  std::string_view rest = pointer;
+  while (!rest.empty() && node != nullptr) {
+    rest.remove_prefix(1);  // the '/'
+    const size_t end = rest.find('/');
+    std::string token;
+    for (size_t i = 0; i < std::min(end, rest.size()); ++i) {  // RFC 6901 §4: ~1 then ~0
+      if (rest[i] == '~' && i + 1 < rest.size()) {
+        token.push_back(rest[i + 1] == '1' ? '/' : '~');
+        ++i;
+      } else {
+        token.push_back(rest[i]);
+      }
+    }
+    rest = end == std::string_view::npos ? std::string_view() : rest.substr(end);
+    if (cJSON_IsObject(node)) {
+      node = cJSON_GetObjectItemCaseSensitive(node, token.c_str());
+    } else if (cJSON_IsArray(node)) {
+      const bool digits = !token.empty() && token.size() <= 9 &&
+                          token.find_first_not_of("0123456789") == std::string::npos &&
+                          (token == "0" || token.front() != '0');
+      node = digits ? cJSON_GetArrayItem(node, std::stoi(token)) : nullptr;
+    } else {
+      node = nullptr;
+    }
+  }
+  if (node == nullptr || cJSON_IsNull(node)) return missing;
+  if (cJSON_IsString(node)) return validatedKey(node->valuestring);
+  ParsedKey invalid;
+  invalid.status = KeyStatus::Invalid;
+  if (cJSON_IsNumber(node)) {
+    const double v = node->valuedouble;
+    constexpr double kExact = 9007199254740992.0;  // 2^53: integers beyond are not exact
+    if (v == static_cast<double>(static_cast<long long>(v)) && v > -kExact && v < kExact) {
+      return validatedKey(std::to_string(static_cast<long long>(v)));
+    }
+    invalid.reason =
+        "the body's key is a number that is not an integer of at most 15 digits; "
+        "send it as a string";
+    return invalid;
+  }
+  invalid.reason = "the body's key is neither a string nor an integer";
+  return invalid;
 }
 
 std::vector<std::string> scopeValues(const IdempotencyConfig& cfg, const Headers& headers) {

@@ -20,6 +20,14 @@ struct ParsedKey {
   std::string reason;  // why it is invalid, for the problem detail
 };
 
+// A key as given (already unquoted): 1-255 printable ASCII characters.
+[[nodiscard]] ParsedKey validatedKey(std::string key);
+
+// The key a legacy client put in its JSON body, at `pointer`: a string, or an integer as its
+// decimal text, validated like a header value. Missing when the body is not JSON or has no
+// such member (or null); Invalid for any other value.
+[[nodiscard]] ParsedKey keyFromJsonBody(std::string_view body, std::string_view pointer);
+
 // `values` are every value of the key header in the request (the header may repeat).
 [[nodiscard]] ParsedKey parseIdempotencyKey(const std::vector<std::string_view>& values);
 // The same without a vector: `count` values of which `first` is the first (ignored when 0).

@@ -175,9 +175,23 @@ void ProxyRequest::beginIdempotent() {
     if (iequals(name, ic.key_header) && values++ == 0) firstValue = value;
   });
   ParsedKey parsed = parseIdempotencyKey(firstValue, values);
+  if (ic.key_json_pointer && parsed.status != KeyStatus::Invalid) {
+    // A legacy client's key in the body; when the header is there too, both must agree.
+    ParsedKey fromBody = keyFromJsonBody(body_, *ic.key_json_pointer);
+    if (parsed.status == KeyStatus::Missing) {
+      parsed = std::move(fromBody);
+    } else if (fromBody.status != KeyStatus::Missing && fromBody.key != parsed.key) {
+      parsed.status = KeyStatus::Invalid;
+      parsed.reason =
+          "the " + ic.key_header + " header and the body's " + *ic.key_json_pointer + " differ";
+    }
+  }
   if (parsed.status == KeyStatus::Missing) {
     if (ic.required) {
-      respondProblem(Problem::KeyMissing, "this route requires the " + ic.key_header + " header",
+      respondProblem(Problem::KeyMissing,
+                     "this route requires the " + ic.key_header + " header" +
+                         (ic.key_json_pointer ? " or " + *ic.key_json_pointer + " in a JSON body"
+                                              : std::string()),
                      Outcome::Invalid);
     } else {
       passThrough();

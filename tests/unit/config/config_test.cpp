@@ -618,6 +618,17 @@ routes:
                   .ok());
 }
 
+TEST(Config, KeyJsonPointerIsAnRfc6901Pointer) {
+  ConfigResult r =
+      parse(std::string(kMinimal) + "    idempotency:\n      key_json_pointer: /a~1b\n");
+  ASSERT_TRUE(r.ok()) << dump(r);
+  EXPECT_EQ(r.config->routes[0].idempotency->key_json_pointer, "/a~1b");
+  expectOneError(std::string(kMinimal) + "    idempotency:\n      key_json_pointer: id\n", 9, 25,
+                 "expected an RFC 6901 JSON pointer");
+  expectOneError(std::string(kMinimal) + "    idempotency:\n      key_json_pointer: /a~2\n", 9, 25,
+                 "expected an RFC 6901 JSON pointer");
+}
+
 TEST(Config, TrustedProxiesAreIpLiteralsInCanonicalForm) {
   ConfigResult r = parse("server:\n  trusted_proxies: [10.0.0.1, '::ffff:0:1', '0:0::1']\n" +
                          std::string(kMinimal));

@@ -169,3 +169,37 @@ TEST(Problem, EveryStatusMatchesTheSpecTable) {
 
 }  // namespace
 }  // namespace idem
+
+namespace idem {
+namespace {
+
+TEST(BodyKey, StringOrIntegerAtAPointer) {
+  EXPECT_EQ(keyFromJsonBody(R"({"idempotency_id":"abc-1"})", "/idempotency_id").key, "abc-1");
+  EXPECT_EQ(keyFromJsonBody(R"({"order":{"id":4711}})", "/order/id").key, "4711");
+  EXPECT_EQ(keyFromJsonBody(R"({"a/b":{"m~n":"x"}})", "/a~1b/m~0n").key, "x");
+  EXPECT_EQ(keyFromJsonBody(R"({"ids":["p","q"]})", "/ids/1").key, "q");
+  EXPECT_EQ(keyFromJsonBody(R"({"k":"abc"})", "/k").status, KeyStatus::Ok);
+}
+
+TEST(BodyKey, MissingWhenNotJsonOrAbsent) {
+  EXPECT_EQ(keyFromJsonBody("not json", "/k").status, KeyStatus::Missing);
+  EXPECT_EQ(keyFromJsonBody("", "/k").status, KeyStatus::Missing);
+  EXPECT_EQ(keyFromJsonBody(R"({"other":"x"})", "/k").status, KeyStatus::Missing);
+  EXPECT_EQ(keyFromJsonBody(R"({"k":null})", "/k").status, KeyStatus::Missing);
+  EXPECT_EQ(keyFromJsonBody(R"({"ids":["p"]})", "/ids/01").status, KeyStatus::Missing);
+  EXPECT_EQ(keyFromJsonBody(R"("k")", "/k").status, KeyStatus::Missing);
+}
+
+TEST(BodyKey, InvalidValuesAreRefusedLikeAHeader) {
+  EXPECT_EQ(keyFromJsonBody(R"({"k":""})", "/k").status, KeyStatus::Invalid);
+  EXPECT_EQ(keyFromJsonBody(R"({"k":"a b"})", "/k").status, KeyStatus::Invalid);
+  EXPECT_EQ(keyFromJsonBody(R"({"k":1.5})", "/k").status, KeyStatus::Invalid);
+  EXPECT_EQ(keyFromJsonBody(R"({"k":12345678901234567890})", "/k").status, KeyStatus::Invalid);
+  EXPECT_EQ(keyFromJsonBody(R"({"k":true})", "/k").status, KeyStatus::Invalid);
+  EXPECT_EQ(keyFromJsonBody(R"({"k":{"x":1}})", "/k").status, KeyStatus::Invalid);
+  EXPECT_EQ(keyFromJsonBody("{\"k\":\"" + std::string(256, 'a') + "\"}", "/k").status,
+            KeyStatus::Invalid);
+}
+
+}  // namespace
+}  // namespace idem

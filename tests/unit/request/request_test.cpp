@@ -55,6 +55,7 @@ class FakeClient final : public Downstream {
   inline static bool gone = false;
 
   void beginReply(int status) override {
+    if (gone) return;
     ASSERT_FALSE(out_->has_value()) << "answered twice";
     pending_.status = status;
   }
@@ -714,6 +715,26 @@ TEST_F(RequestCoreTest, WithANetworkStoreAWokenWaiterReservesAgain) {
   ASSERT_TRUE(reply_);
   EXPECT_EQ(reply_->status, 201);
   EXPECT_EQ(store_.lookups, 0);
+}
+
+TEST_F(RequestCoreTest, TheKeyMayComeFromTheBodyAndMustAgreeWithTheHeader) {
+  IdempotencyConfig ic;
+  ic.key_json_pointer = "/idempotency_id";
+  build(ic);
+  start("POST", "/v1/payments", "", R"({"idempotency_id":"body-key","amount":1})");
+  ASSERT_EQ(store_.reserves.size(), 1u);
+  EXPECT_EQ(store_.reserves[0].first.key, "body-key");
+  start("POST", "/v1/payments", "body-key", R"({"idempotency_id":"body-key"})");
+  ASSERT_EQ(store_.reserves.size(), 2u);
+  EXPECT_EQ(store_.reserves[1].first.id, store_.reserves[0].first.id) << "same key, same record";
+  start("POST", "/v1/payments", "other", R"({"idempotency_id":"body-key"})");
+  ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 400);
+  EXPECT_NE(reply_->body.find("idempotency-key-invalid"), std::string::npos);
+  reply_.reset();
+  start("POST", "/v1/payments", "", "not json");
+  ASSERT_TRUE(reply_);
+  EXPECT_NE(reply_->body.find("idempotency-key-missing"), std::string::npos);
 }
 
 }  // namespace
