@@ -48,6 +48,10 @@ CliParse parseCli(const std::vector<std::string>& args, std::ostream& out, std::
   addRecordOptions(show, options);
   CLI::App* forget = keys->add_subcommand("forget", "delete one record, so the key is new again");
   addRecordOptions(forget, options);
+  CLI::App* store = app.add_subcommand("store", "check the store");
+  store->require_subcommand(1);
+  CLI::App* verify =
+      store->add_subcommand("verify", "walk the whole store and report any damage (exit 1)");
 
   try {
     std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 pops from the back
@@ -64,6 +68,8 @@ CliParse parseCli(const std::vector<std::string>& args, std::ostream& out, std::
   // `run` and no command at all are the same: CliCommand::Run, the default.
   if (check->parsed()) {
     options.command = CliCommand::Check;
+  } else if (store->parsed() && verify->parsed()) {
+    options.command = CliCommand::StoreVerify;
   } else if (keys->parsed()) {
     options.command = CliCommand::Keys;
     if (list->parsed()) {
@@ -99,6 +105,8 @@ int runCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
         return cmdCheck(options, out, err);
       case CliCommand::Keys:
         return cmdKeys(options);
+      case CliCommand::StoreVerify:
+        return cmdStoreVerify(options);
       case CliCommand::Run:
         return cmdRun(options);
     }

@@ -4,6 +4,7 @@
 //   idemproxy [run] --config FILE        serve in the foreground; -c FILE too
 //   idemproxy check --config FILE        validate; exit 0, or 1 with FILE:LINE:COL: message
 //   idemproxy keys list|show|forget --config FILE [--route R] [--key K] [--scope V]... [--json]
+//   idemproxy store verify --config FILE  walk the store; exit 0 if sound, 1 listing the damage
 //   idemproxy --version | --help
 //
 // Exit codes: 0 ok, 1 invalid config or failed operation, 2 usage error.
@@ -15,9 +16,10 @@
 namespace idem {
 
 enum class CliCommand {
-  Run,    // serve (the default when no command is given)
-  Check,  // validate the configuration file
-  Keys,   // inspect or forget records; see KeysCommand
+  Run,          // serve (the default when no command is given)
+  Check,        // validate the configuration file
+  Keys,         // inspect or forget records; see KeysCommand
+  StoreVerify,  // walk the whole store and report damage
 };
 
 enum class KeysCommand {
@@ -65,5 +67,6 @@ int cmdCheck(const CliOptions& options, std::ostream& out, std::ostream& err);
 // Implemented in cli_commands.cpp (the server and the store wire these up).
 int cmdRun(const CliOptions& options);
 int cmdKeys(const CliOptions& options);
+int cmdStoreVerify(const CliOptions& options);
 
 }  // namespace idem

@@ -663,7 +663,15 @@ TEST_F(LmdbStoreTest, UndecodableValueReadsAsAbsentAndIsCounted) {
     ASSERT_EQ(mdb_txn_commit(txn), 0);
     mdb_env_close(env);
   }
-  open(options());
+  // A writable open refuses the damaged store and says how to recover (see verify_test.cpp);
+  // without the check at open, the damaged value reads as absent.
+  LmdbOptions o = options();
+  std::string error;
+  EXPECT_EQ(openLmdbStore(o, clock, error), nullptr);
+  EXPECT_NE(error.find("does not decode"), std::string::npos) << error;
+  EXPECT_NE(error.find("mdb_copy"), std::string::npos) << error;
+  o.verify_at_open = false;
+  open(o);
   EXPECT_FALSE(store->lookup(idFor("k")).has_value());
   EXPECT_EQ(store->stats().decode_errors, 1u);
   EXPECT_TRUE(store->list().empty());
