@@ -1,9 +1,11 @@
 #include "store/lmdb/lmdb_store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -12,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <future>
 #include <mutex>
 #include <shared_mutex>
@@ -75,6 +78,64 @@ bool makeDirectories(const std::string& path, std::string& error) {
   return true;
 }
 
+// Creates an empty store atomically when `dir` has no data.mdb yet: the environment is built and
+// synced in a private directory, then linked into place and the directory synced. A crash
+// while creating leaves either no data.mdb or a complete one, never a half-written file that
+// LMDB would refuse ("not an LMDB file"). link() fails if another process won the race; its
+// store is used then.
+bool createIfMissing(const std::string& dir, uint64_t max_size, std::string& error) {
+  const std::string target = dir + "/data.mdb";
+  struct stat st {};
+  if (::stat(target.c_str(), &st) == 0) return true;
+  if (errno != ENOENT) {
+    error = target + ": " + std::strerror(errno);
+    return false;
+  }
+  const std::string tmp = dir + "/.creating-" + std::to_string(::getpid());
+  std::error_code ec;
+  std::filesystem::remove_all(tmp, ec);  // left by an earlier crash of this pid number
+  if (::mkdir(tmp.c_str(), 0700) != 0) {
+    error = "cannot create " + tmp + ": " + std::strerror(errno);
+    return false;
+  }
+  MDB_env* env = nullptr;
+  MDB_txn* txn = nullptr;
+  MDB_dbi dbi = 0;
+  int rc = mdb_env_create(&env);
+  if (rc == MDB_SUCCESS) rc = mdb_env_set_maxdbs(env, 4);
+  if (rc == MDB_SUCCESS) rc = mdb_env_set_mapsize(env, static_cast<size_t>(max_size));
+  if (rc == MDB_SUCCESS) rc = mdb_env_open(env, tmp.c_str(), 0, 0600);
+  if (rc == MDB_SUCCESS) rc = mdb_txn_begin(env, nullptr, 0, &txn);
+  if (rc == MDB_SUCCESS) rc = mdb_dbi_open(txn, "records", MDB_CREATE, &dbi);
+  if (rc == MDB_SUCCESS) rc = mdb_dbi_open(txn, "expiry", MDB_CREATE, &dbi);
+  if (rc == MDB_SUCCESS) {
+    rc = mdb_txn_commit(txn);  // synced: the environment is not MDB_NOSYNC
+  } else if (txn != nullptr) {
+    mdb_txn_abort(txn);
+  }
+  if (env != nullptr) mdb_env_close(env);
+  if (rc != MDB_SUCCESS) {
+    std::filesystem::remove_all(tmp, ec);
+    error = "cannot create a store: " + mdbError(rc);
+    return false;
+  }
+  const std::string made = tmp + "/data.mdb";
+  const bool linked = ::link(made.c_str(), target.c_str()) == 0;
+  const int link_errno = errno;
+  std::filesystem::remove_all(tmp, ec);
+  if (!linked && link_errno != EEXIST) {
+    error = "cannot create " + target + ": " + std::strerror(link_errno);
+    return false;
+  }
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0 || ::fsync(dfd) != 0) {
+    error = "cannot sync " + dir + ": " + std::strerror(errno);
+    if (dfd >= 0) ::close(dfd);
+    return false;
+  }
+  ::close(dfd);
+  return true;
+}
 }  // namespace
 // ---------------------------------------------------------------------------------------------
 // Record access
@@ -400,6 +461,10 @@ bool LmdbStore::Impl::open(std::string& error) {
   }
   if (!S_ISDIR(st.st_mode)) {
     error = where + "not a directory";
+    return false;
+  }
+  if (!opts.read_only && !createIfMissing(opts.path, opts.max_size, error)) {
+    error = where + error;
     return false;
   }
 
