@@ -1,6 +1,7 @@
 #pragma once
-// Internals of the LMDB store shared by its source files (lmdb_store.cpp: environment, writer,
-// operations; lmdb_verify.cpp: integrity walk and checked listing). Not part of the interface.
+// Internals of the LMDB store shared by its source files (lmdb_env.cpp: create, open, sync, read
+// transactions; lmdb_store.cpp: operations, the writer, the Store interface; lmdb_verify.cpp:
+// integrity walk and checked listing). Not part of the interface.
 #include <lmdb.h>
 
 #include <array>
