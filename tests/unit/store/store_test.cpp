@@ -451,8 +451,9 @@ TEST_F(LmdbStoreTest, MapFullIsTypedAndSweepFreesSpace) {
       key = "fill-" + std::to_string(next++);
       ReserveRequest req = reserveReq(key, "A", 1, 1000);
       req.abandoned_answer.body = body;  // not written; just exercises copying
-      store->reserve(req, [&result, &pending](ReserveResult rr) {
-        result = std::move(rr);
+      ReserveResult* slot = &result;  // clang 14 cannot capture a structured binding
+      store->reserve(req, [slot, &pending](ReserveResult rr) {
+        *slot = std::move(rr);
         --pending;
       });
     }
