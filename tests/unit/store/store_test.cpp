@@ -451,7 +451,7 @@ TEST_F(LmdbStoreTest, MapFullIsTypedAndSweepFreesSpace) {
       key = "fill-" + std::to_string(next++);
       ReserveRequest req = reserveReq(key, "A", 1, 1000);
       req.abandoned_answer.body = body;  // not written; just exercises copying
-      ReserveResult* slot = &result;  // clang 14 cannot capture a structured binding
+      ReserveResult* slot = &result;     // clang 14 cannot capture a structured binding
       store->reserve(req, [slot, &pending](ReserveResult rr) {
         *slot = std::move(rr);
         --pending;
