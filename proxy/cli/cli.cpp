@@ -58,6 +58,10 @@ CliParse parseCli(const std::vector<std::string>& args, std::ostream& out, std::
   reload->add_option("--pid", options.pid, "process id of the running daemon ($MAINPID)")
       ->required()
       ->check(CLI::Range(2L, static_cast<long>(INT32_MAX)));
+  CLI::App* store = app.add_subcommand("store", "check the store");
+  store->require_subcommand(1);
+  CLI::App* verify =
+      store->add_subcommand("verify", "walk the whole store and report any damage (exit 1)");
 
   try {
     std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 pops from the back
@@ -76,6 +80,8 @@ CliParse parseCli(const std::vector<std::string>& args, std::ostream& out, std::
     options.command = CliCommand::Check;
   } else if (reload->parsed()) {
     options.command = CliCommand::Reload;
+  } else if (store->parsed() && verify->parsed()) {
+    options.command = CliCommand::StoreVerify;
   } else if (keys->parsed()) {
     options.command = CliCommand::Keys;
     if (list->parsed()) {
@@ -131,6 +137,8 @@ int runCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
         return cmdKeys(options);
       case CliCommand::Reload:
         return cmdReload(options);
+      case CliCommand::StoreVerify:
+        return cmdStoreVerify(options);
       case CliCommand::Run:
         return cmdRun(options);
     }

@@ -5,6 +5,7 @@
 //   idemproxy check --config FILE        validate; exit 0, or 1 with FILE:LINE:COL: message
 //   idemproxy keys list|show|forget --config FILE [--route R] [--key K] [--scope V]... [--json]
 //   idemproxy reload --config FILE --pid PID   validate FILE; if valid, send SIGHUP to PID
+//   idemproxy store verify --config FILE  walk the store; exit 0 if sound, 1 listing the damage
 //   idemproxy --version | --help
 //
 // Exit codes: 0 ok, 1 invalid config or failed operation, 2 usage error.
@@ -16,10 +17,11 @@
 namespace idem {
 
 enum class CliCommand {
-  Run,     // serve (the default when no command is given)
-  Check,   // validate the configuration file
-  Keys,    // inspect or forget records; see KeysCommand
-  Reload,  // validate the file, then signal the daemon to reload it (systemd's ExecReload=)
+  Run,          // serve (the default when no command is given)
+  Check,        // validate the configuration file
+  Keys,         // inspect or forget records; see KeysCommand
+  Reload,       // validate the file, then signal the daemon to reload it (ExecReload=)
+  StoreVerify,  // walk the whole store and report damage
 };
 
 enum class KeysCommand {
@@ -74,5 +76,6 @@ int cmdReload(const CliOptions& options);
 // Implemented in daemon.cpp and keys_cli.cpp (the server and the store wire these up).
 int cmdRun(const CliOptions& options);
 int cmdKeys(const CliOptions& options);
+int cmdStoreVerify(const CliOptions& options);
 
 }  // namespace idem

@@ -64,9 +64,21 @@ const RouteConfig* findRouteByName(const Config& cfg, const std::string& name) {
   return nullptr;
 }
 
-int keysList(const CliOptions& o, Store& store) {
+// Prints what could not be read and how to go on; returns the exit code for a damaged store.
+int reportDamage(const std::string& path, const std::vector<std::string>& problems) {
+  std::fprintf(stderr, "idemproxy: the store at %s is damaged:\n", path.c_str());
+  for (const auto& p : problems) std::fprintf(stderr, "  %s\n", p.c_str());
+  std::fprintf(stderr,
+               "idemproxy: run `idemproxy store verify` for a full report. To recover: %s\n",
+               kRestoreHint);
+  return kExitFailure;
+}
+
+int keysList(const CliOptions& o, LmdbStore& store, const std::string& path) {
   const int64_t now = SystemClock::instance().wallMs();
-  auto records = store.list();
+  CheckedList checked = store.listChecked();
+  if (!checked.problems.empty()) return reportDamage(path, checked.problems);
+  const auto& records = checked.records;
   if (!o.json) {
     std::printf("%-20s %-40s %-16s %6s %10s %10s\n", "ROUTE", "KEY", "STATE", "STATUS", "AGE",
                 "EXPIRES");
@@ -152,7 +164,7 @@ int cmdKeys(const CliOptions& o) {
                  error.c_str());
     return kExitFailure;
   }
-  if (o.keys == KeysCommand::List) return keysList(o, *store);
+  if (o.keys == KeysCommand::List) return keysList(o, *store, cfg.store.path);
 
   // The record's identity uses one value per scope header; absent ones are empty.
   std::vector<std::string> scope = o.scopes;
@@ -182,7 +194,9 @@ int cmdKeys(const CliOptions& o) {
 
   // show: every record, expired ones too, so an operator sees what is there.
   const int64_t now = SystemClock::instance().wallMs();
-  for (const auto& [rid, r] : store->list()) {
+  CheckedList checked = store->listChecked();
+  if (!checked.problems.empty()) return reportDamage(cfg.store.path, checked.problems);
+  for (const auto& [rid, r] : checked.records) {
     if (rid != id) continue;
     CJsonPtr j(recordJson(r, now));
     cJSON_AddStringToObject(j.get(), "id", toHex(rid).c_str());
@@ -205,6 +219,30 @@ int cmdKeys(const CliOptions& o) {
   }
   std::fprintf(stderr, "idemproxy: no record for that route, key and scope\n");
   return kExitFailure;
+}
+
+int cmdStoreVerify(const CliOptions& o) {
+  ConfigResult cr = loadConfigFile(o.config_path);
+  if (!cr.ok()) {
+    for (const auto& e : cr.errors) std::fprintf(stderr, "%s\n", e.str().c_str());
+    return kExitFailure;
+  }
+  LmdbOptions so;
+  so.path = cr.config->store.path;
+  so.max_size = cr.config->store.max_size;
+  so.read_only = true;  // safe while the daemon runs; reports instead of refusing
+  std::string error;
+  auto store = openLmdbStore(so, SystemClock::instance(), error);
+  if (!store) {
+    std::fprintf(stderr, "idemproxy: cannot open the store at %s: %s\nTo recover: %s\n",
+                 so.path.c_str(), error.c_str(), kRestoreHint);
+    return kExitFailure;
+  }
+  const VerifyReport rep = store->verify();
+  if (!rep.ok()) return reportDamage(so.path, rep.problems);
+  std::printf("%s: ok (%" PRIu64 " records, %" PRIu64 " expiry index entries)\n", so.path.c_str(),
+              rep.records, rep.index_entries);
+  return kExitOk;
 }
 
 }  // namespace idem

@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -17,6 +18,8 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
+#include <sstream>
 #include <system_error>
 #include <tuple>
 #include <utility>
@@ -820,22 +823,61 @@ void Parser::crossCheck(Config& config, const YAML::Node& root) {
   }
 }
 
+// The first document, and a second one if there is one (an error: the caller reports it).
+// Not YAML::LoadAll: yaml-cpp 0.7's LoadAll never returns on some malformed inputs (found by
+// tests/fuzz/fuzz_config: ",\xff\xff\xff\xff\xff\xff[" grows without bound), while parsing
+// one document at a time does.
+class DocumentCounter : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+  std::vector<YAML::Mark> marks;
+};
+
+struct Documents {
+  YAML::Node first;                  // undefined when the text holds no document
+  std::optional<YAML::Mark> second;  // where a second document starts, if there is one
+};
+
+Documents loadFirstDocument(const std::string& text) {
+  Documents docs;
+  docs.first = YAML::Load(text);
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentCounter counter;
+  if (parser.HandleNextDocument(counter) && parser.HandleNextDocument(counter) &&
+      counter.marks.size() >= 2) {
+    docs.second = counter.marks[1];
+  }
+  return docs;
+}
+
 ConfigResult Parser::run(const std::string& text) {
   ConfigResult result;
   auto config = std::make_shared<Config>();
   config->source = file_;
   try {
-    std::vector<YAML::Node> docs = YAML::LoadAll(text);
-    if (docs.empty() || docs.front().IsNull()) {
+    const Documents docs = loadFirstDocument(text);
+    if (!docs.first.IsDefined() || docs.first.IsNull()) {
       error(YAML::Mark(), "the configuration is empty; expected at least 'upstreams' and 'routes'");
       errors_.back().line = 1;
       errors_.back().column = 1;
-    } else if (!docs.front().IsMap()) {
-      error(docs.front().Mark(),
-            "expected a mapping of keys at the top level, got " + describe(docs.front()));
+    } else if (!docs.first.IsMap()) {
+      error(docs.first.Mark(),
+            "expected a mapping of keys at the top level, got " + describe(docs.first));
     } else {
-      const YAML::Node& root = docs.front();
-      if (docs.size() > 1) error(docs[1].Mark(), "expected a single YAML document, found another");
+      const YAML::Node& root = docs.first;
+      if (docs.second) error(*docs.second, "expected a single YAML document, found another");
       walk(root, "",
            {
                {"server", [&](const Field& f) { parseServer(f, config->server); }},

@@ -46,8 +46,12 @@ void appendHeaderLine(Headers& headers, std::string_view line) {
       value += more;
     }
   } else if (size_t colon = line.find(':'); colon != std::string_view::npos && colon > 0) {
-    headers.push_back({std::string(trimOws(line.substr(0, colon))),
-                       std::string(trimOws(line.substr(colon + 1)))});
+    // A name that is not a token (NUL, CR, spaces inside …) is not a field: ignored, like a
+    // line without a colon, so it never reaches a record or a client (found by
+    // tests/fuzz/fuzz_upstream_head).
+    const std::string_view name = trimOws(line.substr(0, colon));
+    if (!isToken(name)) return;
+    headers.push_back({std::string(name), std::string(trimOws(line.substr(colon + 1)))});
   }
 }
 
@@ -89,6 +93,9 @@ int parseStatusLine(std::string_view line) {
     if (c < '0' || c > '9') return 0;
     status = status * 10 + (c - '0');
   }
+  // Three digits, then the end or a space; a first digit of 0 is no status (found by
+  // tests/fuzz/fuzz_upstream_head: "0 098" read as 98).
+  if (status < 100 || (line.size() > sp + 4 && line[sp + 4] != ' ')) return 0;
   return status;
 }
 

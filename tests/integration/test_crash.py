@@ -153,19 +153,6 @@ class CrashTest(ProxyTestCase):
         self.assertReplayOf(self.post(proxy, key=k), r1)
         self.assertCount(1)
 
-    def test_durability_full_survives_sigkill_under_load(self):
-        proxy = self.start_proxy()
-        answers = {}
-        for i in range(10):
-            k = self.new_key("load%d" % i)
-            answers[k] = self.post(proxy, key=k)
-            self.assertEqual(answers[k].status, 201)
-        proxy.kill()
-        proxy.restart()
-        for k, r in answers.items():
-            self.assertReplayOf(self.post(proxy, key=k), r)
-        self.assertCount(10)
-
 
 @requires_proxy
 class ReloadTest(ProxyTestCase):

@@ -1,9 +1,6 @@
 #include "store/lmdb/lmdb_store.h"
 
-#include <errno.h>
 #include <lmdb.h>
-#include <sys/stat.h>
-#include <sys/types.h>
 
 #include <algorithm>
 #include <array>
@@ -17,6 +14,8 @@
 #include <span>
 #include <thread>
 #include <utility>
+
+#include "store/lmdb/lmdb_impl.h"
 
 // The LMDB store.
 //
@@ -56,201 +55,7 @@
 // `map_mu` shared and the resize takes it exclusively.
 
 namespace idem {
-namespace {
-
-constexpr unsigned kMaxReaders = 512;      // reader slots in the lock file (all processes)
-constexpr size_t kMaxPooledReadTxns = 64;  // idle read transactions kept for reuse
-constexpr int kResizeAttempts = 4;
-constexpr uint64_t kMinHeadroomPages = 16;
-constexpr size_t kCompactOutcomeMaxBytes = 2048;  // an encoded compact outcome record
-constexpr uint64_t kMaxHeadroomPages = 4096;      // 16 MiB with 4 KiB pages
-
-MDB_val mdbVal(const void* p, size_t n) {
-  return MDB_val{n, const_cast<void*>(p)};
-}
-MDB_val mdbVal(const RecordId& id) {
-  return mdbVal(id.data(), id.size());
-}
-MDB_val mdbVal(std::string_view s) {
-  return mdbVal(s.data(), s.size());
-}
-std::string_view view(const MDB_val& v) {
-  return std::string_view(static_cast<const char*>(v.mv_data), v.mv_size);
-}
-
-std::string mdbError(int rc) {
-  return mdb_strerror(rc);
-}
-
-StoreError classify(int rc) {
-  if (rc == MDB_SUCCESS) return StoreError::None;
-  if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) return StoreError::Full;
-  return StoreError::Io;
-}
-
-// Expiry index key: the expiry time made unsigned-sortable (sign bit flipped) in big-endian,
-// then the record id, so LMDB's byte order is time order.
-using ExpiryKey = std::array<uint8_t, 8 + std::tuple_size_v<RecordId>>;
-
-ExpiryKey expiryKey(int64_t expires_at_ms, const RecordId& id) {
-  ExpiryKey k{};
-  const uint64_t t = static_cast<uint64_t>(expires_at_ms) ^ (uint64_t{1} << 63);
-  for (int i = 0; i < 8; ++i) k[static_cast<size_t>(i)] = static_cast<uint8_t>(t >> (56 - 8 * i));
-  std::memcpy(k.data() + 8, id.data(), id.size());
-  return k;
-}
-
-int64_t expiryTime(const uint8_t* k) {
-  uint64_t t = 0;
-  for (int i = 0; i < 8; ++i) t = (t << 8) | k[i];
-  return static_cast<int64_t>(t ^ (uint64_t{1} << 63));
-}
-
-// A transaction handle that aborts unless committed. Move-only. commit() gives the handle up
-// before calling mdb_txn_commit, which frees it whatever the outcome.
-class Txn {
- public:
-  Txn() = default;
-  explicit Txn(MDB_txn* t) : txn_(t) {}
-  Txn(Txn&& o) noexcept : txn_(std::exchange(o.txn_, nullptr)) {}
-  Txn& operator=(Txn&& o) noexcept {
-    if (this != &o) {
-      abort();
-      txn_ = std::exchange(o.txn_, nullptr);
-    }
-    return *this;
-  }
-  Txn(const Txn&) = delete;
-  Txn& operator=(const Txn&) = delete;
-  ~Txn() { abort(); }
-
-  MDB_txn* get() const { return txn_; }
-  explicit operator bool() const { return txn_ != nullptr; }
-  [[nodiscard]] int commit() { return mdb_txn_commit(std::exchange(txn_, nullptr)); }
-  void abort() {
-    if (txn_ != nullptr) mdb_txn_abort(std::exchange(txn_, nullptr));
-  }
-
- private:
-  MDB_txn* txn_ = nullptr;
-};
-
-// A cursor closed when it goes out of scope (read-only cursors are not freed with their txn).
-class Cursor {
- public:
-  Cursor() = default;
-  Cursor(const Cursor&) = delete;
-  Cursor& operator=(const Cursor&) = delete;
-  ~Cursor() {
-    if (cur_ != nullptr) mdb_cursor_close(cur_);
-  }
-  [[nodiscard]] int open(MDB_txn* txn, MDB_dbi dbi) { return mdb_cursor_open(txn, dbi, &cur_); }
-  MDB_cursor* get() const { return cur_; }
-
- private:
-  MDB_cursor* cur_ = nullptr;
-};
-
-// Creates `path` and any missing parents with mode 0700; existing directories are left alone.
-bool makeDirectories(const std::string& path, std::string& error) {
-  for (size_t pos = 1; pos <= path.size(); ++pos) {
-    if (pos != path.size() && path[pos] != '/') continue;
-    const std::string prefix = path.substr(0, pos);
-    if (::mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST) {
-      error = "cannot create directory " + prefix + ": " + std::strerror(errno);
-      return false;
-    }
-  }
-  return true;
-}
-
-}  // namespace
-
-struct LmdbStore::Impl {
-  // One queued write. apply() runs inside a (nested) write transaction and keeps its result;
-  // finish() runs after the commit and hands the result (or `error`) to the caller's callback.
-  struct Op {
-    virtual ~Op() = default;
-    [[nodiscard]] virtual int apply(Impl& s, MDB_txn* txn, int64_t now) = 0;
-    virtual void finish(StoreError error) = 0;
-    // Forgets a result from an attempt whose transaction did not commit (apply runs again).
-    virtual void reset() {}
-    virtual bool isBarrier() const { return false; }
-  };
-  template <typename Result>
-  struct OpWith : Op {
-    explicit OpWith(std::function<void(Result)> d) : done(std::move(d)) {}
-    void finish(StoreError error) override {
-      if (error != StoreError::None) {
-        result = Result{};
-        result.error = error;
-      }
-      if (done) done(std::move(result));
-    }
-    void reset() override { result = Result{}; }
-    std::function<void(Result)> done;
-    Result result;
-  };
-  struct ReserveOp;
-  struct RecordOp;
-  struct ReleaseOp;
-  struct ForgetOp;
-  struct SweepOp;
-  struct BarrierOp;
-
-  Impl(const LmdbOptions& o, const Clock& c) : opts(o), clock(c) {}
-  ~Impl();
-
-  bool open(std::string& error);
-  void start();
-  void stop();
-
-  void submit(std::unique_ptr<Op> op);
-  void writerLoop();
-  void process(std::span<const std::unique_ptr<Op>> batch, bool& dirty);
-  size_t runGroup(std::span<Op* const> ops, bool& dirty);
-  void adoptMapSize();
-  void syncToDisk();
-
-  // Runs `fn` in a read-only transaction on the calling thread; returns an LMDB code.
-  int withRead(FunctionRef<int(MDB_txn*)> fn);
-
-  // Record access inside a transaction. get: MDB_NOTFOUND when absent; an undecodable value
-  // reads as absent (and is counted).
-  int get(MDB_txn* txn, const RecordId& id, Record& out);
-  // Sets grow_budget for a new write transaction: free pages in the map beyond the headroom.
-  int measureFreePages(MDB_txn* txn);
-  int put(MDB_txn* txn, const RecordId& id, const Record& rec, const Record* old);
-  int erase(MDB_txn* txn, const RecordId& id, const Record* old);
-
-  LmdbOptions opts;
-  const Clock& clock;
-  MDB_env* env = nullptr;
-  MDB_dbi records = 0;
-  MDB_dbi expiry = 0;
-  size_t page_size = 4096;
-  int64_t grow_budget = 0;     // writer thread only: bytes growing writes may still take
-  int64_t headroom_bytes = 0;  // writer thread only: the headroom, for compact outcomes
-
-  std::shared_mutex map_mu;  // shared: a transaction is active; exclusive: resizing the map
-
-  std::mutex pool_mu;
-  std::vector<MDB_txn*> read_pool;  // reset read-only transactions
-
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<std::unique_ptr<Op>> queue;
-  bool stopping = false;
-  std::thread writer;
-  std::atomic<std::thread::id> writer_id{};
-
-  std::mutex observer_mu;
-  CommitObserver observer;
-
-  std::atomic<uint64_t> commits{0};
-  std::atomic<uint64_t> operations{0};
-  std::atomic<uint64_t> decode_errors{0};
-};
+using namespace lmdb;  // NOLINT: the store's own helpers
 
 // ---------------------------------------------------------------------------------------------
 // Record access
@@ -564,139 +369,6 @@ struct LmdbStore::Impl::BarrierOp final : Op {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Environment
-
-bool LmdbStore::Impl::open(std::string& error) {
-  const std::string where = "store " + opts.path + ": ";
-  if (opts.path.empty()) {
-    error = "store path is empty";
-    return false;
-  }
-  if (!opts.read_only && !makeDirectories(opts.path, error)) return false;
-  struct stat st {};
-  if (::stat(opts.path.c_str(), &st) != 0) {
-    error = where + std::strerror(errno);
-    return false;
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    error = where + "not a directory";
-    return false;
-  }
-
-  int rc = mdb_env_create(&env);
-  if (rc != MDB_SUCCESS) {
-    error = where + "mdb_env_create: " + mdbError(rc);
-    return false;
-  }
-  unsigned flags = MDB_NOTLS;
-  if (opts.read_only) flags |= MDB_RDONLY;
-  if (opts.durability == Durability::Relaxed && !opts.read_only) flags |= MDB_NOSYNC;
-  if ((rc = mdb_env_set_maxreaders(env, kMaxReaders)) != MDB_SUCCESS ||
-      (rc = mdb_env_set_maxdbs(env, 4)) != MDB_SUCCESS ||
-      (rc = mdb_env_set_mapsize(env, static_cast<size_t>(opts.max_size))) != MDB_SUCCESS ||
-      (rc = mdb_env_open(env, opts.path.c_str(), flags, 0600)) != MDB_SUCCESS) {
-    error = where + "cannot open LMDB environment: " + mdbError(rc);
-    return false;
-  }
-  int dead = 0;
-  if ((rc = mdb_reader_check(env, &dead)) != MDB_SUCCESS) {
-    error = where + "mdb_reader_check: " + mdbError(rc);
-    return false;
-  }
-
-  MDB_txn* raw = nullptr;
-  for (int attempt = 0;; ++attempt) {
-    rc = mdb_txn_begin(env, nullptr, opts.read_only ? MDB_RDONLY : 0, &raw);
-    if (rc != MDB_MAP_RESIZED || attempt == kResizeAttempts) break;
-    mdb_env_set_mapsize(env, 0);
-  }
-  if (rc != MDB_SUCCESS) {
-    error = where + "mdb_txn_begin: " + mdbError(rc);
-    return false;
-  }
-  Txn txn(raw);
-  const unsigned dbi_flags = opts.read_only ? 0 : MDB_CREATE;
-  if ((rc = mdb_dbi_open(txn.get(), "records", dbi_flags, &records)) != MDB_SUCCESS ||
-      (rc = mdb_dbi_open(txn.get(), "expiry", dbi_flags, &expiry)) != MDB_SUCCESS) {
-    error = where + (rc == MDB_NOTFOUND ? std::string("no idemproxy store here yet")
-                                        : "mdb_dbi_open: " + mdbError(rc));
-    return false;
-  }
-  if ((rc = txn.commit()) != MDB_SUCCESS) {
-    error = where + "cannot initialise: " + mdbError(rc);
-    return false;
-  }
-  MDB_stat est;
-  if ((rc = mdb_env_stat(env, &est)) != MDB_SUCCESS) {
-    error = where + "mdb_env_stat: " + mdbError(rc);
-    return false;
-  }
-  page_size = est.ms_psize;
-  return true;
-}
-
-LmdbStore::Impl::~Impl() {
-  stop();
-  for (MDB_txn* t : read_pool) mdb_txn_abort(t);
-  read_pool.clear();
-  if (env != nullptr) {
-    if (opts.durability == Durability::Relaxed && !opts.read_only) mdb_env_sync(env, 1);
-    mdb_env_close(env);
-  }
-}
-
-void LmdbStore::Impl::syncToDisk() {
-  std::shared_lock lock(map_mu);
-  mdb_env_sync(env, 1);
-}
-
-void LmdbStore::Impl::adoptMapSize() {
-  std::unique_lock lock(map_mu);
-  mdb_env_set_mapsize(env, 0);
-}
-
-int LmdbStore::Impl::withRead(FunctionRef<int(MDB_txn*)> fn) {
-  for (int attempt = 0;; ++attempt) {
-    std::shared_lock lock(map_mu);
-    MDB_txn* txn = nullptr;
-    {
-      std::lock_guard pool_lock(pool_mu);
-      if (!read_pool.empty()) {
-        txn = read_pool.back();
-        read_pool.pop_back();
-      }
-    }
-    int rc;
-    if (txn != nullptr) {
-      rc = mdb_txn_renew(txn);
-      if (rc != MDB_SUCCESS) {
-        mdb_txn_abort(txn);
-        txn = nullptr;
-      }
-    } else {
-      rc = mdb_txn_begin(env, nullptr, MDB_RDONLY, &txn);
-    }
-    if (rc == MDB_MAP_RESIZED && attempt < kResizeAttempts) {
-      lock.unlock();
-      adoptMapSize();
-      continue;
-    }
-    if (rc != MDB_SUCCESS) return rc;
-
-    rc = fn(txn);
-
-    mdb_txn_reset(txn);
-    std::lock_guard pool_lock(pool_mu);
-    if (read_pool.size() < kMaxPooledReadTxns) {
-      read_pool.push_back(txn);
-    } else {
-      mdb_txn_abort(txn);
-    }
-    return rc;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Writer
 
 void LmdbStore::Impl::start() {
@@ -842,6 +514,14 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
     errors.push_back(classify(rc));
   }
 
+  if (plant_answer_before_commit) {
+    // The planted bug (see the member's comment): answer first, commit later.
+    for (size_t i = 0; i < n; ++i) ops[i]->finish(errors[i]);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    (void)txn.commit();
+    dirty = true;
+    return n;
+  }
   const auto t0 = std::chrono::steady_clock::now();
   rc = txn.commit();
   const auto took =
@@ -880,6 +560,20 @@ std::unique_ptr<LmdbStore> openLmdbStore(const LmdbOptions& options, const Clock
   auto impl = std::make_unique<LmdbStore::Impl>(options, clock);
   if (impl->opts.max_batch == 0) impl->opts.max_batch = 1;
   if (!impl->open(error)) return nullptr;
+  if (!impl->opts.read_only && impl->opts.verify_at_open) {
+    const VerifyReport rep = impl->verify();
+    if (!rep.ok()) {
+      error = "store " + impl->opts.path + " is damaged: " + rep.problems.front();
+      if (rep.problems.size() > 1) {
+        error += " (and " + std::to_string(rep.problems.size() - 1) +
+                 " more problem(s); run "
+                 "`idemproxy store verify`)";
+      }
+      error += ". To recover: ";
+      error += kRestoreHint;
+      return nullptr;
+    }
+  }
   impl->start();
   return std::make_unique<LmdbStore>(std::move(impl));
 }

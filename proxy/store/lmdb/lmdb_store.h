@@ -17,7 +17,32 @@ struct LmdbOptions {
   std::chrono::milliseconds relaxed_sync_interval{1000};  // relaxed: how often to fsync
   size_t max_batch = 256;                                 // operations committed together at most
   bool read_only = false;  // for `keys list/show` (writes then fail with Io)
+  // Walk the whole store at open (see LmdbStore::verify) and refuse a damaged one. The daemon
+  // and `keys forget` open with it; `keys list/show` and `store verify` report damage themselves.
+  bool verify_at_open = true;
 };
+
+// What LmdbStore::verify found. `problems` is empty for a sound store; each entry says what is
+// wrong and where (a record id in hex, an index entry, a page count).
+struct VerifyReport {
+  uint64_t records = 0;        // entries walked in the main table
+  uint64_t index_entries = 0;  // entries walked in the expiry index
+  std::vector<std::string> problems;
+  bool ok() const { return problems.empty(); }
+};
+
+// Every record with its id, or what stopped the walk: `problems` names each record that does not
+// decode and any LMDB error of the cursor (the walk stops at such an error).
+struct CheckedList {
+  std::vector<std::pair<RecordId, Record>> records;
+  std::vector<std::string> problems;
+};
+
+// How to restore, for messages about a damaged store.
+inline constexpr const char* kRestoreHint =
+    "stop every idemproxy process using it, move the store directory aside, and restore the "
+    "last backup taken with `mdb_copy` (see docs/operations.md); or start with an empty store "
+    "directory, losing the recorded keys";
 
 class LmdbStore;
 // Opens (creating if needed) the environment. On failure returns nullptr and sets `error`.
@@ -40,6 +65,13 @@ class LmdbStore : public Store {
   StoreStats stats() override;
   void flush() override;
   void setCommitObserver(CommitObserver observer) override;
+
+  // Walks the main table and the expiry index in one read transaction: the data file holds
+  // every page the environment claims, every key has the right size, every record decodes, and
+  // every record has exactly its expiry index entry (and every index entry its record).
+  VerifyReport verify();
+  // Like list(), but reports what it could not read instead of skipping it.
+  CheckedList listChecked();
 
   struct Impl;
   explicit LmdbStore(std::unique_ptr<Impl> impl);

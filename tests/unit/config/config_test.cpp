@@ -821,3 +821,30 @@ TEST(Cli, ParsesEveryCommand) {
 
 }  // namespace
 }  // namespace idem
+
+namespace idem {
+namespace {
+
+// Found by fuzz_config: yaml-cpp's LoadAll never returned on this input (memory grew without
+// bound). The configuration is read one document at a time instead.
+TEST(ParseConfigRegression, MalformedFlowInputEndsWithAnError) {
+  const ConfigResult r = parseConfig(std::string(",\xff\xff\xff\xff\xff\xff[", 8), "fuzz.yaml");
+  EXPECT_FALSE(r.ok());
+  EXPECT_FALSE(r.errors.empty());
+}
+
+TEST(ParseConfigRegression, SecondDocumentIsStillAnError) {
+  const ConfigResult r = parseConfig("server: {}\n---\nrouts: []\n", "two.yaml");
+  ASSERT_FALSE(r.errors.empty());
+  bool found = false;
+  for (const auto& e : r.errors) {
+    if (e.str().find("expected a single YAML document, found another") != std::string::npos) {
+      found = true;
+      EXPECT_EQ(e.line, 2);
+    }
+  }
+  EXPECT_TRUE(found);
+}
+
+}  // namespace
+}  // namespace idem

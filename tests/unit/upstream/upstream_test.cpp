@@ -526,7 +526,9 @@ TEST_P(UpstreamTest, QueuedExchangeThatTimesOutIsBeforeSend) {
   }
   EXPECT_EQ(second->failure, UpstreamFailure::BeforeSend) << second->detail;  // never sent
   EXPECT_EQ(server.requests(), 1);
-  EXPECT_EQ(server.connections(), 1);
+  // libcurl may already have connected for the queued transfer when its timer fires (seen
+  // under ThreadSanitizer's slowdown); it still sent nothing on that connection.
+  EXPECT_LE(server.connections(), GetParam() == UpstreamBackend::Curl ? 2 : 1);
 }
 
 TEST_P(UpstreamTest, IdleConnectionPastMaxAgeIsNotReused) {

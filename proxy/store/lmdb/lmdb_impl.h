@@ -1,0 +1,216 @@
+#pragma once
+// Internals of the LMDB store shared by its source files (lmdb_env.cpp: create, open, sync, read
+// transactions; lmdb_store.cpp: operations, the writer, the Store interface; lmdb_verify.cpp:
+// integrity walk and checked listing). Not part of the interface.
+#include <lmdb.h>
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "store/lmdb/lmdb_store.h"
+
+namespace idem {
+namespace lmdb {
+
+inline constexpr unsigned kMaxReaders = 512;      // reader slots in the lock file (all processes)
+inline constexpr size_t kMaxPooledReadTxns = 64;  // idle read transactions kept for reuse
+inline constexpr int kResizeAttempts = 4;
+inline constexpr uint64_t kMinHeadroomPages = 16;
+inline constexpr size_t kCompactOutcomeMaxBytes = 2048;  // an encoded compact outcome record
+inline constexpr uint64_t kMaxHeadroomPages = 4096;      // 16 MiB with 4 KiB pages
+
+inline MDB_val mdbVal(const void* p, size_t n) {
+  return MDB_val{n, const_cast<void*>(p)};
+}
+inline MDB_val mdbVal(const RecordId& id) {
+  return mdbVal(id.data(), id.size());
+}
+inline MDB_val mdbVal(std::string_view s) {
+  return mdbVal(s.data(), s.size());
+}
+inline std::string_view view(const MDB_val& v) {
+  return std::string_view(static_cast<const char*>(v.mv_data), v.mv_size);
+}
+
+inline std::string mdbError(int rc) {
+  return mdb_strerror(rc);
+}
+
+inline StoreError classify(int rc) {
+  if (rc == MDB_SUCCESS) return StoreError::None;
+  if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) return StoreError::Full;
+  return StoreError::Io;
+}
+
+// Expiry index key: the expiry time made unsigned-sortable (sign bit flipped) in big-endian,
+// then the record id, so LMDB's byte order is time order.
+using ExpiryKey = std::array<uint8_t, 8 + std::tuple_size_v<RecordId>>;
+
+inline ExpiryKey expiryKey(int64_t expires_at_ms, const RecordId& id) {
+  ExpiryKey k{};
+  const uint64_t t = static_cast<uint64_t>(expires_at_ms) ^ (uint64_t{1} << 63);
+  for (int i = 0; i < 8; ++i) k[static_cast<size_t>(i)] = static_cast<uint8_t>(t >> (56 - 8 * i));
+  std::memcpy(k.data() + 8, id.data(), id.size());
+  return k;
+}
+
+inline int64_t expiryTime(const uint8_t* k) {
+  uint64_t t = 0;
+  for (int i = 0; i < 8; ++i) t = (t << 8) | k[i];
+  return static_cast<int64_t>(t ^ (uint64_t{1} << 63));
+}
+
+// A transaction handle that aborts unless committed. Move-only. commit() gives the handle up
+// before calling mdb_txn_commit, which frees it whatever the outcome.
+class Txn {
+ public:
+  Txn() = default;
+  explicit Txn(MDB_txn* t) : txn_(t) {}
+  Txn(Txn&& o) noexcept : txn_(std::exchange(o.txn_, nullptr)) {}
+  Txn& operator=(Txn&& o) noexcept {
+    if (this != &o) {
+      abort();
+      txn_ = std::exchange(o.txn_, nullptr);
+    }
+    return *this;
+  }
+  Txn(const Txn&) = delete;
+  Txn& operator=(const Txn&) = delete;
+  ~Txn() { abort(); }
+
+  MDB_txn* get() const { return txn_; }
+  explicit operator bool() const { return txn_ != nullptr; }
+  [[nodiscard]] int commit() { return mdb_txn_commit(std::exchange(txn_, nullptr)); }
+  void abort() {
+    if (txn_ != nullptr) mdb_txn_abort(std::exchange(txn_, nullptr));
+  }
+
+ private:
+  MDB_txn* txn_ = nullptr;
+};
+
+// A cursor closed when it goes out of scope (read-only cursors are not freed with their txn).
+class Cursor {
+ public:
+  Cursor() = default;
+  Cursor(const Cursor&) = delete;
+  Cursor& operator=(const Cursor&) = delete;
+  ~Cursor() {
+    if (cur_ != nullptr) mdb_cursor_close(cur_);
+  }
+  [[nodiscard]] int open(MDB_txn* txn, MDB_dbi dbi) { return mdb_cursor_open(txn, dbi, &cur_); }
+  MDB_cursor* get() const { return cur_; }
+
+ private:
+  MDB_cursor* cur_ = nullptr;
+};
+
+}  // namespace lmdb
+
+struct LmdbStore::Impl {
+  // One queued write. apply() runs inside a (nested) write transaction and keeps its result;
+  // finish() runs after the commit and hands the result (or `error`) to the caller's callback.
+  struct Op {
+    virtual ~Op() = default;
+    [[nodiscard]] virtual int apply(Impl& s, MDB_txn* txn, int64_t now) = 0;
+    virtual void finish(StoreError error) = 0;
+    // Forgets a result from an attempt whose transaction did not commit (apply runs again).
+    virtual void reset() {}
+    virtual bool isBarrier() const { return false; }
+  };
+  template <typename Result>
+  struct OpWith : Op {
+    explicit OpWith(std::function<void(Result)> d) : done(std::move(d)) {}
+    void finish(StoreError error) override {
+      if (error != StoreError::None) {
+        result = Result{};
+        result.error = error;
+      }
+      if (done) done(std::move(result));
+    }
+    void reset() override { result = Result{}; }
+    std::function<void(Result)> done;
+    Result result;
+  };
+  struct ReserveOp;
+  struct RecordOp;
+  struct ReleaseOp;
+  struct ForgetOp;
+  struct SweepOp;
+  struct BarrierOp;
+
+  Impl(const LmdbOptions& o, const Clock& c) : opts(o), clock(c) {}
+  ~Impl();
+
+  bool open(std::string& error);
+  void start();
+  void stop();
+
+  void submit(std::unique_ptr<Op> op);
+  void writerLoop();
+  void process(std::span<const std::unique_ptr<Op>> batch, bool& dirty);
+  size_t runGroup(std::span<Op* const> ops, bool& dirty);
+  void adoptMapSize();
+  void syncToDisk();
+
+  // Integrity (lmdb_verify.cpp): see LmdbStore::verify and LmdbStore::listChecked.
+  VerifyReport verify();
+  CheckedList listChecked();
+  void checkFileSize(std::vector<std::string>& problems);
+
+  // Runs `fn` in a read-only transaction on the calling thread; returns an LMDB code.
+  int withRead(FunctionRef<int(MDB_txn*)> fn);
+
+  // Record access inside a transaction. get: MDB_NOTFOUND when absent; an undecodable value
+  // reads as absent (and is counted).
+  int get(MDB_txn* txn, const RecordId& id, Record& out);
+  // Sets grow_budget for a new write transaction: free pages in the map beyond the headroom.
+  int measureFreePages(MDB_txn* txn);
+  int put(MDB_txn* txn, const RecordId& id, const Record& rec, const Record* old);
+  int erase(MDB_txn* txn, const RecordId& id, const Record* old);
+
+  LmdbOptions opts;
+  const Clock& clock;
+  MDB_env* env = nullptr;
+  MDB_dbi records = 0;
+  MDB_dbi expiry = 0;
+  size_t page_size = 4096;
+  int64_t grow_budget = 0;     // writer thread only: bytes growing writes may still take
+  int64_t headroom_bytes = 0;  // writer thread only: the headroom, for compact outcomes
+  // TEST ONLY (IDEMPROXY_TEST_PLANT=answer-before-commit, read once at open): a planted bug
+  // that completes every operation before its transaction is committed and synced, then waits
+  // 20 ms and commits. It exists so that the sync-order test and the power-loss simulator can
+  // show that they catch an answer given before it is durable. Never set it in production.
+  bool plant_answer_before_commit = false;
+
+  std::shared_mutex map_mu;  // shared: a transaction is active; exclusive: resizing the map
+
+  std::mutex pool_mu;
+  std::vector<MDB_txn*> read_pool;  // reset read-only transactions
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::unique_ptr<Op>> queue;
+  bool stopping = false;
+  std::thread writer;
+  std::atomic<std::thread::id> writer_id{};
+
+  std::mutex observer_mu;
+  CommitObserver observer;
+
+  std::atomic<uint64_t> commits{0};
+  std::atomic<uint64_t> operations{0};
+  std::atomic<uint64_t> decode_errors{0};
+};
+
+}  // namespace idem
