@@ -114,7 +114,10 @@ class Daemon {
         [this] { return static_cast<double>(proxy_->active()); }));
 
     if (config_->admin) {
-      admin_ = std::make_unique<AdminServer>(base_.get(), metrics_, [this] { return !draining_; });
+      // Ready: serving, and the store can take writes (not full, failing or deleted).
+      admin_ = std::make_unique<AdminServer>(base_.get(), metrics_, [this] {
+        return !draining_ && store_->unavailableReason().empty();
+      });
       if (!admin_->start(config_->admin->listen, error)) {
         log::error("admin-listen-failed",
                    {{"listen", config_->admin->listen.text}, {"error", error}});

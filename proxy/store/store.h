@@ -106,6 +106,10 @@ class Store {
   // Delete up to `limit` expired records, oldest first, using the expiry index.
   virtual void sweep(size_t limit, std::function<void(WriteResult)> done) = 0;
 
+  // Why the store cannot take writes right now ("" when it can): full, failing, its files gone.
+  // /readyz reports not ready while this is not empty. Cheap; safe from any thread.
+  virtual std::string unavailableReason() { return {}; }
+
   // True when lookup() and visit() are local reads an event loop may call (LMDB's mapped file).
   // A network store returns false: the request core then never reads it directly, and reserve()
   // doubles as the read (Completed carries the record to replay; InFlight the lease to wait on).

@@ -2,6 +2,7 @@
 default, upstream answers passed on as they came, a drain that outlasts every exchange."""
 import json
 import os
+import shutil
 import unittest
 
 from harness import ProxyTestCase, request, requires_proxy, run_cli, to_yaml
@@ -169,6 +170,25 @@ class NoAnswerWithoutItsRecordTest(ProxyTestCase):
                 compact += 1
         self.assertGreater(compact, 0, "the store never reached the point the test is about")
         self.assertCount(forwarded)
+
+    def test_readyz_is_not_ready_while_the_store_is_full(self):
+        proxy = self.start_proxy(store={"max_size": "1MiB"}, admin_port=0)
+        self.assertEqual(request(proxy.admin_port, "GET", "/readyz").status, 200)
+        self.up.script(default={"body_size": 12000})
+        for _ in range(400):
+            if self.post(proxy, key=self.new_key("fill")).status == 503:
+                break
+        self.assertEqual(request(proxy.admin_port, "GET", "/readyz").status, 503)
+
+    def test_a_deleted_store_is_detected_never_written_to(self):
+        proxy = self.start_proxy(admin_port=0)
+        k = self.new_key()
+        self.assertEqual(self.post(proxy, key=k).status, 201)
+        shutil.rmtree(proxy.config["store"]["path"])
+        r = self.post(proxy, key=self.new_key())
+        self.assertProblem(r, 503, "store-unavailable")
+        self.assertCount(1)
+        self.assertEqual(request(proxy.admin_port, "GET", "/readyz").status, 503)
 
 
 @requires_proxy

@@ -127,6 +127,8 @@ struct LmdbStore::Impl {
     // Forgets a result from an attempt whose transaction did not commit (apply runs again).
     virtual void reset() {}
     virtual bool isBarrier() const { return false; }
+    // Takes room in the map (reserve, record): its success means the store is not full.
+    virtual bool grows() const { return false; }
   };
   template <typename Result>
   struct OpWith : Op {
@@ -187,6 +189,13 @@ struct LmdbStore::Impl {
   size_t page_size = 4096;
   int64_t grow_budget = 0;     // writer thread only: bytes growing writes may still take
   int64_t headroom_bytes = 0;  // writer thread only: the headroom, for compact outcomes
+
+  // What the last write transaction found (writer thread writes, anyone reads).
+  enum class Health : int { Ok, Full, Failing, FilesGone };
+  std::atomic<Health> health{Health::Ok};
+  // The data file this environment has open was deleted or replaced (its directory removed, a
+  // restore copied over it while running): writes would go to a file nobody else sees.
+  bool filesGone() const;
   // TEST ONLY (IDEMPROXY_TEST_PLANT=answer-before-commit, read once at open): a planted bug
   // that completes every operation before its transaction is committed and synced, then waits
   // 20 ms and commits. It exists so that the sync-order test and the power-loss simulator can

@@ -1,6 +1,7 @@
 #include "store/lmdb/lmdb_store.h"
 
 #include <lmdb.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <array>
@@ -147,6 +148,7 @@ int LmdbStore::Impl::erase(MDB_txn* txn, const RecordId& id, const Record* old) 
 // Operations (SPEC §1.4, §1.6)
 
 struct LmdbStore::Impl::ReserveOp final : OpWith<ReserveResult> {
+  bool grows() const override { return true; }
   ReserveOp(ReserveRequest r, std::function<void(ReserveResult)> d)
       : OpWith(std::move(d)), req(std::move(r)) {}
 
@@ -210,6 +212,7 @@ struct LmdbStore::Impl::ReserveOp final : OpWith<ReserveResult> {
 };
 
 struct LmdbStore::Impl::RecordOp final : OpWith<RecordResult> {
+  bool grows() const override { return true; }
   RecordOp(RecordRequest r, std::function<void(RecordResult)> d)
       : OpWith(std::move(d)), req(std::move(r)) {}
 
@@ -473,6 +476,11 @@ void LmdbStore::Impl::process(std::span<const std::unique_ptr<Op>> batch, bool& 
 // Applies a prefix of `ops` in one write transaction, commits, and completes them. Returns how
 // many were consumed (at least one).
 size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
+  if (filesGone()) {
+    health = Health::FilesGone;
+    for (Op* op : ops) op->finish(StoreError::Io);
+    return ops.size();
+  }
   std::shared_lock map_lock(map_mu);
   MDB_txn* raw = nullptr;
   int rc = MDB_SUCCESS;
@@ -535,11 +543,24 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
     return n;
   }
   if (rc != MDB_SUCCESS) {
+    health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
     for (size_t i = 0; i < n; ++i) ops[i]->finish(classify(rc));
     return n;
   }
 
   dirty = true;
+  // Full while a growing write did not fit; ready again once one does (a sweep made room).
+  bool full = false;
+  bool grew = false;
+  for (size_t i = 0; i < n; ++i) {
+    full |= errors[i] == StoreError::Full;
+    grew |= errors[i] == StoreError::None && ops[i]->grows();
+  }
+  if (full) {
+    health = Health::Full;
+  } else if (grew || health.load() != Health::Full) {
+    health = Health::Ok;
+  }
   size_t applied = 0;
   for (StoreError e : errors) applied += e == StoreError::None ? 1 : 0;
   commits.fetch_add(1, std::memory_order_relaxed);
@@ -550,6 +571,17 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
   }
   for (size_t i = 0; i < n; ++i) ops[i]->finish(errors[i]);
   return n;
+}
+
+bool LmdbStore::Impl::filesGone() const {
+  int fd = -1;
+  struct stat open {};
+  struct stat named {};
+  if (mdb_env_get_fd(env, &fd) != MDB_SUCCESS || fstat(fd, &open) != 0) return true;
+  if (open.st_nlink == 0) return true;
+  const std::string data = opts.path + "/data.mdb";
+  return stat(data.c_str(), &named) != 0 || named.st_ino != open.st_ino ||
+         named.st_dev != open.st_dev;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -693,6 +725,24 @@ void LmdbStore::flush() {
 void LmdbStore::setCommitObserver(CommitObserver observer) {
   std::lock_guard lock(impl_->observer_mu);
   impl_->observer = std::move(observer);
+}
+
+}  // namespace idem
+
+namespace idem {
+
+std::string LmdbStore::unavailableReason() {
+  switch (impl_->health.load()) {
+    case Impl::Health::Ok:
+      break;
+    case Impl::Health::Full:
+      return "the store is full";
+    case Impl::Health::Failing:
+      return "the store's last write failed";
+    case Impl::Health::FilesGone:
+      return "the store's files were deleted or replaced while open";
+  }
+  return impl_->filesGone() ? "the store's files were deleted or replaced while open" : "";
 }
 
 }  // namespace idem

@@ -65,6 +65,7 @@ class LmdbStore : public Store {
   StoreStats stats() override;
   void flush() override;
   void setCommitObserver(CommitObserver observer) override;
+  std::string unavailableReason() override;
 
   // Walks the main table and the expiry index in one read transaction: the data file holds
   // every page the environment claims, every key has the right size, every record decodes, and

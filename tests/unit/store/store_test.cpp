@@ -513,6 +513,27 @@ TEST_F(LmdbStoreTest, MapFullIsTypedAndSweepFreesSpace) {
   }
 }
 
+TEST_F(LmdbStoreTest, DeletedFilesAreDetectedAndNothingIsWrittenToThem) {
+  EXPECT_EQ(store->unavailableReason(), "");
+  ASSERT_EQ(reserveSync(*store, reserveReq("a", "A")).status, ReserveStatus::Won);
+  std::filesystem::remove_all(options().path);  // an operator's mistake while running
+  const ReserveResult r = reserveSync(*store, reserveReq("b", "A"));
+  EXPECT_EQ(r.error, StoreError::Io) << "a write to an unlinked file is a write nobody sees";
+  EXPECT_NE(store->unavailableReason().find("deleted"), std::string::npos);
+}
+
+TEST_F(LmdbStoreTest, AFullStoreIsUnavailableUntilAWriteFitsAgain) {
+  LmdbOptions o = options();
+  o.max_size = 256 << 10;
+  open(o);
+  ASSERT_EQ(reserveSync(*store, reserveReq("big", "A")).status, ReserveStatus::Won);
+  EXPECT_EQ(recordSync(*store, recordReq("big", "A", answer(200, std::string(1 << 20, 'z')))).error,
+            StoreError::Full);
+  EXPECT_EQ(store->unavailableReason(), "the store is full");
+  ASSERT_EQ(reserveSync(*store, reserveReq("small", "A")).status, ReserveStatus::Won);
+  EXPECT_EQ(store->unavailableReason(), "");
+}
+
 TEST_F(LmdbStoreTest, OnlyTheOperationThatDoesNotFitFailsInABatch) {
   LmdbOptions o = options();
   o.max_size = 256 << 10;
