@@ -5,10 +5,14 @@
 //                       `event` per socket (EV_PERSIST) and one timer.
 //   onEvent/onTimeout → curl_multi_socket_action, then drain curl_multi_info_read into the
 //                       `finished_` queue and activate the delivery event.
+//   onExchangeTimeout → each exchange's own `timeout` timer: lets curl read what arrived,
+//                       then fails the exchange if it is still running.
+//   onHeader/onWrite  → build the answer; stop the transfer on a refused transfer coding or
+//                       a body past the exchange's limit.
 //   onDeliver         → runs the `done` callbacks from the top of the event loop, never inside
 //                       a curl call, so a callback may send() again or destroy the Upstream.
 // http:// upstreams whose host is an IP literal use the built-in HTTP/1.1 client instead
-// (upstream_http1.cpp); Upstream picks the backend in its constructor.
+// (http1_client.cpp); Upstream picks the backend in its constructor.
 #include "upstream/upstream.h"
 
 #include <curl/curl.h>
