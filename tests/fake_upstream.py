@@ -15,6 +15,12 @@ Control API on the same port (never counted, never recorded):
          [b1, b2, ...]                         queue: behaviours for the next requests, in order
          {"queue": [...], "default": b}        both (either key optional)
          b (any other object)                  the default behaviour for requests past the queue
+         {"keepalive_ms": N}                   (with or without queue/default) a request that
+                                             arrives on a connection idle for more than N ms
+                                             finds it closed: the connection is closed without
+                                             an answer and the request is not counted (the
+                                             upstream's keep-alive timer fired as it crossed);
+                                             0 turns it off
 
 A behaviour is an object; every field is optional:
   status      int            answer status (default: 201 for POST, 200 otherwise)
@@ -31,6 +37,10 @@ A behaviour is an object; every field is optional:
   malformed   bool           read the request, write garbage, close
   truncate    bool           announce a longer Content-Length than is sent, then close
   chunked     bool           send the body with Transfer-Encoding: chunked
+  transfer_encoding  str     send "Transfer-Encoding: <value>" and the body gzip-compressed
+                             when the value names gzip, chunk-framed when it names chunked
+  endless     bool           send the head without Content-Length, then body bytes for ever
+                             (until the peer goes away)
   close       bool           add "Connection: close" and close after answering
 Without a body field, the answer is the default JSON payment document.
 
@@ -41,6 +51,7 @@ SIGTERM / SIGINT: stop serving and exit 0.
 """
 import argparse
 import base64
+import gzip
 import json
 import os
 import signal
@@ -65,6 +76,7 @@ class State:
         self.connections = set()  # connection ids that carried at least one counted request
         self.queue = []
         self.default = None
+        self.keepalive_ms = 0
         self.payment_seq = 0
         self.connection_seq = 0
         self.stopping = threading.Event()
@@ -84,13 +96,17 @@ class State:
             self.connections = set()
             self.queue = []
             self.default = None
+            self.keepalive_ms = 0
             self.cond.notify_all()
 
     def script(self, doc):
         with self.cond:
             if isinstance(doc, list):
                 self.queue = [dict(b) for b in doc]
-            elif isinstance(doc, dict) and ("queue" in doc or "default" in doc):
+            elif isinstance(doc, dict) and ("queue" in doc or "default" in doc
+                                            or "keepalive_ms" in doc):
+                if "keepalive_ms" in doc:
+                    self.keepalive_ms = int(doc["keepalive_ms"])
                 if "queue" in doc:
                     self.queue = [dict(b) for b in doc["queue"]]
                 if "default" in doc:
@@ -162,7 +178,15 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():
                 return
+            last = getattr(self, "answered_at", None)
+            with STATE.cond:
+                keepalive_ms = STATE.keepalive_ms
+            if (keepalive_ms and last is not None and not self.path.startswith(CONTROL_PREFIX)
+                    and (time.monotonic() - last) * 1000 > keepalive_ms):
+                self.close_connection = True  # closed at the keep-alive timeout: no answer
+                return
             self.dispatch()
+            self.answered_at = time.monotonic()
             try:
                 self.wfile.flush()
             except (OSError, ValueError):
@@ -301,6 +325,28 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             self.close_connection = True
+            return
+        if b.get("endless"):
+            self.close_connection = True
+            self.end_headers()
+            block = b"x" * 65536
+            try:
+                while not STATE.stopping.is_set():
+                    self.wfile.write(block)
+            except (OSError, ValueError):
+                pass
+            return
+        if b.get("transfer_encoding"):
+            te = b["transfer_encoding"]
+            self.send_header("Transfer-Encoding", te)
+            self.end_headers()
+            if "gzip" in te.lower():
+                body = gzip.compress(body)
+            if "chunked" in te.lower():
+                self.wfile.write(b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+            else:
+                self.wfile.write(body)
+                self.close_connection = True
             return
         if b.get("chunked"):
             self.send_header("Transfer-Encoding", "chunked")

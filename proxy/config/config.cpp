@@ -132,6 +132,12 @@ class Parser {
   void readUnsigned(const Field& f, unsigned& out, unsigned min, unsigned max);
   void readDuration(const Field& f, Millis& out, bool allowZero);
   void readSize(const Field& f, uint64_t& out);
+  // upstreams.<name>.idle_timeout: a duration > 0 and below kMaxUpstreamIdleTimeout.
+  void readIdleTimeout(const Field& f, UpstreamConfig& upstream);
+  // upstreams.<name>.max_response_body: a size > 0.
+  void readBodyLimit(const Field& f, UpstreamConfig& upstream) {
+    readSize(f, upstream.max_response_body);
+  }
   void readListen(const Field& f, ListenAddress& out, std::optional<YAML::Mark>& mark);
   std::optional<std::vector<StringItem>> readStringList(const Field& f);
   void readHeaderList(const Field& f, std::vector<std::string>& out);
@@ -249,6 +255,19 @@ void Parser::readDuration(const Field& f, Millis& out, bool allowZero) {
     return;
   }
   out = *value;
+}
+
+void Parser::readIdleTimeout(const Field& f, UpstreamConfig& upstream) {
+  Millis idle = upstream.idle_timeout;
+  readDuration(f, idle, false);
+  if (idle >= kMaxUpstreamIdleTimeout) {
+    error(f, "idle_timeout " + formatDuration(idle) + " must be below " +
+                 formatDuration(kMaxUpstreamIdleTimeout) +
+                 ", under common upstream keep-alive timeouts (Node and Apache close idle "
+                 "connections after 5s)");
+    return;
+  }
+  upstream.idle_timeout = idle;
 }
 
 void Parser::readSize(const Field& f, uint64_t& out) {
@@ -479,6 +498,8 @@ void Parser::parseUpstreams(const Field& f, std::map<std::string, UpstreamConfig
                   }},
                  {"max_connections",
                   [&](const Field& k) { readUnsigned(k, upstream.max_connections, 1, 65536); }},
+                 {"idle_timeout", [&](const Field& k) { readIdleTimeout(k, upstream); }},
+                 {"max_response_body", [&](const Field& k) { readBodyLimit(k, upstream); }},
                  {"tls_ca_file",
                   [&](const Field& k) {
                     std::string path;

@@ -22,6 +22,8 @@ struct ListenAddress {
 
 // How much longer than the slowest upstream exchange a drain must last (its record included).
 inline constexpr Millis kDrainMargin{5'000};
+// upstreams.<name>.idle_timeout must stay below this (common keep-alive timeouts: 5 s).
+inline constexpr Millis kMaxUpstreamIdleTimeout{5'000};
 
 struct ServerConfig {
   ListenAddress listen{"127.0.0.1", 8080, "127.0.0.1:8080"};
@@ -57,6 +59,12 @@ struct UpstreamConfig {
   Millis connect_timeout{2'000};
   Millis timeout{30'000};
   unsigned max_connections = 64;
+  // A pooled connection idle this long is closed, not reused: keep it below the upstream's
+  // keep-alive timeout, or a request may cross the upstream's close (a recorded 502).
+  Millis idle_timeout{2'000};
+  // The largest answer body read from this upstream when the route sets no smaller limit
+  // (pass-through routes): past it the exchange fails (502 upstream-failed).
+  uint64_t max_response_body = 64ull << 20;
   std::string tls_ca_file;  // https: CA bundle to verify the upstream with; "" = system CAs
 };
 

@@ -429,6 +429,8 @@ void ProxyRequest::forward() {
   ur.headers = forwardedFields([this](FieldVisitor fn) { client_->forEachField(fn); }, peer_,
                                config_->server.trusts(peer_));
   ur.body.assign(body_);
+  // Bounded memory: past the route's limit the upstream client stops reading (see onUpstream).
+  if (own_reservation_) ur.max_response_body = route_->idempotency->max_response_body;
 
   shared_.upstream_in_flight.fetch_add(1, std::memory_order_relaxed);
   upstream_->send(std::move(ur), [self = shared_from_this()](UpstreamResult r) {
@@ -496,8 +498,24 @@ void ProxyRequest::onUpstream(UpstreamResult r) {
     case UpstreamFailure::None:
       break;
   }
-  if (std::find(ic.release_statuses.begin(), ic.release_statuses.end(), r.answer.status) !=
-      ic.release_statuses.end()) {
+  const bool released = std::find(ic.release_statuses.begin(), ic.release_statuses.end(),
+                                  r.answer.status) != ic.release_statuses.end();
+  if (r.body_over_limit) {
+    // Past max_response_body the body was not read (memory stays bounded whatever the
+    // upstream sends), so no client gets it: the first one gets the problem retries replay.
+    HttpAnswer p = problemAnswer(Problem::ResponseNotReplayable,
+                                 "the response was larger than max_response_body; it is not "
+                                 "passed on and the request is not executed again");
+    if (released) {
+      release(std::move(p), Outcome::Released, "released status");
+      return;
+    }
+    HttpAnswer forClient = p;
+    recordOutcome(std::move(forClient), std::move(p), kFlagProxyError | kFlagNotReplayable,
+                  Outcome::Forwarded);
+    return;
+  }
+  if (released) {
     release(std::move(r.answer), Outcome::Released, "released status");
     return;
   }

@@ -31,13 +31,15 @@
 #include <utility>
 #include <vector>
 
+#include "upstream/http1_response.h"
 #include "upstream/upstream_backend.h"
 
 namespace idem::upstream_detail {
 namespace {
 
-constexpr size_t kMaxHeaderBytes = 64 * 1024;  // a response header block (and trailers)
-constexpr size_t kMaxChunkLine = 4096;         // a chunk-size line with extensions
+// Reads taken from a socket when an exchange's timer fires, so that an answer that arrived
+// meanwhile is taken rather than timed out (16 KiB each).
+constexpr int kMaxReadsAtTimeout = 1024;
 // A queued exchange this close to its timeout fails BeforeSend instead of opening a connection.
 constexpr std::chrono::milliseconds kStartSlack{10};
 
@@ -108,21 +110,6 @@ bool parseTarget(const std::string& url, Target& t) {
   return true;
 }
 
-// True when a comma-separated header value lists `token` (case-insensitive).
-bool listsToken(std::string_view value, std::string_view token) {
-  while (!value.empty()) {
-    size_t comma = value.find(',');
-    if (iequals(trimOws(value.substr(0, comma)), token)) return true;
-    value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
-  }
-  return false;
-}
-
-std::string_view lastToken(std::string_view value) {
-  size_t comma = value.rfind(',');
-  return trimOws(comma == std::string_view::npos ? value : value.substr(comma + 1));
-}
-
 class Http1Backend final : public PooledUpstream::Impl {
  public:
   Http1Backend(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
@@ -145,19 +132,10 @@ class Http1Backend final : public PooledUpstream::Impl {
     Conn* conn = nullptr;
     bool head = false;   // HEAD: the response has no body
     bool wrote = false;  // a byte of the request reached the socket
+    size_t bodyLimit = 0;
+    bool overLimitIsAnswer = false;  // the caller set the limit: past it, a truncated answer
+    bool answerOverLimit = false;    // it did pass: the head alone is the result
     HttpAnswer answer;
-  };
-
-  enum class Phase {
-    Connecting,
-    Idle,
-    Head,
-    Body,
-    ChunkSize,
-    ChunkData,
-    ChunkEnd,
-    Trailers,
-    UntilClose
   };
 
   struct Conn {
@@ -167,12 +145,9 @@ class Http1Backend final : public PooledUpstream::Impl {
     EventPtr writeEv;  // persistent, added while connecting or while output is pending
     EvbufferPtr in{evbuffer_new()};
     EvbufferPtr out{evbuffer_new()};
-    std::unique_ptr<Exchange> ex;
-    Phase phase = Phase::Connecting;
-    size_t remaining = 0;  // body or chunk bytes still to read
-    size_t trailerBytes = 0;
-    bool closeAfter = false;  // the upstream asked to close, or the framing requires it
-    bool transferEncoded = false;
+    std::unique_ptr<Exchange> ex;  // none: idle (or connecting for nobody: never)
+    bool connecting = true;
+    Http1ResponseReader reader;
     SteadyClock::time_point idleSince;
 
     ~Conn() {
@@ -182,8 +157,12 @@ class Http1Backend final : public PooledUpstream::Impl {
     }
   };
 
-  // The outcome of parsing what the connection has buffered.
-  enum class Parse { NeedMore, Done, Malformed };
+  // What one read from a connection's socket led to.
+  enum class ReadStep {
+    Blocked,   // nothing more to read now; the exchange goes on
+    Progress,  // bytes were read; the exchange goes on
+    Ended,     // the exchange completed or failed (the connection may be gone)
+  };
 
   void fail(std::unique_ptr<Exchange> ex, UpstreamFailure failure, std::string detail);
   void finish(std::unique_ptr<Exchange> ex, UpstreamResult result);
@@ -198,12 +177,13 @@ class Http1Backend final : public PooledUpstream::Impl {
   void closeConn(Conn* c);
   // Exchange on `c` failed: close the connection, fail the exchange, serve the queue.
   void failOnConn(Conn* c, std::string detail, bool timedOut);
-  void completeOnConn(Conn* c);
+  void completeOnConn(Conn* c, bool closeAfter);
+  // The answer's body passed the exchange's limit: a truncated answer, or AfterSend.
+  void overLimitOnConn(Conn* c);
+  ReadStep readOnce(Conn* c);
   // Opens connections for queued exchanges while below the limit.
   void pump();
   bool usable(Conn* c, SteadyClock::time_point now);
-  Parse parse(Conn* c, std::string& problem);
-  Parse parseHead(Conn* c, evbuffer* in, std::string& problem);
   std::string serialise(const UpstreamRequest& req, Exchange& ex);
 
   static void onReadable(evutil_socket_t fd, short what, void* arg) noexcept;
@@ -294,6 +274,9 @@ void Http1Backend::start(UpstreamRequest request, std::function<void(UpstreamRes
   ex->owner = this;
   ex->started = SteadyClock::now();
   ex->done = std::move(done);
+  ex->overLimitIsAnswer = request.max_response_body != 0;
+  ex->bodyLimit = ex->overLimitIsAnswer ? request.max_response_body
+                                        : static_cast<size_t>(config_.max_response_body);
   ++active_;
   std::string problem = serialise(request, *ex);
   if (!problem.empty()) return fail(std::move(ex), UpstreamFailure::BeforeSend, std::move(problem));
@@ -320,7 +303,7 @@ void Http1Backend::fail(std::unique_ptr<Exchange> ex, UpstreamFailure failure, s
 }
 
 bool Http1Backend::usable(Conn* c, SteadyClock::time_point now) {
-  if (now - c->idleSince > kMaxIdleConnectionAge) return false;
+  if (now - c->idleSince > config_.idle_timeout) return false;
   if (evbuffer_get_length(c->in.get()) != 0) return false;
   // The upstream may have closed it since the loop last looked (its EOF not yet dispatched).
   char byte;
@@ -332,7 +315,7 @@ void Http1Backend::dispatch(std::unique_ptr<Exchange> ex) {
   if (!idle_.empty()) {
     auto now = SteadyClock::now();
     // The least recently used one too, so idle connections past their age do not linger.
-    if (idle_.size() > 1 && now - idle_.front()->idleSince > kMaxIdleConnectionAge) {
+    if (idle_.size() > 1 && now - idle_.front()->idleSince > config_.idle_timeout) {
       closeConn(idle_.front());
     }
     while (!idle_.empty()) {
@@ -394,7 +377,7 @@ bool Http1Backend::connect(std::unique_ptr<Exchange>& ex) {
 }
 
 void Http1Backend::onConnected(Conn* c) {
-  c->phase = Phase::Head;
+  c->connecting = false;
   event_del(c->writeEv.get());  // drops the connect timeout; flush re-adds it if needed
   if (event_add(c->readEv.get(), nullptr) != 0) return failOnConn(c, "event_add failed", false);
   beginWrite(c);
@@ -407,11 +390,7 @@ void Http1Backend::assign(Conn* c, std::unique_ptr<Exchange> ex) {
 }
 
 void Http1Backend::beginWrite(Conn* c) {
-  c->phase = Phase::Head;
-  c->remaining = 0;
-  c->trailerBytes = 0;
-  c->closeAfter = false;
-  c->transferEncoded = false;
+  c->reader.reset(c->ex->head, c->ex->bodyLimit);
   evbuffer_add_buffer(c->out.get(), c->ex->out.get());
   flush(c);
 }
@@ -480,19 +459,21 @@ void Http1Backend::failOnConn(Conn* c, std::string detail, bool timedOut) {
   pump();
 }
 
-void Http1Backend::completeOnConn(Conn* c) {
+void Http1Backend::completeOnConn(Conn* c, bool closeAfter) {
   std::unique_ptr<Exchange> ex = std::move(c->ex);
   UpstreamResult result;
   HttpAnswer& answer = ex->answer;
   removeHopByHopFields(answer.headers);
   // The transfer coding was decoded: a Content-Length next to it never described the body.
-  if (c->transferEncoded) {
+  if (c->reader.chunked()) {
     std::erase_if(answer.headers,
                   [](const Header& h) { return iequals(h.name, "Content-Length"); });
   }
   result.answer = std::move(answer);
+  result.body_over_limit = ex->answerOverLimit;
   // Bytes beyond the answer, or a request not fully written (an early answer): not reusable.
-  const bool reusable = !c->closeAfter && evbuffer_get_length(c->in.get()) == 0 &&
+  const bool reusable = !closeAfter && !c->reader.closeAfter() &&
+                        evbuffer_get_length(c->in.get()) == 0 &&
                         evbuffer_get_length(c->out.get()) == 0;
   finish(std::move(ex), std::move(result));
   if (!reusable) {
@@ -505,264 +486,78 @@ void Http1Backend::completeOnConn(Conn* c) {
     queue_.pop_front();
     return assign(c, std::move(next));
   }
-  c->phase = Phase::Idle;
   c->idleSince = SteadyClock::now();
   idle_.push_back(c);
 }
 
-Http1Backend::Parse Http1Backend::parseHead(Conn* c, evbuffer* in, std::string& problem) {
+void Http1Backend::overLimitOnConn(Conn* c) {
   Exchange& ex = *c->ex;
-  for (;;) {
-    size_t len = evbuffer_get_length(in);
-    if (len == 0) return Parse::NeedMore;
-    size_t look = std::min(len, kMaxHeaderBytes);
-    const char* data =
-        reinterpret_cast<const char*>(evbuffer_pullup(in, static_cast<ev_ssize_t>(look)));
-    if (!data) {
-      problem = "out of memory";
-      return Parse::Malformed;
-    }
-    std::string_view buf(data, look);
-    constexpr std::string_view kHttp = "HTTP/";
-    const size_t prefix = std::min(look, kHttp.size());
-    if (buf.substr(0, prefix) != kHttp.substr(0, prefix)) {
-      problem = "malformed status line from upstream";
-      return Parse::Malformed;
-    }
-    // Find the blank line ending the block.
-    size_t pos = 0;
-    size_t end = std::string_view::npos;
-    while (pos < buf.size()) {
-      size_t nl = buf.find('\n', pos);
-      if (nl == std::string_view::npos) break;
-      std::string_view line = buf.substr(pos, nl - pos);
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      if (line.empty() && pos > 0) {
-        end = nl + 1;
-        break;
-      }
-      pos = nl + 1;
-    }
-    if (end == std::string_view::npos) {
-      if (len >= kMaxHeaderBytes) {
-        problem = "upstream response header block over 64 KiB";
-        return Parse::Malformed;
-      }
-      return Parse::NeedMore;
-    }
-    // Parse the block: status line, then fields (obs-fold continues the previous value).
-    HttpAnswer& answer = ex.answer;
-    answer.headers.clear();
-    std::string_view block = buf.substr(0, end);
-    size_t nl = block.find('\n');
-    std::string_view statusLine = block.substr(0, nl);
-    if (!statusLine.empty() && statusLine.back() == '\r') statusLine.remove_suffix(1);
-    int status = statusLine.starts_with("HTTP/1.") ? parseStatusLine(statusLine) : 0;
-    if (status < 100 || (statusLine.size() > 12 && statusLine[12] != ' ')) {
-      problem = "malformed status line from upstream";
-      return Parse::Malformed;
-    }
-    const bool http10 = statusLine.starts_with("HTTP/1.0");
-    pos = nl + 1;
-    while (pos < block.size()) {
-      size_t e = block.find('\n', pos);
-      std::string_view line = block.substr(pos, e - pos);
-      pos = e + 1;
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      if (line.empty()) break;
-      appendHeaderLine(answer.headers, line);
-    }
-    evbuffer_drain(in, end);
-    if (status < 200) {
-      if (status == 101) {
-        problem = "unexpected 101 Switching Protocols from upstream";
-        return Parse::Malformed;
-      }
-      continue;  // an interim response: the final one follows
-    }
-    answer.status = status;
-
-    // Framing.
-    bool keepAlive = false;
-    const std::string* te = nullptr;
-    const std::string* cl = nullptr;
-    for (const Header& h : answer.headers) {
-      if (iequals(h.name, "Connection")) {
-        if (listsToken(h.value, "close")) c->closeAfter = true;
-        if (listsToken(h.value, "keep-alive")) keepAlive = true;
-      } else if (iequals(h.name, "Transfer-Encoding")) {
-        te = &h.value;
-      } else if (iequals(h.name, "Content-Length")) {
-        if (cl && *cl != h.value) {
-          problem = "conflicting Content-Length from upstream";
-          return Parse::Malformed;
-        }
-        cl = &h.value;
-      }
-    }
-    if (http10 && !keepAlive) c->closeAfter = true;
-    c->transferEncoded = te != nullptr;
-    if (ex.head || status == 204 || status == 304) return Parse::Done;
-    if (te) {
-      if (iequals(lastToken(*te), "chunked")) {
-        c->phase = Phase::ChunkSize;
-      } else {
-        c->phase = Phase::UntilClose;
-        c->closeAfter = true;
-      }
-      return Parse::NeedMore;
-    }
-    if (cl) {
-      size_t n = 0;
-      auto [p, ec] = std::from_chars(cl->data(), cl->data() + cl->size(), n);
-      if (cl->empty() || ec != std::errc() || p != cl->data() + cl->size()) {
-        problem = "invalid Content-Length from upstream";
-        return Parse::Malformed;
-      }
-      if (n == 0) return Parse::Done;
-      c->phase = Phase::Body;
-      c->remaining = n;
-      answer.body.reserve(std::min<size_t>(n, 1 << 20));
-      return Parse::NeedMore;
-    }
-    c->phase = Phase::UntilClose;
-    c->closeAfter = true;
-    return Parse::NeedMore;
+  if (!ex.overLimitIsAnswer) {
+    return failOnConn(c,
+                      "upstream response body over the upstream's max_response_body (" +
+                          std::to_string(ex.bodyLimit) + " bytes)",
+                      false);
   }
+  // The head is the upstream's answer; the body is dropped and the rest never read.
+  ex.answer.body = std::string();
+  ex.answerOverLimit = true;
+  completeOnConn(c, true);
 }
 
-// Moves up to `max` buffered bytes into `body`; returns how many.
-size_t takeBody(evbuffer* in, std::string& body, size_t max) {
-  size_t n = std::min(max, evbuffer_get_length(in));
-  if (n == 0) return 0;
-  size_t old = body.size();
-  body.resize(old + n);
-  evbuffer_remove(in, body.data() + old, n);
-  return n;
-}
-
-Http1Backend::Parse Http1Backend::parse(Conn* c, std::string& problem) {
-  evbuffer* in = c->in.get();
-  Exchange& ex = *c->ex;
-  for (;;) {
-    switch (c->phase) {
-      case Phase::Connecting:
-      case Phase::Idle:
-        return Parse::NeedMore;
-      case Phase::Head: {
-        Parse p = parseHead(c, in, problem);
-        if (p != Parse::NeedMore || c->phase == Phase::Head) return p;
-        break;
-      }
-      case Phase::Body:
-        c->remaining -= takeBody(in, ex.answer.body, c->remaining);
-        if (c->remaining == 0) return Parse::Done;
-        return Parse::NeedMore;
-      case Phase::UntilClose:
-        takeBody(in, ex.answer.body, evbuffer_get_length(in));
-        return Parse::NeedMore;
-      case Phase::ChunkData:
-        c->remaining -= takeBody(in, ex.answer.body, c->remaining);
-        if (c->remaining != 0) return Parse::NeedMore;
-        c->phase = Phase::ChunkEnd;
-        break;
-      case Phase::ChunkSize:
-      case Phase::ChunkEnd:
-      case Phase::Trailers: {
-        size_t eolLen = 0;
-        evbuffer_ptr eol = evbuffer_search_eol(in, nullptr, &eolLen, EVBUFFER_EOL_CRLF);
-        if (eol.pos < 0) {
-          size_t len = evbuffer_get_length(in);
-          if ((c->phase == Phase::Trailers && c->trailerBytes + len > kMaxHeaderBytes) ||
-              (c->phase != Phase::Trailers && len > kMaxChunkLine)) {
-            problem = "malformed chunked body from upstream";
-            return Parse::Malformed;
-          }
-          return Parse::NeedMore;
-        }
-        size_t lineLen = static_cast<size_t>(eol.pos);
-        const char* data = reinterpret_cast<const char*>(
-            evbuffer_pullup(in, static_cast<ev_ssize_t>(lineLen + eolLen)));
-        std::string_view line(data, lineLen);
-        if (c->phase == Phase::ChunkEnd) {
-          if (!line.empty()) {
-            problem = "malformed chunked body from upstream";
-            return Parse::Malformed;
-          }
-          c->phase = Phase::ChunkSize;
-        } else if (c->phase == Phase::Trailers) {
-          c->trailerBytes += lineLen + eolLen;
-          if (c->trailerBytes > kMaxHeaderBytes) {
-            problem = "upstream trailers over 64 KiB";
-            return Parse::Malformed;
-          }
-          if (line.empty()) {
-            evbuffer_drain(in, lineLen + eolLen);
-            return Parse::Done;  // trailer fields are not part of the recorded header block
-          }
-        } else {
-          std::string_view hex = trimOws(line.substr(0, line.find(';')));
-          size_t size = 0;
-          auto [p, ec] = std::from_chars(hex.data(), hex.data() + hex.size(), size, 16);
-          if (hex.empty() || ec != std::errc() || p != hex.data() + hex.size()) {
-            problem = "malformed chunk size from upstream";
-            return Parse::Malformed;
-          }
-          if (size == 0) {
-            c->phase = Phase::Trailers;
-          } else {
-            c->phase = Phase::ChunkData;
-            c->remaining = size;
-          }
-        }
-        evbuffer_drain(in, lineLen + eolLen);
-        break;
-      }
-    }
-  }
-}
-
-void Http1Backend::onReadable(evutil_socket_t fd, short, void* arg) noexcept {
-  auto* c = static_cast<Conn*>(arg);
-  Http1Backend* self = c->owner;
+Http1Backend::ReadStep Http1Backend::readOnce(Conn* c) {
   // Read straight into the input buffer (evbuffer_read would ask FIONREAD first).
   evbuffer_iovec vec[2];
   int nvec = evbuffer_reserve_space(c->in.get(), 16 * 1024, vec, 2);
-  ssize_t n = nvec > 0 ? ::recv(fd, vec[0].iov_base, vec[0].iov_len, 0) : -1;
+  ssize_t n = nvec > 0 ? ::recv(c->fd, vec[0].iov_base, vec[0].iov_len, 0) : -1;
   int err = nvec > 0 ? errno : ENOMEM;
   if (n > 0) {
     vec[0].iov_len = static_cast<size_t>(n);
     evbuffer_commit_space(c->in.get(), vec, 1);
   } else if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) {
-    return;
+    return ReadStep::Blocked;
   }
   if (!c->ex) {  // idle: closed by the upstream, an error, or unsolicited bytes → drop it
-    self->closeConn(c);
-    return;
+    closeConn(c);
+    return ReadStep::Ended;
   }
   if (n == 0) {
-    if (c->phase == Phase::UntilClose) {
-      c->closeAfter = true;
-      return self->completeOnConn(c);
+    if (c->reader.untilClose()) {
+      completeOnConn(c, true);
+    } else {
+      failOnConn(c, "upstream closed the connection before a complete answer", false);
     }
-    return self->failOnConn(c, "upstream closed the connection before a complete answer", false);
+    return ReadStep::Ended;
   }
-  if (n < 0) return self->failOnConn(c, std::string("recv: ") + std::strerror(err), false);
+  if (n < 0) {
+    failOnConn(c, std::string("recv: ") + std::strerror(err), false);
+    return ReadStep::Ended;
+  }
   std::string problem;
-  switch (self->parse(c, problem)) {
-    case Parse::NeedMore:
-      return;
-    case Parse::Done:
-      return self->completeOnConn(c);
-    case Parse::Malformed:
-      return self->failOnConn(c, std::move(problem), false);
+  switch (c->reader.feed(c->in.get(), c->ex->answer, problem)) {
+    case Http1ResponseReader::Result::NeedMore:
+      return ReadStep::Progress;
+    case Http1ResponseReader::Result::Done:
+      completeOnConn(c, false);
+      break;
+    case Http1ResponseReader::Result::Malformed:
+      failOnConn(c, std::move(problem), false);
+      break;
+    case Http1ResponseReader::Result::OverLimit:
+      overLimitOnConn(c);
+      break;
   }
+  return ReadStep::Ended;
+}
+
+void Http1Backend::onReadable(evutil_socket_t, short, void* arg) noexcept {
+  auto* c = static_cast<Conn*>(arg);
+  c->owner->readOnce(c);
 }
 
 void Http1Backend::onWritable(evutil_socket_t fd, short what, void* arg) noexcept {
   auto* c = static_cast<Conn*>(arg);
   Http1Backend* self = c->owner;
-  if (c->phase == Phase::Connecting) {
+  if (c->connecting) {
     if (what & EV_TIMEOUT) {
       return self->failOnConn(c,
                               "Connection timed out after " +
@@ -784,7 +579,18 @@ void Http1Backend::onTimeout(evutil_socket_t, short, void* arg) noexcept {
   Http1Backend* self = ex->owner;
   std::string detail = "Operation timed out after " +
                        std::to_string(self->config_.timeout.count()) + " milliseconds";
-  if (Conn* c = ex->conn) return self->failOnConn(c, std::move(detail), true);
+  if (Conn* c = ex->conn) {
+    // An answer that arrived as the timer fired (its bytes not read yet: the loop reads
+    // 16 KiB per pass) is taken, not timed out.
+    if (!c->connecting) {
+      for (int i = 0; i < kMaxReadsAtTimeout; ++i) {
+        ReadStep step = self->readOnce(c);
+        if (step == ReadStep::Ended) return;  // `ex` and perhaps `c` are gone
+        if (step == ReadStep::Blocked) break;
+      }
+    }
+    return self->failOnConn(c, std::move(detail), true);
+  }
   auto it = std::find_if(self->queue_.begin(), self->queue_.end(),
                          [ex](const std::unique_ptr<Exchange>& p) { return p.get() == ex; });
   if (it == self->queue_.end()) return;  // cannot happen: every exchange is queued or on a conn

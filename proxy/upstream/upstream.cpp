@@ -5,15 +5,21 @@
 //                       `event` per socket (EV_PERSIST) and one timer.
 //   onEvent/onTimeout → curl_multi_socket_action, then drain curl_multi_info_read into the
 //                       `finished_` queue and activate the delivery event.
+//   onExchangeTimeout → each exchange's own `timeout` timer: lets curl read what arrived,
+//                       then fails the exchange if it is still running.
+//   onHeader/onWrite  → build the answer; stop the transfer on a refused transfer coding or
+//                       a body past the exchange's limit.
 //   onDeliver         → runs the `done` callbacks from the top of the event loop, never inside
 //                       a curl call, so a callback may send() again or destroy the Upstream.
 // http:// upstreams whose host is an IP literal use the built-in HTTP/1.1 client instead
-// (upstream_http1.cpp); Upstream picks the backend in its constructor.
+// (http1_client.cpp); Upstream picks the backend in its constructor.
 #include "upstream/upstream.h"
 
 #include <curl/curl.h>
 #include <event2/event.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -97,6 +103,18 @@ int parseStatusLine(std::string_view line) {
   // tests/fuzz/fuzz_upstream_head: "0 098" read as 98).
   if (status < 100 || (line.size() > sp + 4 && line[sp + 4] != ' ')) return 0;
   return status;
+}
+
+std::string unsupportedTransferCoding(const Headers& headers) {
+  std::string codings;
+  int fields = 0;
+  for (const Header& h : headers) {
+    if (!iequals(h.name, "Transfer-Encoding")) continue;
+    if (fields++ != 0) codings += ", ";
+    codings += h.value;
+  }
+  if (fields == 0 || (fields == 1 && iequals(trimOws(codings), "chunked"))) return {};
+  return "unsupported Transfer-Encoding from upstream: " + codings.substr(0, 200);
 }
 
 std::string baseUrlOf(const std::string& url) {
@@ -235,6 +253,11 @@ class CurlBackend final : public PooledUpstream::Impl {
     bool headersComplete = false;  // the final header block ended: later lines are trailers
     int requestAttempts = 0;       // CURLOPT_PREREQFUNCTION calls: the request is about to go
     bool resendRefused = false;    // curl wanted to re-send on a fresh connection; we refused
+    size_t bodyLimit = 0;
+    bool overLimitIsAnswer = false;  // the caller set the limit: past it, a truncated answer
+    bool overLimit = false;          // the body passed the limit; the transfer was stopped
+    std::string refusal;             // why the answer's head was refused (transfer coding)
+    EventPtr timer;                  // the whole-exchange `timeout` (not curl's: see start)
     char error[CURL_ERROR_SIZE] = {};
   };
 
@@ -260,6 +283,8 @@ class CurlBackend final : public PooledUpstream::Impl {
   void socketAction(curl_socket_t fd, int flags);
   void collectFinished();
   UpstreamResult complete(Exchange& ex, CURLcode code);
+  // The exchange on `easy` ran out of time: fails it (Timeout, or BeforeSend if unsent).
+  void timeOut(CURL* easy);
 
   static int onSocket(CURL* easy, curl_socket_t fd, int what, void* userp, void* socketp);
   static int onTimer(CURLM* multi, long timeoutMs, void* userp);
@@ -267,6 +292,9 @@ class CurlBackend final : public PooledUpstream::Impl {
   // libevent; it terminates instead, like any other broken invariant.
   static void onEvent(evutil_socket_t fd, short what, void* arg) noexcept;
   static void onTimeout(evutil_socket_t fd, short what, void* arg) noexcept;
+  static void onExchangeTimeout(evutil_socket_t fd, short what, void* arg) noexcept;
+  // The head of the final answer is complete: false (with the reason kept) to stop.
+  static bool headAcceptable(Exchange& ex);
   static size_t onHeader(char* data, size_t size, size_t count, void* userp);
   static size_t onWrite(char* data, size_t size, size_t count, void* userp);
   static int onPrereq(void* userp, char* primaryIp, char* localIp, int primaryPort, int localPort);
@@ -324,6 +352,9 @@ void CurlBackend::start(UpstreamRequest request, std::function<void(UpstreamResu
   ex->started = SteadyClock::now();
   ex->request = std::move(request);
   ex->done = std::move(done);
+  ex->overLimitIsAnswer = ex->request.max_response_body != 0;
+  ex->bodyLimit = ex->overLimitIsAnswer ? ex->request.max_response_body
+                                        : static_cast<size_t>(config_.max_response_body);
   if (!idleEasy_.empty()) {
     ex->easy = std::move(idleEasy_.back());
     idleEasy_.pop_back();
@@ -340,6 +371,15 @@ void CurlBackend::start(UpstreamRequest request, std::function<void(UpstreamResu
   if (!ex->easy) return failBeforeSend(std::move(ex), "curl_easy_init failed");
   std::string problem = configure(*ex);
   if (!problem.empty()) return failBeforeSend(std::move(ex), std::move(problem));
+  // Our timer rather than CURLOPT_TIMEOUT_MS: curl checks its deadline before it reads, so an
+  // answer that arrived as the deadline passed would be a timeout; onExchangeTimeout lets
+  // curl read what is there first.
+  ex->timer.reset(evtimer_new(base_, &CurlBackend::onExchangeTimeout, ex.get()));
+  long ms = static_cast<long>(config_.timeout.count());
+  timeval tv{ms / 1000, static_cast<suseconds_t>((ms % 1000) * 1000)};
+  if (!ex->timer || evtimer_add(ex->timer.get(), &tv) != 0) {
+    return failBeforeSend(std::move(ex), "out of memory");
+  }
   CURL* easy = ex->easy.get();
   CURLMcode mc = curl_multi_add_handle(multi_.get(), easy);
   if (mc != CURLM_OK) return failBeforeSend(std::move(ex), curl_multi_strerror(mc));
@@ -441,8 +481,11 @@ std::string CurlBackend::setConstantOptions(CURL* e) {
   set(curl_easy_setopt(e, CURLOPT_HTTP_TRANSFER_DECODING, 1L));
   set(curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                        static_cast<long>(config_.connect_timeout.count())));
-  set(curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(config_.timeout.count())));
-  set(curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, static_cast<long>(kMaxIdleConnectionAge.count())));
+  set(curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L));  // the exchange's own timer: see start()
+  // curl drops a connection when its idle whole seconds exceed this: idle_timeout 2 s → 1,
+  // so a connection idle 2 s or more is not reused (1.9 s still is).
+  const long idleSeconds = static_cast<long>(config_.idle_timeout.count() / 1000);
+  set(curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, std::max(0L, idleSeconds - 1)));
   set(curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlBackend::onHeader));
   set(curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &CurlBackend::onWrite));
   set(curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &CurlBackend::onPrereq));
@@ -500,6 +543,25 @@ UpstreamResult CurlBackend::complete(Exchange& ex, CURLcode code) {
       std::chrono::duration_cast<std::chrono::microseconds>(SteadyClock::now() - ex.started);
   long status = 0;
   curl_easy_getinfo(ex.easy.get(), CURLINFO_RESPONSE_CODE, &status);
+  if (!ex.refusal.empty()) {
+    result.failure = UpstreamFailure::AfterSend;
+    result.detail = ex.refusal;
+    return result;
+  }
+  if (ex.overLimit && !ex.overLimitIsAnswer) {
+    result.failure = UpstreamFailure::AfterSend;
+    result.detail = "upstream response body over the upstream's max_response_body (" +
+                    std::to_string(ex.bodyLimit) + " bytes)";
+    return result;
+  }
+  if (ex.overLimit) {
+    // The head is the upstream's answer; the body is dropped and the rest never read.
+    ex.answer.body = std::string();
+    removeHopByHopFields(ex.answer.headers);
+    result.answer = std::move(ex.answer);
+    result.body_over_limit = true;
+    return result;
+  }
   if (code == CURLE_OK && status >= 200 && status <= 999) {
     HttpAnswer& answer = ex.answer;
     answer.status = static_cast<int>(status);
@@ -587,6 +649,55 @@ void CurlBackend::onTimeout(evutil_socket_t, short, void* arg) noexcept {
   static_cast<CurlBackend*>(arg)->socketAction(CURL_SOCKET_TIMEOUT, 0);
 }
 
+void CurlBackend::onExchangeTimeout(evutil_socket_t, short, void* arg) noexcept {
+  auto* ex = static_cast<Exchange*>(arg);
+  CurlBackend* self = ex->owner;
+  CURL* easy = ex->easy.get();
+  // An answer that arrived as the timer fired is taken, not timed out: let curl read every
+  // socket it watches first (a socket with nothing to read costs one EAGAIN).
+  std::vector<curl_socket_t> fds;
+  fds.reserve(self->sockets_.size());
+  for (const auto& entry : self->sockets_) fds.push_back(entry.first);
+  for (curl_socket_t fd : fds) {
+    self->socketAction(fd, CURL_CSELECT_IN);
+    if (self->active_.find(easy) == self->active_.end()) return;  // done: `ex` is gone
+  }
+  self->timeOut(easy);
+}
+
+void CurlBackend::timeOut(CURL* easy) {
+  auto it = active_.find(easy);
+  if (it == active_.end()) std::abort();  // the timer dies with its exchange
+  std::unique_ptr<Exchange> ex = std::move(it->second);
+  active_.erase(it);
+  UpstreamResult result = complete(*ex, CURLE_OPERATION_TIMEDOUT);
+  result.detail =
+      "Operation timed out after " + std::to_string(config_.timeout.count()) + " milliseconds";
+  if (result.failure == UpstreamFailure::BeforeSend) result.detail += " waiting for a connection";
+  curl_multi_remove_handle(multi_.get(), easy);
+  recycle(std::move(ex->easy));
+  finished_.push_back({std::move(ex->done), std::move(result)});
+  scheduleDelivery();
+}
+
+bool CurlBackend::headAcceptable(Exchange& ex) {
+  const HttpAnswer& answer = ex.answer;
+  if (ex.request.method == "HEAD" || answer.status == 204 || answer.status == 304) return true;
+  ex.refusal = unsupportedTransferCoding(answer.headers);
+  if (!ex.refusal.empty()) return false;
+  for (const Header& h : answer.headers) {
+    if (!iequals(h.name, "Content-Length")) continue;
+    std::string_view v = trimOws(h.value);
+    size_t n = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec == std::errc() && p == v.data() + v.size() && n > ex.bodyLimit) {
+      ex.overLimit = true;  // known from the head: not a byte of the body is read
+      return false;
+    }
+  }
+  return true;
+}
+
 size_t CurlBackend::onHeader(char* data, size_t size, size_t count, void* userp) {
   auto* ex = static_cast<Exchange*>(userp);
   const size_t total = size * count;
@@ -602,6 +713,7 @@ size_t CurlBackend::onHeader(char* data, size_t size, size_t count, void* userp)
       // trailer fields of a chunked body: not part of the recorded header block
     } else if (line.empty()) {
       ex->headersComplete = answer.status >= 200;
+      if (ex->headersComplete && !headAcceptable(*ex)) return 0;  // curl stops the transfer
     } else {
       appendHeaderLine(answer.headers, line);
     }
@@ -614,6 +726,10 @@ size_t CurlBackend::onHeader(char* data, size_t size, size_t count, void* userp)
 size_t CurlBackend::onWrite(char* data, size_t size, size_t count, void* userp) {
   auto* ex = static_cast<Exchange*>(userp);
   const size_t total = size * count;
+  if (ex->answer.body.size() + total > ex->bodyLimit) {
+    ex->overLimit = true;
+    return 0;  // curl stops the transfer (CURLE_WRITE_ERROR); the connection is closed
+  }
   try {
     ex->answer.body.append(data, total);
   } catch (...) {

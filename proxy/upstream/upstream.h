@@ -20,6 +20,11 @@ struct UpstreamRequest {
   std::string path_and_query;  // as the client sent it, e.g. "/v1/payments/1?x=y"
   Headers headers;             // already filtered: no hop-by-hop fields; Host kept; X-F-* added
   std::string body;
+  // 0: the body of the answer may be as large as the upstream's `max_response_body`; past it
+  // the exchange fails as AfterSend (a pass-through answer is never buffered without bound).
+  // Otherwise (an idempotent route's `max_response_body`): past this many body bytes the
+  // client stops reading and the exchange ends with `body_over_limit` (see UpstreamResult).
+  size_t max_response_body = 0;
 };
 
 // How an exchange failed, typed so the caller never compares strings.
@@ -34,18 +39,24 @@ struct UpstreamResult {
   UpstreamFailure failure = UpstreamFailure::None;
   std::string detail;  // curl's message, for logs only
   HttpAnswer answer;   // when failure == None; hop-by-hop fields already removed
+  // failure == None: the body passed the request's `max_response_body`. The status and
+  // fields are the upstream's, the body is empty (what came was dropped, the rest was never
+  // read: the connection is closed). The answer arrived, so the request took effect.
+  bool body_over_limit = false;
   std::chrono::microseconds latency{0};
 };
 
-// Pooled connections idle longer than this are not reused but closed. Neither backend ever
+// Pooled connections idle longer than the upstream's `idle_timeout` (default 2 s) are not
+// reused but closed. Neither backend ever
 // sends a request twice: libcurl 7.88 silently re-sends a request (any method, body included)
 // on a fresh connection when a *reused* one yields no response byte at all; Upstream refuses
 // that re-send (the exchange fails as AfterSend instead), and the built-in client never
 // retries. So a stale pooled connection costs a failed exchange. Keeping this shorter than
 // common backend keep-alive timeouts (Node 5s, Apache 5s, gunicorn 2s, nginx 75s) makes that
 // race rare; the built-in client also drops an idle connection as soon as the upstream
-// closes it, and checks it (recv MSG_PEEK) before reuse.
-inline constexpr std::chrono::seconds kMaxIdleConnectionAge{2};
+// closes it, and checks it (recv MSG_PEEK) before reuse. libcurl counts idle age in whole
+// seconds: it is given idle_timeout rounded down to a second, less one, so that it never
+// keeps a connection longer than asked (an idle_timeout under 2 s means "under 1 s" there).
 
 // Which client an Upstream uses. Auto: the built-in HTTP/1.1 client for http:// URLs whose
 // host is an IP literal, libcurl otherwise. Curl forces libcurl (tests compare the two).

@@ -64,6 +64,10 @@ bool isSafeFieldValue(std::string_view v);
 bool hasHeader(const Headers& headers, std::string_view name);
 // Parses "HTTP/1.1 200 Reason" → 200, or 0 when malformed.
 int parseStatusLine(std::string_view line);
+// "" when `headers` have no Transfer-Encoding or a lone "chunked" (the only coding this proxy
+// reads); otherwise why the answer is refused. Any other coding ("gzip, chunked") would reach
+// the client and the record still encoded, its label dropped as a hop-by-hop field.
+std::string unsupportedTransferCoding(const Headers& headers);
 // The upstream URL without trailing slashes, so "/prefix/" + "/v1" does not double the slash.
 std::string baseUrlOf(const std::string& url);
 

@@ -154,6 +154,8 @@ TEST(Config, MinimalFileTakesEveryDefault) {
   EXPECT_EQ(up.connect_timeout, 2s);
   EXPECT_EQ(up.timeout, 30s);
   EXPECT_EQ(up.max_connections, 64u);
+  EXPECT_EQ(up.idle_timeout, 2s);
+  EXPECT_EQ(up.max_response_body, 64u << 20);
   ASSERT_EQ(c.routes.size(), 1u);
   const RouteConfig& r = c.routes[0];
   EXPECT_EQ(r.name, "all");
@@ -211,6 +213,8 @@ upstreams:
     connect_timeout: 500ms
     timeout: 10s
     max_connections: 8
+    idle_timeout: 750ms
+    max_response_body: 3MiB
 routes:
   - name: payments
     methods: [post, Put]
@@ -251,6 +255,8 @@ log:
   EXPECT_EQ(up.connect_timeout, 500ms);
   EXPECT_EQ(up.timeout, 10s);
   EXPECT_EQ(up.max_connections, 8u);
+  EXPECT_EQ(up.idle_timeout, 750ms);
+  EXPECT_EQ(up.max_response_body, 3u << 20);
   const RouteConfig& r = c.routes[0];
   EXPECT_EQ(r.methods, (std::vector<std::string>{"POST", "PUT"}));
   EXPECT_EQ(r.path, "/v1/payments");
@@ -433,6 +439,16 @@ TEST(ConfigErrors, WorkersRange) {
   expectOneError(std::string(kMinimal) + "server:\n  workers: -1\n", 9, 12,
                  "expected an integer from 0 to 256");
   EXPECT_TRUE(parse(std::string(kMinimal) + "server:\n  workers: 256\n").ok());
+}
+
+TEST(ConfigErrors, UpstreamIdleTimeoutStaysBelowCommonKeepAlives) {
+  const std::string upstream = "upstreams:\n  api:\n    url: http://127.0.0.1:9000\n";
+  const std::string routes = "routes:\n  - name: all\n    path: /*\n    upstream: api\n";
+  expectOneError(upstream + "    idle_timeout: 5s\n" + routes, 4, 19,
+                 "idle_timeout 5s must be below 5s");
+  expectOneError(upstream + "    idle_timeout: 0s\n" + routes, 4, 19, "must be longer than 0");
+  expectOneError(upstream + "    max_response_body: 0\n" + routes, 4, 24, "must be larger than 0");
+  EXPECT_TRUE(parse(upstream + "    idle_timeout: 4999ms\n" + routes).errors.empty());
 }
 
 TEST(ConfigErrors, BadDurationsAndSizes) {

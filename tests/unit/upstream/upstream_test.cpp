@@ -533,13 +533,13 @@ TEST_P(UpstreamTest, QueuedExchangeThatTimesOutIsBeforeSend) {
 
 TEST_P(UpstreamTest, IdleConnectionPastMaxAgeIsNotReused) {
   TestHttpServer server([](const ReceivedRequest&) { return Reply::respond(200, {}, "ok"); });
-  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
+  UpstreamConfig c = config(server.url());
+  c.idle_timeout = 1s;
+  PooledUpstream up(base_.get(), c, 4, GetParam());
   ASSERT_EQ(exchange(up, get("/")).failure, UpstreamFailure::None);
   ASSERT_EQ(exchange(up, get("/")).failure, UpstreamFailure::None);
   EXPECT_EQ(server.connections(), 1);
-  // curl compares whole seconds (idle / 1000 > 2): it reuses a connection idle for 2.9 s.
-  runUntil([] { return false; },
-           kMaxIdleConnectionAge + (GetParam() == UpstreamBackend::Curl ? 1200ms : 200ms));
+  runUntil([] { return false; }, c.idle_timeout + 200ms);
   UpstreamResult r = exchange(up, get("/"));
   EXPECT_EQ(r.failure, UpstreamFailure::None) << r.detail;
   EXPECT_EQ(server.connections(), 2);

@@ -1,0 +1,119 @@
+"""Upstream answers the proxy must not take as they come (issue 10, §3 and §5), against the real
+binary: bodies past max_response_body (bounded memory), transfer codings it does not read, and
+idle connections the upstream closes. Each runs through the built-in HTTP/1.1 client (an IP
+literal URL) and through libcurl (a host name)."""
+import time
+import unittest
+
+from harness import ProxyTestCase
+
+MIB = 1 << 20
+
+
+def vm_kib(pid, field):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (field, pid))
+
+
+class UpstreamLimits(ProxyTestCase):
+    CLIENTS = ("http1", "curl")
+
+    def url(self, client):
+        return self.up.url if client == "http1" else self.up.url.replace("127.0.0.1", "localhost")
+
+    def proxy(self, client, **kw):
+        kw.setdefault("server", {"drain_timeout": "15s"})
+        upstream = {"timeout": "4s"}  # below the tests' 5 s lease
+        upstream.update(kw.pop("upstream", {}))
+        return self.start_proxy(upstream_url=self.url(client), upstream=upstream, **kw)
+
+    def warm(self, proxy):
+        """One exchange so the worker's buffers exist; returns the proxy's peak RSS (KiB)."""
+        self.up.script(queue=[{}])
+        self.assertEqual(self.post(proxy, key=self.new_key()).status, 201)
+        self.up.reset()
+        return vm_kib(proxy.proc.pid, "VmHWM")
+
+    def test_large_answer_is_not_buffered_and_not_replayed(self):
+        for client in self.CLIENTS:
+            with self.subTest(client=client):
+                proxy = self.proxy(client)
+                before = self.warm(proxy)
+                self.up.script(queue=[{"body_size": 48 * MIB}])
+                k = self.new_key()
+                start = time.monotonic()
+                r1 = self.post(proxy, key=k)
+                self.assertLess(time.monotonic() - start, 3)
+                self.assertProblem(r1, 502, "response-not-replayable")
+                self.assertFalse(r1.replayed)
+                r2 = self.post(proxy, key=k)
+                self.assertProblem(r2, 502, "response-not-replayable")
+                self.assertTrue(r2.replayed)
+                self.assertCount(1)
+                grown = vm_kib(proxy.proc.pid, "VmHWM") - before
+                self.assertLess(grown, 16 * 1024, "peak RSS grew by %d KiB" % grown)
+                proxy.stop()
+
+    def test_endless_answer_ends_at_the_limit_not_at_the_timeout(self):
+        for client in self.CLIENTS:
+            with self.subTest(client=client):
+                proxy = self.proxy(client, payments={"max_response_body": "1MiB"},
+                                   upstream={"max_response_body": "4MiB"})
+                before = self.warm(proxy)
+                # Idempotent route: the route's limit; recorded as not replayable.
+                self.up.script(default={"endless": True})
+                k = self.new_key()
+                start = time.monotonic()
+                r1 = self.post(proxy, key=k)
+                self.assertLess(time.monotonic() - start, 3, "the upstream timeout is 4 s")
+                self.assertProblem(r1, 502, "response-not-replayable")
+                self.assertProblem(self.post(proxy, key=k), 502, "response-not-replayable")
+                # Pass-through route: the upstream's cap; the exchange fails.
+                start = time.monotonic()
+                r3 = self.post(proxy, path="/v1/plain/stream", method="GET", body=b"")
+                self.assertLess(time.monotonic() - start, 3)
+                self.assertProblem(r3, 502, "upstream-failed")
+                self.assertEqual(self.up.count(), 2)
+                grown = vm_kib(proxy.proc.pid, "VmHWM") - before
+                self.assertLess(grown, 24 * 1024, "peak RSS grew by %d KiB" % grown)
+                proxy.stop()
+
+    def test_transfer_codings_other_than_chunked_are_refused(self):
+        for client in self.CLIENTS:
+            for te in ("gzip, chunked", "gzip"):
+                with self.subTest(client=client, te=te):
+                    proxy = self.proxy(client)
+                    self.up.reset()
+                    self.up.script(queue=[{"transfer_encoding": te, "body": '{"id": "p"}'}])
+                    k = self.new_key()
+                    r1 = self.post(proxy, key=k)
+                    self.assertProblem(r1, 502, "upstream-failed")
+                    r2 = self.post(proxy, key=k)  # recorded: the payment may have happened
+                    self.assertProblem(r2, 502, "upstream-failed")
+                    self.assertTrue(r2.replayed)
+                    self.assertCount(1)
+                    proxy.stop()
+
+    def test_idle_connection_is_not_reused_past_idle_timeout(self):
+        for client in self.CLIENTS:
+            with self.subTest(client=client):
+                # The upstream's keep-alive is 1.2 s: a request that reaches a connection idle
+                # longer is lost as the upstream closes it. idle_timeout 1 s stays below it.
+                proxy = self.proxy(client, upstream={"idle_timeout": "1s"},
+                                   server={"workers": 1, "drain_timeout": "15s"})
+                self.up.reset()
+                self.up._control("POST", "script", {"keepalive_ms": 1200})
+                self.assertEqual(self.post(proxy, key=self.new_key()).status, 201)
+                time.sleep(1.6)  # the idle time is what is tested
+                r = self.post(proxy, key=self.new_key())
+                self.assertEqual(r.status, 201, r)
+                self.assertCount(2)
+                self.up._control("POST", "script", {"keepalive_ms": 0})
+                proxy.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
