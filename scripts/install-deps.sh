@@ -9,4 +9,4 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build pkg-config git ca-certificates curl python3 \
   libevent-dev libcurl4-openssl-dev liblmdb-dev lmdb-utils libcjson-dev libyaml-cpp-dev \
   libgtest-dev libhttp-parser-dev libssl-dev libsystemd-dev libcli11-dev systemd dpkg-dev file \
-  openssl clang-format debootstrap systemd-container >/dev/null
+  openssl clang-format debootstrap systemd-container postgresql libpq-dev util-linux >/dev/null

@@ -111,6 +111,8 @@ class Store {
   // doubles as the read (Completed carries the record to replay; InFlight the lease to wait on).
   // lookup(), visit() and list() may then block: they are for the command line.
   virtual bool localReads() const { return true; }
+  // False while the store cannot serve (a network store with no connection): /readyz.
+  virtual bool ready() const { return true; }
 
   // Read the record; an expired record reads as absent. Safe from any thread; never blocks on
   // the writer.
