@@ -16,6 +16,8 @@
 #include "ops/metrics.h"
 #include "ops/telemetry.h"
 #include "store/lmdb/lmdb_store.h"
+#include "store/postgres/postgres_sql.h"
+#include "store/postgres/postgres_store.h"
 #include "upstream/upstream.h"
 #include "version.h"
 
@@ -41,6 +43,10 @@ std::vector<std::string> restartOnlyChanges(const Config& a, const Config& b) {
   if (a.store.max_size != b.store.max_size) out.push_back("store.max_size");
   if (a.store.durability != b.store.durability) out.push_back("store.durability");
   if (a.store.backend != b.store.backend) out.push_back("store.backend");
+  if (a.store.postgres.url != b.store.postgres.url) out.push_back("store.postgres.url");
+  if (a.store.postgres.connections != b.store.postgres.connections)
+    out.push_back("store.postgres.connections");
+  if (a.store.postgres.timeout != b.store.postgres.timeout) out.push_back("store.postgres.timeout");
   if (a.admin.has_value() != b.admin.has_value() ||
       (a.admin && (a.admin->listen.host != b.admin->listen.host ||
                    a.admin->listen.port != b.admin->listen.port)))
@@ -63,13 +69,27 @@ class Daemon {
 
   int run() {
     std::string error;
-    LmdbOptions so;
-    so.path = config_->store.path;
-    so.max_size = config_->store.max_size;
-    so.durability = config_->store.durability;
-    store_ = openLmdbStore(so, SystemClock::instance(), error);
+    const StoreConfig& sc = config_->store;
+    // Where the records live, for logs: the LMDB directory, or the connection string with any
+    // password masked.
+    const std::string where =
+        sc.backend == "postgres" ? pg::maskConninfo(sc.postgres.url) : sc.path;
+    if (sc.backend == "postgres") {
+      PostgresOptions po;
+      po.conninfo = sc.postgres.url;
+      po.connections = sc.postgres.connections;
+      po.timeout = sc.postgres.timeout;
+      store_ = openPostgresStore(po, error);
+    } else {
+      LmdbOptions so;
+      so.path = sc.path;
+      so.max_size = sc.max_size;
+      so.durability = sc.durability;
+      store_ = openLmdbStore(so, SystemClock::instance(), error);
+    }
     if (!store_) {
-      log::error("store-open-failed", {{"path", config_->store.path}, {"error", error}});
+      log::error("store-open-failed",
+                 {{"backend", sc.backend}, {"store", where}, {"error", error}});
       return kExitFailure;
     }
     Histogram& commitLatency =
@@ -114,9 +134,9 @@ class Daemon {
         [this] { return static_cast<double>(proxy_->active()); }));
 
     if (config_->admin) {
-      // Ready: serving, and the store can take writes (not full, failing or deleted).
+      // Ready: serving, and the store can take writes (reachable; not full, failing or deleted).
       admin_ = std::make_unique<AdminServer>(base_.get(), metrics_, [this] {
-        return !draining_ && store_->unavailableReason().empty();
+        return !draining_ && store_->ready() && store_->unavailableReason().empty();
       });
       if (!admin_->start(config_->admin->listen, error)) {
         log::error("admin-listen-failed",
@@ -136,7 +156,8 @@ class Daemon {
                           {"port", proxy_->port()},
                           {"admin_port", static_cast<uint64_t>(admin_ ? admin_->port() : 0)},
                           {"workers", static_cast<uint64_t>(proxy_->workerCount())},
-                          {"store", config_->store.path},
+                          {"backend", config_->store.backend},
+                          {"store", where},
                           {"max_open_files", openFileLimit()}});
     notifier_.status("serving on " + config_->server.listen.text);
     notifier_.ready();
@@ -225,7 +246,7 @@ class Daemon {
   ConfigPtr config_;
   MetricsRegistry metrics_;
   Telemetry telemetry_;
-  std::unique_ptr<LmdbStore> store_;
+  std::unique_ptr<Store> store_;
   std::unique_ptr<Proxy> proxy_;
   EventBasePtr base_;
   std::unique_ptr<AdminServer> admin_;

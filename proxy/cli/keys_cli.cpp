@@ -15,6 +15,7 @@
 #include "cli/cli.h"
 #include "request/idempotency.h"
 #include "store/lmdb/lmdb_store.h"
+#include "store/postgres/postgres_store.h"
 
 namespace idem {
 
@@ -74,7 +75,7 @@ int reportDamage(const std::string& path, const std::vector<std::string>& proble
   return kExitFailure;
 }
 
-int keysList(const CliOptions& o, LmdbStore& store, const std::string& path) {
+int keysList(const CliOptions& o, Store& store, const std::string& path) {
   const int64_t now = SystemClock::instance().wallMs();
   CheckedList checked = store.listChecked();
   if (!checked.problems.empty()) return reportDamage(path, checked.problems);
@@ -147,22 +148,35 @@ int cmdKeys(const CliOptions& o) {
       return kExitFailure;
     }
   }
-  LmdbOptions so;
-  so.path = cfg.store.path;
   std::string error;
-  if (!actAsStoreOwner(so.path, error)) {
-    std::fprintf(stderr, "idemproxy: cannot open the store at %s: %s\n", cfg.store.path.c_str(),
-                 error.c_str());
-    return kExitFailure;
-  }
-  so.max_size = cfg.store.max_size;
-  so.durability = cfg.store.durability;
-  so.read_only = o.keys != KeysCommand::Forget;
-  auto store = openLmdbStore(so, SystemClock::instance(), error);
-  if (!store) {
-    std::fprintf(stderr, "idemproxy: cannot open the store at %s: %s\n", cfg.store.path.c_str(),
-                 error.c_str());
-    return kExitFailure;
+  std::unique_ptr<Store> store;
+  if (cfg.store.backend == "postgres") {
+    PostgresOptions po;
+    po.conninfo = cfg.store.postgres.url;
+    po.connections = 1;
+    po.timeout = cfg.store.postgres.timeout;
+    store = openPostgresStore(po, error);  // the error never holds the password
+    if (!store) {
+      std::fprintf(stderr, "idemproxy: cannot open the store: %s\n", error.c_str());
+      return kExitFailure;
+    }
+  } else {
+    LmdbOptions so;
+    so.path = cfg.store.path;
+    if (!actAsStoreOwner(so.path, error)) {
+      std::fprintf(stderr, "idemproxy: cannot open the store at %s: %s\n", cfg.store.path.c_str(),
+                   error.c_str());
+      return kExitFailure;
+    }
+    so.max_size = cfg.store.max_size;
+    so.durability = cfg.store.durability;
+    so.read_only = o.keys != KeysCommand::Forget;
+    store = openLmdbStore(so, SystemClock::instance(), error);
+    if (!store) {
+      std::fprintf(stderr, "idemproxy: cannot open the store at %s: %s\n", cfg.store.path.c_str(),
+                   error.c_str());
+      return kExitFailure;
+    }
   }
   if (o.keys == KeysCommand::List) return keysList(o, *store, cfg.store.path);
 

@@ -7,6 +7,7 @@
 #include "config/config.h"
 
 #include <arpa/inet.h>
+#include <libpq-fe.h>
 #include <unistd.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
@@ -148,6 +149,7 @@ class Parser {
   void parseServer(const Field& f, ServerConfig& out);
   void parseAdmin(const Field& f, std::optional<AdminConfig>& out);
   void parseStore(const Field& f, StoreConfig& out);
+  void parsePostgres(const Field& f, PostgresStoreConfig& out);
   void parseLog(const Field& f, LogConfig& out);
   void parseUpstreams(const Field& f, std::map<std::string, UpstreamConfig>& out);
   void parseRoutes(const Field& f, std::vector<RouteConfig>& out);
@@ -408,17 +410,19 @@ void Parser::parseAdmin(const Field& f, std::optional<AdminConfig>& out) {
 
 void Parser::parseStore(const Field& f, StoreConfig& out) {
   if (!expectMap(f)) return;
+  std::optional<YAML::Mark> backendMark;
   walk(f.value, f.path,
        {
            {"backend",
             [&](const Field& k) {
               std::string backend;
               if (!readText(k, backend)) return;
-              if (backend != "lmdb") {
-                error(k, "unsupported store backend '" + backend + "'; supported: lmdb");
+              if (backend != "lmdb" && backend != "postgres") {
+                error(k, "unsupported store backend '" + backend + "'; supported: lmdb, postgres");
                 return;
               }
               out.backend = backend;
+              backendMark = k.key.Mark();
             }},
            {"path",
             [&](const Field& k) {
@@ -437,6 +441,34 @@ void Parser::parseStore(const Field& f, StoreConfig& out) {
                        {{"full", Durability::Full}, {"relaxed", Durability::Relaxed}});
             }},
            {"sweep_interval", [&](const Field& k) { readDuration(k, out.sweep_interval, false); }},
+           {"postgres", [&](const Field& k) { parsePostgres(k, out.postgres); }},
+       });
+  if (out.backend == "postgres" && out.postgres.url.empty() && backendMark) {
+    error(*backendMark, f.path + ".backend: postgres needs store.postgres.url");
+  }
+}
+
+void Parser::parsePostgres(const Field& f, PostgresStoreConfig& out) {
+  if (!expectMap(f)) return;
+  walk(f.value, f.path,
+       {
+           {"url",
+            [&](const Field& k) {
+              std::string url;
+              if (!readText(k, url)) return;
+              // The text is never echoed: it may hold a password.
+              char* message = nullptr;
+              PQconninfoOption* parsed = PQconninfoParse(url.c_str(), &message);
+              if (message != nullptr) PQfreemem(message);
+              if (parsed == nullptr || url.empty()) {
+                error(k, "expected a libpq connection string or URI (postgresql://…)");
+              } else {
+                out.url = url;
+              }
+              if (parsed != nullptr) PQconninfoFree(parsed);
+            }},
+           {"connections", [&](const Field& k) { readUnsigned(k, out.connections, 1, 64); }},
+           {"timeout", [&](const Field& k) { readDuration(k, out.timeout, false); }},
        });
 }
 

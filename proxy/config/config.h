@@ -45,12 +45,20 @@ struct AdminConfig {
 
 enum class Durability { Full, Relaxed };
 
+// store.postgres (backend: postgres): one key space for proxies on many hosts.
+struct PostgresStoreConfig {
+  std::string url;  // any libpq connection string or URI; may hold a password: never log it
+  unsigned connections = 4;  // per process
+  Millis timeout{2'000};     // one store operation; past it → 503 store-unavailable
+};
+
 struct StoreConfig {
-  std::string backend = "lmdb";
+  std::string backend = "lmdb";  // lmdb | postgres
   std::string path = "/var/lib/idemproxy";
   uint64_t max_size = 1ull << 30;  // 1GiB
   Durability durability = Durability::Full;
   Millis sweep_interval{30'000};
+  PostgresStoreConfig postgres;
 };
 
 struct UpstreamConfig {

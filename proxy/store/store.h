@@ -90,6 +90,13 @@ struct StoreStats {
 // Called after every commit with the commit's duration and how many operations it carried.
 using CommitObserver = std::function<void(std::chrono::microseconds, size_t ops)>;
 
+// Every record with its id, or what stopped the walk: `problems` names each record that does not
+// decode and any error of the walk (it stops there).
+struct CheckedList {
+  std::vector<std::pair<RecordId, Record>> records;
+  std::vector<std::string> problems;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -115,6 +122,8 @@ class Store {
   // doubles as the read (Completed carries the record to replay; InFlight the lease to wait on).
   // lookup(), visit() and list() may then block: they are for the command line.
   virtual bool localReads() const { return true; }
+  // False while the store cannot serve (a network store with no connection): /readyz.
+  virtual bool ready() const { return true; }
 
   // Read the record; an expired record reads as absent. Safe from any thread; never blocks on
   // the writer.
@@ -126,6 +135,8 @@ class Store {
   virtual bool visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) = 0;
   // Every record (expired ones included, so an operator sees them), in id order.
   virtual std::vector<std::pair<RecordId, Record>> list() = 0;
+  // list() for the command line, saying what it could not read instead of skipping it.
+  virtual CheckedList listChecked() { return {list(), {}}; }
   virtual StoreStats stats() = 0;
 
   // Block until everything queued so far is committed (used at shutdown and by tests). Under

@@ -31,13 +31,6 @@ struct VerifyReport {
   bool ok() const { return problems.empty(); }
 };
 
-// Every record with its id, or what stopped the walk: `problems` names each record that does not
-// decode and any LMDB error of the cursor (the walk stops at such an error).
-struct CheckedList {
-  std::vector<std::pair<RecordId, Record>> records;
-  std::vector<std::string> problems;
-};
-
 // How to restore, for messages about a damaged store.
 inline constexpr const char* kRestoreHint =
     "stop every idemproxy process using it, move the store directory aside, and restore the "
@@ -72,7 +65,7 @@ class LmdbStore : public Store {
   // every record has exactly its expiry index entry (and every index entry its record).
   VerifyReport verify();
   // Like list(), but reports what it could not read instead of skipping it.
-  CheckedList listChecked();
+  CheckedList listChecked() override;
 
   struct Impl;
   explicit LmdbStore(std::unique_ptr<Impl> impl);

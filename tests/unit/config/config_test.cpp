@@ -573,7 +573,7 @@ TEST(ConfigErrors, IdempotencyValues) {
 
 TEST(ConfigErrors, StoreAndLogEnums) {
   expectOneError(std::string(kMinimal) + "store:\n  backend: redis\n", 9, 12,
-                 "unsupported store backend 'redis'; supported: lmdb");
+                 "unsupported store backend 'redis'; supported: lmdb, postgres");
   expectOneError(std::string(kMinimal) + "store:\n  durability: none\n", 9, 15,
                  "expected one of full, relaxed, got 'none'");
   expectOneError(std::string(kMinimal) + "log:\n  level: trace\n", 9, 10,
@@ -860,6 +860,37 @@ TEST(ParseConfigRegression, SecondDocumentIsStillAnError) {
     }
   }
   EXPECT_TRUE(found);
+}
+
+TEST(ConfigPostgres, BackendAndDefaults) {
+  ConfigResult r = parse(std::string(kMinimal) +
+                         "store:\n  backend: postgres\n  postgres:\n"
+                         "    url: \"postgresql://idem:s3cret@db1,db2/idem?sslmode=require\"\n");
+  ASSERT_TRUE(r.ok()) << dump(r);
+  EXPECT_EQ(r.config->store.backend, "postgres");
+  EXPECT_EQ(r.config->store.postgres.url, "postgresql://idem:s3cret@db1,db2/idem?sslmode=require");
+  EXPECT_EQ(r.config->store.postgres.connections, 4u);
+  EXPECT_EQ(r.config->store.postgres.timeout, Millis(2'000));
+  r = parse(std::string(kMinimal) +
+            "store:\n  backend: postgres\n  postgres:\n    url: host=/tmp dbname=x\n"
+            "    connections: 2\n    timeout: 500ms\n");
+  ASSERT_TRUE(r.ok()) << dump(r);
+  EXPECT_EQ(r.config->store.postgres.connections, 2u);
+  EXPECT_EQ(r.config->store.postgres.timeout, Millis(500));
+}
+
+TEST(ConfigPostgres, ErrorsNameTheSpotAndNeverEchoTheUrl) {
+  expectOneError(std::string(kMinimal) + "store:\n  backend: postgres\n", 9, 3,
+                 "postgres needs store.postgres.url");
+  const std::string bad = std::string(kMinimal) +
+                          "store:\n  postgres:\n"
+                          "    url: \"postgresql://u:hunter2@h/d?nosuchoption=1\"\n";
+  expectOneError(bad, 10, 10, "expected a libpq connection string or URI");
+  EXPECT_EQ(dump(parse(bad)).find("hunter2"), std::string::npos);
+  expectOneError(std::string(kMinimal) + "store:\n  postgres:\n    connections: 0\n", 10, 18, "");
+  expectOneError(std::string(kMinimal) + "store:\n  postgres:\n    timeout: 0s\n", 10, 14,
+                 "must be longer than 0");
+  expectOneError(std::string(kMinimal) + "store:\n  postgres:\n    pool: 3\n", 10, 5, "pool");
 }
 
 }  // namespace

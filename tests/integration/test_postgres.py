@@ -1,0 +1,102 @@
+"""Several proxies ("hosts") on one PostgreSQL database (SPEC §5 store.backend: postgres, §7):
+one key space, forwarded once; a stopped or hung database is never bypassed."""
+import time
+import unittest
+
+import pg
+from harness import ProxyTestCase, concurrent, poll_until, request, requires_proxy
+
+
+@requires_proxy
+@unittest.skipUnless(pg.available, "PostgreSQL is not installed")
+class PostgresStoreTest(ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = pg.Cluster.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.cluster:
+            cls.cluster.destroy()
+
+    def setUp(self):
+        super().setUp()
+        self.conninfo = self.cluster.fresh_schema()
+
+    def hosts(self, n, **store):
+        return [self.start_proxy(store=pg.postgres_store(self.conninfo, **store), admin_port=0)
+                for _ in range(n)]
+
+    def ready(self, proxy):
+        return request(proxy.admin_port, "GET", "/readyz").status == 200
+
+    def test_thirty_duplicates_on_three_hosts_forward_once(self):
+        hosts = self.hosts(3)
+        self.up.script(default={"status": 201, "body": '{"id": "pay_1"}', "delay_ms": 300})
+        key = self.new_key()
+        headers = [("Content-Type", "application/json"), ("Authorization", self.AUTH),
+                   ("Idempotency-Key", key)]
+        results = concurrent([{"port": hosts[i % 3].port, "path": "/v1/payments/charge",
+                               "headers": headers, "body": b'{"amount": 100}'}
+                              for i in range(30)])
+        self.assertCount(1)
+        statuses = sorted(r.status for r in results)
+        for r in results:
+            self.assertIn(r.status, (201, 409), r)
+        self.assertIn(201, statuses)
+        # Afterwards every host replays the one answer.
+        for h in hosts:
+            r = self.post(h, key=key)
+            self.assertEqual(r.status, 201, r)
+            self.assertTrue(r.replayed, r)
+        self.assertCount(1)
+
+    def test_replay_and_mismatch_across_hosts(self):
+        a, b = self.hosts(2)
+        key = self.new_key()
+        first = self.post(a, key=key)
+        self.assertEqual(first.status, 201, first)
+        self.assertReplayOf(self.post(b, key=key), first)
+        self.assertProblem(self.post(b, key=key, body=b'{"amount": 999}'), 422,
+                           "idempotency-key-mismatch")
+        self.assertCount(1)
+
+    def test_stopped_database_is_never_bypassed_then_recovers(self):
+        (h,) = self.hosts(1)
+        key = self.new_key()
+        first = self.post(h, key=key)
+        self.assertEqual(first.status, 201, first)
+        self.assertTrue(self.ready(h))
+        self.cluster.stop("immediate")
+        try:
+            for _ in range(3):
+                self.assertProblem(self.post(h, key=self.new_key()), 503, "store-unavailable")
+            self.assertProblem(self.post(h, key=key), 503, "store-unavailable")
+            self.assertTrue(poll_until(lambda: not self.ready(h), 5), "still ready")
+            self.assertCount(1)
+        finally:
+            self.cluster.restart()
+        self.assertTrue(poll_until(lambda: self.ready(h), 10), "not ready after restart")
+        r = poll_until(lambda: (lambda x: x if x.status != 503 else None)(self.post(h, key=key)),
+                       10)
+        self.assertIsNotNone(r)
+        self.assertReplayOf(r, first)  # the record survived the restart
+        self.assertEqual(self.post(h, key=self.new_key()).status, 201)
+        self.assertCount(2)
+
+    def test_hung_database_answers_503_within_the_timeout(self):
+        (h,) = self.hosts(1, timeout="700ms")
+        self.assertEqual(self.post(h, key=self.new_key()).status, 201)
+        self.cluster.freeze(True)
+        try:
+            t0 = time.monotonic()
+            r = self.post(h, key=self.new_key(), timeout=10)
+            took = time.monotonic() - t0
+            self.assertProblem(r, 503, "store-unavailable")
+            self.assertLess(took, 2.0)
+        finally:
+            self.cluster.freeze(False)
+        self.assertCount(1)
+        r = poll_until(lambda: (lambda x: x if x.status == 201 else None)(
+            self.post(h, key=self.new_key())), 10)
+        self.assertIsNotNone(r, "no recovery after the database woke up")

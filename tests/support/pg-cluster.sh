@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL cluster for the tests, on a unix socket inside its own directory (no
+# TCP port). PostgreSQL refuses to run as root, so as root the cluster runs as `nobody`.
+#   pg-cluster.sh start DIR   initdb (first time) and start; prints the libpq connection string
+#   pg-cluster.sh stop DIR [MODE]   pg_ctl stop -m MODE (default fast)
+#   pg-cluster.sh restart DIR       start again after a stop (same data)
+#   pg-cluster.sh pid DIR           the postmaster's pid
+set -euo pipefail
+cmd=${1:?command} dir=${2:?directory}
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+[ -x "$bin/initdb" ] || { echo "pg-cluster.sh: no PostgreSQL server installed" >&2; exit 77; }
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then
+    setpriv --reuid=nobody --regid=nogroup --clear-groups --reset-env -- "$@"
+  else
+    "$@"
+  fi
+}
+start() {
+  as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-c listen_addresses='' -c unix_socket_directories='$dir' -c fsync=off -c full_page_writes=off -c max_connections=200" \
+    start >/dev/null
+}
+case $cmd in
+  start)
+    mkdir -p "$dir"
+    if [ "$(id -u)" -eq 0 ]; then
+      chown nobody:nogroup "$dir"
+      chmod a+x "$(dirname "$dir")"  # a test's private temp dir: let the cluster's owner through
+    fi
+    chmod 0700 "$dir"
+    if [ ! -d "$dir/data" ]; then
+      as_owner "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C --no-sync \
+        >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+    fi
+    # Already running (a fixture shared by several tests): reuse it.
+    as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1 || start
+    echo "host=$dir user=postgres dbname=postgres"
+    ;;
+  restart) start ;;
+  stop) as_owner "$bin/pg_ctl" -D "$dir/data" -m "${3:-fast}" -w stop >/dev/null ;;
+  pid) head -n1 "$dir/data/postmaster.pid" ;;
+  *) echo "pg-cluster.sh: unknown command $cmd" >&2; exit 2 ;;
+esac
