@@ -121,7 +121,15 @@ void Worker::stopAccepting() {
       front_->stopAccepting();
       // Drain: idle keep-alive connections close now, the others after their answer.
       front_->closeIdleAndFinish();
-      proxy_.listenerRemoved();
+      // With EPOLL_USE_CHANGELIST the listener's removal from epoll is applied at this loop's
+      // next dispatch, not now: only after it may the last worker close the shared socket (a
+      // close first would let epoll_ctl act on a reused descriptor number). A zero timeout
+      // fires after that dispatch.
+      const timeval now{0, 0};
+      event_base_once(
+          base_.get(), -1, EV_TIMEOUT,
+          [](evutil_socket_t, short, void* arg) { static_cast<Proxy*>(arg)->listenerRemoved(); },
+          &proxy_, &now);
     }
   });
 }
