@@ -25,6 +25,7 @@
 #include <tuple>
 #include <utility>
 
+#include "base/c_handles.h"
 #include "config/config_values.h"
 
 namespace idem {
@@ -147,6 +148,7 @@ class Parser {
                 std::initializer_list<std::pair<std::string_view, E>> choices);
 
   void parseServer(const Field& f, ServerConfig& out);
+  void parseErrorBody(const Field& f, ErrorBodyPtr& out);
   void parseAdmin(const Field& f, std::optional<AdminConfig>& out);
   void parseStore(const Field& f, StoreConfig& out);
   void parsePostgres(const Field& f, PostgresStoreConfig& out);
@@ -377,6 +379,7 @@ void Parser::parseServer(const Field& f, ServerConfig& out) {
            {"workers", [&](const Field& k) { readUnsigned(k, out.workers, 0, 256); }},
            {"max_request_body", [&](const Field& k) { readSize(k, out.max_request_body); }},
            {"client_timeout", [&](const Field& k) { readDuration(k, out.client_timeout, false); }},
+           {"error_body", [&](const Field& k) { parseErrorBody(k, out.error_body); }},
            {"trusted_proxies",
             [&](const Field& k) {
               auto items = readStringList(k);
@@ -398,6 +401,39 @@ void Parser::parseServer(const Field& f, ServerConfig& out) {
               readDuration(k, out.drain_timeout, true);
             }},
        });
+}
+
+void Parser::parseErrorBody(const Field& f, ErrorBodyPtr& out) {
+  if (!expectMap(f)) return;
+  ErrorBody body;
+  std::optional<YAML::Mark> templateMark;
+  walk(f.value, f.path,
+       {
+           {"content_type", [&](const Field& k) { readText(k, body.content_type); }},
+           {"template",
+            [&](const Field& k) {
+              if (readText(k, body.templ)) templateMark = k.mark();
+            }},
+       });
+  if (!templateMark) {
+    error(f.key.Mark(), f.path + ": missing required key 'template'");
+    return;
+  }
+  // A JSON template must stay JSON whatever is filled in (values are JSON-escaped): check it
+  // with sample values, quotes and backslashes included.
+  std::string lowered = body.content_type;
+  for (char& c : lowered) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lowered.find("json") != std::string::npos) {
+    const std::string sample = fillErrorTemplate(body.templ, 409, "idempotency-key-in-use",
+                                                 "A \"quoted\" title", "a\\detail\nline");
+    CJsonPtr parsed(cJSON_ParseWithLength(sample.data(), sample.size()));
+    if (!parsed) {
+      error(*templateMark, f.path + ".template: once filled in it is not valid JSON (" +
+                               sample.substr(0, 120) + ")");
+      return;
+    }
+  }
+  out = std::make_shared<const ErrorBody>(std::move(body));
 }
 
 void Parser::parseAdmin(const Field& f, std::optional<AdminConfig>& out) {
@@ -644,6 +680,7 @@ void Parser::parseRoute(const std::string& prefix, const YAML::Node& node, Route
            [&](const Field& k) {
              if (readText(k, route.upstream)) marks.upstream = k.mark();
            }},
+          {"error_body", [&](const Field& k) { parseErrorBody(k, route.error_body); }},
           {"idempotency",
            [&](const Field& k) {
              if (!expectMap(k)) return;

@@ -20,6 +20,14 @@ struct ListenAddress {
   std::string text;   // as written, e.g. "[::1]:8080"
 };
 
+// The proxy's own errors in the API's own shape (server.error_body, routes[].error_body): the
+// template's {status}, {slug}, {title} and {detail} are replaced (JSON-escaped, no quotes).
+struct ErrorBody {
+  std::string content_type = "application/json";
+  std::string templ;
+};
+using ErrorBodyPtr = std::shared_ptr<const ErrorBody>;
+
 // How much longer than the slowest upstream exchange a drain must last (its record included).
 inline constexpr Millis kDrainMargin{5'000};
 // upstreams.<name>.idle_timeout must stay below this (common keep-alive timeouts: 5 s).
@@ -37,6 +45,7 @@ struct ServerConfig {
   // balancer in front); from anyone else they are replaced. IP literals, canonical text.
   std::vector<std::string> trusted_proxies;
   bool trusts(std::string_view peer) const;
+  ErrorBodyPtr error_body;  // absent: RFC 9457 problem+json
 };
 
 struct AdminConfig {
@@ -108,6 +117,7 @@ struct RouteConfig {
   bool prefix = false;               // "/a/*": matches "/a" and everything below
   std::string upstream;
   std::optional<IdempotencyConfig> idempotency;  // absent: plain pass-through
+  ErrorBodyPtr error_body;                       // absent: server.error_body
 
   // True when this route serves `method` on `path` (path without the query).
   bool matches(std::string_view method, std::string_view path) const;

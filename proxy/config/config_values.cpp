@@ -9,6 +9,7 @@
 #include <system_error>
 #include <utility>
 
+#include "base/c_handles.h"
 #include "base/http_types.h"
 #include "config/config.h"
 
@@ -251,3 +252,45 @@ std::string formatDuration(Millis duration) {
 }
 
 }  // namespace idem
+
+namespace idem::config_detail {
+
+namespace {
+
+std::string jsonEscaped(std::string_view v) {
+  CJsonPtr s(cJSON_CreateString(std::string(v).c_str()));
+  CJsonString text(cJSON_PrintUnformatted(s.get()));
+  std::string out = text ? text.get() : "\"\"";
+  return out.size() >= 2 ? out.substr(1, out.size() - 2) : std::string();
+}
+
+}  // namespace
+
+std::string fillErrorTemplate(std::string_view templ, int status, std::string_view slug,
+                              std::string_view title, std::string_view detail) {
+  const std::pair<std::string_view, std::string> fields[] = {
+      {"{status}", std::to_string(status)},
+      {"{slug}", jsonEscaped(slug)},
+      {"{title}", jsonEscaped(title)},
+      {"{detail}", jsonEscaped(detail)},
+  };
+  std::string out;
+  out.reserve(templ.size() + 64);
+  for (size_t i = 0; i < templ.size();) {
+    bool replaced = false;
+    if (templ[i] == '{') {
+      for (const auto& [name, value] : fields) {
+        if (templ.substr(i, name.size()) == name) {
+          out += value;
+          i += name.size();
+          replaced = true;
+          break;
+        }
+      }
+    }
+    if (!replaced) out.push_back(templ[i++]);
+  }
+  return out;
+}
+
+}  // namespace idem::config_detail

@@ -11,6 +11,10 @@ namespace idem::config_detail {
 
 // An HTTP token (RFC 9110 §5.6.2): header names and methods.
 bool isToken(std::string_view s);
+// `templ` with {status}, {slug}, {title} and {detail} replaced by the values JSON-escaped
+// (without quotes); other text is kept as it is (server.error_body templates).
+std::string fillErrorTemplate(std::string_view templ, int status, std::string_view slug,
+                              std::string_view title, std::string_view detail);
 // An RFC 6901 JSON pointer to a member ("/a/b~1c": non-empty, '~' only as ~0 or ~1).
 bool isJsonPointer(std::string_view pointer);
 // Printable ASCII without space: names of routes and upstreams.

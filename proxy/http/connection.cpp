@@ -696,7 +696,7 @@ void FrontConnection::lingerClose() {
 }
 
 void FrontConnection::answerProblem(Problem p, std::string_view detail) {
-  const HttpAnswer a = problemAnswer(p, detail);
+  const HttpAnswer a = problemAnswer(p, detail, server_->limits().error_body.get());
   startHead(a.status);
   for (const Header& h : a.headers) putField(h.name, h.value);
   finish(a.body, true);

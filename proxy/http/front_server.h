@@ -26,6 +26,7 @@
 #include <string_view>
 
 #include "base/c_handles.h"
+#include "config/config.h"
 #include "request/downstream.h"
 
 namespace idem {
@@ -48,6 +49,8 @@ struct FrontLimits {
   // Bytes of chunk framing between two pieces of chunk data: a chunk-size line with its
   // extensions, or the trailer section. Over it: 400.
   size_t max_chunk_line = 4096;
+  // The shape of the server's own refusals (server.error_body); absent: problem+json.
+  ErrorBodyPtr error_body;
 };
 
 class FrontConnection;
@@ -74,6 +77,7 @@ class FrontServer {
   bool draining() const { return draining_; }
   // A reload: requests whose head is read from now on get the new limit.
   void setMaxRequestBody(uint64_t bytes) { limits_.max_request_body = bytes; }
+  void setErrorBody(ErrorBodyPtr body) { limits_.error_body = std::move(body); }
   // Connections open now (idle, reading, waiting for their answer or writing it).
   size_t openConnections() const { return open_; }
   // Times accept() failed for want of descriptors or memory and the server backed off.

@@ -43,6 +43,7 @@ bool Worker::init(int listenFd, std::string& error) {
   const ServerConfig& s = config_->server;
   FrontLimits limits;
   limits.max_request_body = s.max_request_body;
+  limits.error_body = s.error_body;
   limits.client_timeout = s.client_timeout;
   limits.idle_timeout = s.client_timeout;
   try {
@@ -110,6 +111,7 @@ void Worker::reload(ConfigPtr config) {
   post([this, config = std::move(config)] {
     config_ = config;
     front_->setMaxRequestBody(config_->server.max_request_body);
+    front_->setErrorBody(config_->server.error_body);
     rebuildUpstreams();
   });
 }

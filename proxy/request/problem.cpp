@@ -1,6 +1,7 @@
 #include "request/problem.h"
 
 #include "base/c_handles.h"
+#include "config/config_values.h"
 
 namespace idem {
 namespace {
@@ -61,8 +62,15 @@ const char* problemTitle(Problem p) {
   return info(p).title;
 }
 
-HttpAnswer problemAnswer(Problem p, std::string_view detail) {
+HttpAnswer problemAnswer(Problem p, std::string_view detail, const ErrorBody* shape) {
   const ProblemInfo i = info(p);
+  if (shape != nullptr) {
+    HttpAnswer a;
+    a.status = i.status;
+    a.headers.push_back({"Content-Type", shape->content_type});
+    a.body = config_detail::fillErrorTemplate(shape->templ, i.status, i.slug, i.title, detail);
+    return a;
+  }
   CJsonPtr obj(cJSON_CreateObject());
   cJSON_AddStringToObject(obj.get(), "type",
                           (std::string("urn:idemproxy:problem:") + i.slug).c_str());

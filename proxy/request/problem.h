@@ -4,6 +4,7 @@
 #include <string_view>
 
 #include "base/http_types.h"
+#include "config/config.h"
 
 namespace idem {
 
@@ -31,6 +32,8 @@ const char* problemTitle(Problem p);
 
 // `{"type":"urn:idemproxy:problem:<slug>","title":…,"status":…,"detail":…}` with
 // Content-Type application/problem+json. `detail` must never carry a request body or secret.
-HttpAnswer problemAnswer(Problem p, std::string_view detail);
+// With `shape`, the body is its template filled in instead, under its content type (status and
+// the caller's other fields unchanged).
+HttpAnswer problemAnswer(Problem p, std::string_view detail, const ErrorBody* shape = nullptr);
 
 }  // namespace idem

@@ -46,6 +46,11 @@ bool named(const std::vector<std::string>& names, std::string_view name) {
 
 }  // namespace
 
+const ErrorBody* ProxyRequest::errorShape() const {
+  if (route_ != nullptr && route_->error_body) return route_->error_body.get();
+  return config_->server.error_body.get();
+}
+
 void ProxyRequest::start(RequestLoop& loop, std::unique_ptr<Downstream> client) {
   auto r = std::make_shared<ProxyRequest>(loop, std::move(client));
   try {
@@ -72,7 +77,8 @@ ProxyRequest::~ProxyRequest() {
   if (state_ != RequestState::Responded) {
     // Only an exception in a completion gets here (it dropped the last reference): the client
     // still gets an answer and its connection moves on.
-    HttpAnswer a = problemAnswer(Problem::Internal, "the proxy failed to handle the request");
+    HttpAnswer a =
+        problemAnswer(Problem::Internal, "the proxy failed to handle the request", errorShape());
     client_->beginReply(a.status);
     for (const Header& h : a.headers) client_->addField(h.name, h.value);
     client_->endReply(a.body, true);
@@ -266,7 +272,8 @@ void ProxyRequest::reserve() {
   rr.abandoned_answer =
       problemAnswer(Problem::OutcomeUnknown,
                     "the proxy that forwarded the original request stopped before "
-                    "recording its outcome; the request is not sent again");
+                    "recording its outcome; the request is not sent again",
+                    errorShape());
   RequestLoop* w = &loop_;
   WaiterRegistry* waiters = &shared_.waiters();
   shared_.store().reserve(std::move(rr),
@@ -479,7 +486,7 @@ void ProxyRequest::onUpstream(UpstreamResult r) {
   switch (r.failure) {
     case UpstreamFailure::BeforeSend:
       release(problemAnswer(Problem::UpstreamUnavailable,
-                            "the upstream could not be reached; nothing was sent"),
+                            "the upstream could not be reached; nothing was sent", errorShape()),
               Outcome::Error, r.detail);
       return;
     case UpstreamFailure::Timeout:
@@ -491,7 +498,8 @@ void ProxyRequest::onUpstream(UpstreamResult r) {
           timedOut ? Problem::UpstreamTimeout : Problem::UpstreamFailed,
           std::string(timedOut ? "the upstream did not answer in time"
                                : "the upstream failed after the request was sent") +
-              "; the request may have taken effect and is not sent again under this key");
+              "; the request may have taken effect and is not sent again under this key",
+          errorShape());
       recordOutcome(p, p, kFlagProxyError, Outcome::Error);
       return;
     }
@@ -505,7 +513,8 @@ void ProxyRequest::onUpstream(UpstreamResult r) {
     // upstream sends), so no client gets it: the first one gets the problem retries replay.
     HttpAnswer p = problemAnswer(Problem::ResponseNotReplayable,
                                  "the response was larger than max_response_body; it is not "
-                                 "passed on and the request is not executed again");
+                                 "passed on and the request is not executed again",
+                                 errorShape());
     if (released) {
       release(std::move(p), Outcome::Released, "released status");
       return;
@@ -522,7 +531,8 @@ void ProxyRequest::onUpstream(UpstreamResult r) {
   if (r.answer.body.size() > ic.max_response_body) {
     HttpAnswer p = problemAnswer(Problem::ResponseNotReplayable,
                                  "the original response was larger than max_response_body; it "
-                                 "was delivered once and is not executed again");
+                                 "was delivered once and is not executed again",
+                                 errorShape());
     recordOutcome(std::move(r.answer), std::move(p), kFlagProxyError | kFlagNotReplayable,
                   Outcome::Forwarded);
     return;
@@ -569,7 +579,8 @@ void ProxyRequest::onRecorded(RecordResult res) {
       record_flags_ |= kFlagProxyError | kFlagNotReplayable;
       recorded_problem_ = problemAnswer(Problem::ResponseNotReplayable,
                                         "the original response did not fit in the store; it was "
-                                        "delivered once and is not executed again");
+                                        "delivered once and is not executed again",
+                                        errorShape());
       writeRecord(recordedAnswer());
       return;
     }
@@ -651,7 +662,7 @@ void ProxyRequest::replay(const Record& record) {
 }
 
 void ProxyRequest::respondProblem(Problem p, std::string_view detail, Outcome outcome) {
-  HttpAnswer a = problemAnswer(p, detail);
+  HttpAnswer a = problemAnswer(p, detail, errorShape());
   if (p == Problem::KeyInUse) a.headers.push_back({"Retry-After", std::to_string(retry_after_s_)});
   respond(a, false, outcome, problemSlug(p));
 }

@@ -75,6 +75,9 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   bool replayView(const RecordView& record);  // false: already answered
   std::vector<std::string> scopeValues() const;
   void respondProblem(Problem p, std::string_view detail, Outcome outcome);
+  // The shape of the proxy's own errors here: the route's error_body, the server's, or none
+  // (RFC 9457 problem+json).
+  const ErrorBody* errorShape() const;
   void respond(const HttpAnswer& answer, bool replayed, Outcome outcome,
                std::string_view detail = {});
   HttpAnswer forRecording(const HttpAnswer& upstreamAnswer) const;

@@ -645,6 +645,26 @@ TEST(Config, KeyJsonPointerIsAnRfc6901Pointer) {
                  "expected an RFC 6901 JSON pointer");
 }
 
+TEST(Config, ErrorBodyServerWideAndPerRoute) {
+  ConfigResult r = parse(
+      "server:\n  error_body:\n    template: '{\"error\": {\"code\": \"{slug}\", "
+      "\"message\": \"{title}\"}}'\n" +
+      std::string(kMinimal) +
+      "    error_body: {content_type: text/plain, template: 'error {status}: {detail}'}\n");
+  ASSERT_TRUE(r.ok()) << dump(r);
+  ASSERT_TRUE(r.config->server.error_body);
+  EXPECT_EQ(r.config->server.error_body->content_type, "application/json");
+  ASSERT_TRUE(r.config->routes[0].error_body);
+  EXPECT_EQ(r.config->routes[0].error_body->content_type, "text/plain");
+  // A JSON template that is not JSON once filled in is refused, at the template.
+  expectOneError(
+      "server:\n  error_body:\n    template: '{\"error\": {slug}}'\n" + std::string(kMinimal), 3,
+      15, "not valid JSON");
+  expectOneError(
+      "server:\n  error_body: {content_type: application/json}\n" + std::string(kMinimal), 2, 3,
+      "missing required key 'template'");
+}
+
 TEST(Config, TrustedProxiesAreIpLiteralsInCanonicalForm) {
   ConfigResult r = parse("server:\n  trusted_proxies: [10.0.0.1, '::ffff:0:1', '0:0::1']\n" +
                          std::string(kMinimal));

@@ -138,6 +138,17 @@ TEST(Fingerprint, BodyJsonNeverConfusesValuesADoubleCannotTellApart) {
   EXPECT_TRUE(canonicalJson(R"({"s": "1e5 and 12345678901234567 in a string"})", out));
 }
 
+TEST(Problem, AnErrorBodyShapesTheProxysOwnErrors) {
+  ErrorBody shape;
+  shape.templ = R"({"error": {"code": "{slug}", "message": "{detail}", "http": {status}}})";
+  const HttpAnswer a = problemAnswer(Problem::KeyMismatch, "said \"no\"\\", &shape);
+  EXPECT_EQ(a.status, 422);
+  EXPECT_EQ(a.headers, (Headers{{"Content-Type", "application/json"}}));
+  EXPECT_EQ(
+      a.body,
+      R"({"error": {"code": "idempotency-key-mismatch", "message": "said \"no\"\\", "http": 422}})");
+}
+
 TEST(Problem, BodyIsRfc9457) {
   HttpAnswer a = problemAnswer(Problem::KeyMismatch, "detail text");
   EXPECT_EQ(a.status, 422);

@@ -737,5 +737,25 @@ TEST_F(RequestCoreTest, TheKeyMayComeFromTheBodyAndMustAgreeWithTheHeader) {
   EXPECT_NE(reply_->body.find("idempotency-key-missing"), std::string::npos);
 }
 
+TEST_F(RequestCoreTest, TheRoutesErrorBodyShapesItsErrorsAndKeepsRetryAfter) {
+  IdempotencyConfig ic;
+  ic.concurrent = ConcurrentMode::Reject;
+  build(ic);
+  auto c = std::make_shared<Config>(*config_);
+  auto shape = std::make_shared<ErrorBody>();
+  shape->templ = R"({"error":{"type":"idempotency_error","code":"{slug}"}})";
+  c->routes[0].error_body = shape;
+  config_ = c;
+  loop_ = std::make_unique<TestLoop>(config_, *shared_, upstream_);
+  start();
+  completeReserve(ReserveStatus::InFlight, inFlight("otherhost:1:abcd:0"));
+  ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 409);
+  EXPECT_EQ(reply_->body,
+            R"({"error":{"type":"idempotency_error","code":"idempotency-key-in-use"}})");
+  EXPECT_EQ(reply_->field("Content-Type"), "application/json");
+  EXPECT_FALSE(reply_->field("Retry-After").empty());
+}
+
 }  // namespace
 }  // namespace idem
