@@ -392,7 +392,7 @@ TEST(ConfigErrors, StrFormatsFileLineColumn) {
 TEST(ConfigErrors, UnknownKeyNamesTheKeyAndTheAllowedOnes) {
   expectOneError(std::string(kMinimal) + "server:\n  listen: 127.0.0.1:1\n  listn: x\n", 10, 3,
                  "unknown key 'listn' in server; allowed keys: listen, workers, "
-                 "max_request_body, client_timeout, trusted_proxies, drain_timeout");
+                 "max_request_body, client_timeout, error_body, trusted_proxies, drain_timeout");
   expectOneError(std::string("extra: 1\n") + kMinimal, 1, 1, "unknown key 'extra'");
   expectOneError(std::string(kMinimal) + "    idempotency:\n      tll: 1h\n", 9, 7,
                  "unknown key 'tll' in routes[0].idempotency");
@@ -401,10 +401,11 @@ TEST(ConfigErrors, UnknownKeyNamesTheKeyAndTheAllowedOnes) {
 }
 
 TEST(ConfigErrors, MergeKeysAreNotSupported) {
-  expectOneError(std::string(kMinimal) + "server:\n  <<: {workers: 2}\n", 9, 3,
-                 "unknown key '<<' in server; allowed keys: listen, workers, max_request_body, "
-                 "client_timeout, trusted_proxies, drain_timeout (YAML merge keys are not "
-                 "supported)");
+  expectOneError(
+      std::string(kMinimal) + "server:\n  <<: {workers: 2}\n", 9, 3,
+      "unknown key '<<' in server; allowed keys: listen, workers, max_request_body, "
+      "client_timeout, error_body, trusted_proxies, drain_timeout (YAML merge keys are not "
+      "supported)");
 }
 
 TEST(ConfigErrors, DuplicateKey) {
@@ -780,12 +781,13 @@ TEST(Cli, CheckPrintsEveryErrorAndExits1) {
   CliRun run = cli({"check", "--config", file.path()});
   EXPECT_EQ(run.code, 1);
   EXPECT_EQ(run.out, "");
-  EXPECT_EQ(run.err, file.path() +
-                         ":9:12: server.workers: expected an integer from 0 to 256, "
-                         "got '999'\n" +
-                         file.path() +
-                         ":10:3: unknown key 'bogus' in server; allowed keys: listen, workers, "
-                         "max_request_body, client_timeout, trusted_proxies, drain_timeout\n");
+  EXPECT_EQ(run.err,
+            file.path() +
+                ":9:12: server.workers: expected an integer from 0 to 256, "
+                "got '999'\n" +
+                file.path() +
+                ":10:3: unknown key 'bogus' in server; allowed keys: listen, workers, "
+                "max_request_body, client_timeout, error_body, trusted_proxies, drain_timeout\n");
   CliRun missing = cli({"check", "--config", "/nonexistent.yaml"});
   EXPECT_EQ(missing.code, 1);
   EXPECT_NE(missing.err.find("/nonexistent.yaml: cannot read"), std::string::npos);
