@@ -637,6 +637,13 @@ class ProxyTestCase(unittest.TestCase):
         if check_exit:
             self.assertEqual(rc, 0, "idemproxy did not exit 0 on SIGTERM:\n" + p.stderr_tail())
 
+    def check_config(self, cfg, name="check.yaml"):
+        """Writes cfg to a file and runs `idemproxy check` on it; returns CompletedProcess."""
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(to_yaml(cfg) + "\n")
+        return run_cli(["check", "--config", path])
+
     def new_key(self, prefix="key"):
         self._key_seq += 1
         return "%s-%s-%d-%s" % (prefix, self.id().rsplit(".", 1)[-1][:40], self._key_seq,

@@ -5,7 +5,7 @@ import os
 import shutil
 import unittest
 
-from harness import ProxyTestCase, request, requires_proxy, run_cli, to_yaml
+from harness import ProxyTestCase, request, requires_proxy, run_cli
 
 
 @requires_proxy
@@ -54,10 +54,7 @@ class TenantIsolationTest(ProxyTestCase):
 
     def test_check_refuses_an_empty_scope_without_shared_scope(self):
         cfg = self.config(payments={"scope": []})
-        path = os.path.join(self.tmp, "empty-scope.yaml")
-        with open(path, "w") as f:
-            f.write(to_yaml(cfg) + "\n")
-        r = run_cli(["check", "--config", path])
+        r = self.check_config(cfg)
         self.assertEqual(r.returncode, 1)
         self.assertIn("shared_scope: true", r.stderr + r.stdout)
 
@@ -195,10 +192,7 @@ class NoAnswerWithoutItsRecordTest(ProxyTestCase):
 class DrainTimeoutTest(ProxyTestCase):
     def test_a_drain_shorter_than_an_upstream_timeout_is_refused(self):
         cfg = self.config(server={"drain_timeout": "10s"}, upstream={"timeout": "20s"})
-        path = os.path.join(self.tmp, "short-drain.yaml")
-        with open(path, "w") as f:
-            f.write(to_yaml(cfg) + "\n")
-        r = run_cli(["check", "--config", path])
+        r = self.check_config(cfg)
         self.assertEqual(r.returncode, 1)
         self.assertIn("drain_timeout 10s must be at least the timeout 20s", r.stderr + r.stdout)
 

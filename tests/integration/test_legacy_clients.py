@@ -4,7 +4,7 @@ import json
 import os
 import unittest
 
-from harness import ProxyTestCase, default_routes, request, requires_proxy, run_cli, send_raw, to_yaml
+from harness import ProxyTestCase, default_routes, request, requires_proxy, send_raw
 
 STRIPE_LIKE = ('{"error": {"type": "idempotency_error", "code": "{slug}", '
                '"message": "{title}", "status": {status}}}')
@@ -74,10 +74,7 @@ class ErrorBodyTest(ProxyTestCase):
 
     def test_check_refuses_a_template_that_is_not_json_once_filled(self):
         cfg = self.config(server={"error_body": {"template": '{"error": {slug}}'}})
-        path = os.path.join(self.tmp, "bad-template.yaml")
-        with open(path, "w") as f:
-            f.write(to_yaml(cfg) + "\n")
-        r = run_cli(["check", "--config", path])
+        r = self.check_config(cfg)
         self.assertEqual(r.returncode, 1)
         self.assertIn("not valid JSON", r.stderr + r.stdout)
 
