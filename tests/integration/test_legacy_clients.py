@@ -1,7 +1,6 @@
 """Legacy clients against the real binary: the key in the JSON body, errors in the API's own
 shape."""
 import json
-import os
 import unittest
 
 from harness import ProxyTestCase, default_routes, request, requires_proxy, send_raw
