@@ -16,6 +16,7 @@
 
 #include "base/c_handles.h"
 #include "support/test_http_server.h"
+#include "support/upstream_fixture.h"
 #include "upstream/upstream.h"
 
 namespace idem {
@@ -26,46 +27,13 @@ using testing::ReceivedRequest;
 using testing::Reply;
 using testing::TestHttpServer;
 
-class UpstreamLimitsTest : public ::testing::TestWithParam<UpstreamBackend> {
+class UpstreamLimitsTest : public testing::UpstreamFixture {
  protected:
-  static void SetUpTestSuite() { upstreamGlobalInit(); }
-
-  static UpstreamConfig config(const std::string& url) {
-    UpstreamConfig c;
-    c.name = "test";
-    c.url = url;
-    c.connect_timeout = 2s;
-    c.timeout = 5s;
-    return c;
-  }
-
-  bool runUntil(const std::function<bool()>& pred, std::chrono::milliseconds limit = 10s) {
-    EventPtr tick(event_new(
-        base_.get(), -1, EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr));
-    timeval tv{0, 10'000};
-    event_add(tick.get(), &tv);
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!pred()) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      event_base_loop(base_.get(), EVLOOP_ONCE);
-    }
-    return true;
-  }
-
-  UpstreamResult exchange(Upstream& up, UpstreamRequest req) {
-    std::optional<UpstreamResult> result;
-    up.send(std::move(req), [&](UpstreamResult r) { result = std::move(r); });
-    EXPECT_TRUE(runUntil([&] { return result.has_value(); }));
-    return result.value_or(UpstreamResult{});
-  }
-
   static UpstreamRequest post(size_t limit) {
     UpstreamRequest r{"POST", "/pay", {}, "{}"};
     r.max_response_body = limit;
     return r;
   }
-
-  EventBasePtr base_{event_base_new()};
 };
 
 std::string head(std::string_view fields) {

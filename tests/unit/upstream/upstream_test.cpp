@@ -8,6 +8,7 @@
 
 #include "base/c_handles.h"
 #include "support/test_http_server.h"
+#include "support/upstream_fixture.h"
 
 namespace idem {
 
@@ -38,44 +39,9 @@ std::optional<std::string> find(const Headers& headers, std::string_view name) {
   return std::nullopt;
 }
 
-class UpstreamTest : public ::testing::TestWithParam<UpstreamBackend> {
+class UpstreamTest : public testing::UpstreamFixture {
  protected:
-  static void SetUpTestSuite() { upstreamGlobalInit(); }
-
-  UpstreamConfig config(const std::string& url) {
-    UpstreamConfig c;
-    c.name = "test";
-    c.url = url;
-    c.connect_timeout = 2s;
-    c.timeout = 5s;
-    return c;
-  }
-
-  // Runs the loop until `pred` holds; false when `limit` passes first. A 10 ms tick keeps
-  // EVLOOP_ONCE from returning at once when nothing else is pending.
-  bool runUntil(const std::function<bool()>& pred, std::chrono::milliseconds limit = 10s) {
-    EventPtr tick(event_new(
-        base_.get(), -1, EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr));
-    timeval tv{0, 10'000};
-    event_add(tick.get(), &tv);
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!pred()) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      event_base_loop(base_.get(), EVLOOP_ONCE);
-    }
-    return true;
-  }
-
-  UpstreamResult exchange(Upstream& up, UpstreamRequest req) {
-    std::optional<UpstreamResult> result;
-    up.send(std::move(req), [&](UpstreamResult r) { result = std::move(r); });
-    EXPECT_TRUE(runUntil([&] { return result.has_value(); }));
-    return result.value_or(UpstreamResult{});
-  }
-
   static UpstreamRequest get(std::string path) { return {"GET", std::move(path), {}, {}}; }
-
-  EventBasePtr base_{event_base_new()};
 };
 
 TEST_P(UpstreamTest, GetRoundTrip) {
