@@ -67,7 +67,7 @@ class NotifyTest(ProxyTestCase):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(sock_path)
         self.addCleanup(sock.close)
-        sock.settimeout(10)
+        sock.settimeout(30)  # generous: a ThreadSanitizer build under load is slow to reload
 
         cfg = self.config()
         p = Proxy(self.tmp, cfg)
