@@ -42,7 +42,7 @@ void Telemetry::install(const Config& config) {
 }
 
 void Telemetry::requestDone(const RequestReport& r) {
-  auto t = table_.load(std::memory_order_acquire);
+  auto t = table_.load();
   auto it = t->requests.find(r.route);
   if (it != t->requests.end()) it->second[static_cast<size_t>(r.outcome)]->inc();
   if (!log::enabled(LogLevel::Info)) return;
@@ -59,7 +59,7 @@ void Telemetry::requestDone(const RequestReport& r) {
 
 void Telemetry::upstreamDone(std::string_view upstream, std::chrono::microseconds latency,
                              bool failed) {
-  auto t = table_.load(std::memory_order_acquire);
+  auto t = table_.load();
   if (auto it = t->upstream_latency.find(upstream); it != t->upstream_latency.end()) {
     it->second->observe(static_cast<double>(latency.count()) / 1e6);
   }

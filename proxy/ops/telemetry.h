@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "base/snapshot.h"
 #include "config/config.h"
 #include "ops/metrics.h"
 #include "request/observer.h"
@@ -35,7 +36,7 @@ class Telemetry final : public ProxyObserver {
   std::array<Counter*, kOutcomes> routeCounters(const std::string& route);
 
   MetricsRegistry& metrics_;
-  std::atomic<std::shared_ptr<const Table>> table_;
+  Snapshot<Table> table_;
 };
 
 }  // namespace idem
