@@ -79,7 +79,13 @@ class Daemon {
       po.conninfo = sc.postgres.url;
       po.connections = sc.postgres.connections;
       po.timeout = sc.postgres.timeout;
+      // A database that is down at start is not fatal: serve 503 (not ready) until it answers,
+      // so a proxy restarted during a database outage comes back by itself.
+      po.start_unreachable = true;
       store_ = openPostgresStore(po, error);
+      if (store_ && !error.empty()) {
+        log::warn("store-unavailable-at-start", {{"store", where}, {"error", error}});
+      }
     } else {
       LmdbOptions so;
       so.path = sc.path;

@@ -84,6 +84,27 @@ class PostgresStoreTest(ProxyTestCase):
         self.assertEqual(self.post(h, key=self.new_key()).status, 201)
         self.assertCount(2)
 
+    def test_starts_not_ready_while_the_database_is_down_then_serves(self):
+        self.cluster.stop("immediate")
+        try:
+            (h,) = self.hosts(1)  # starts: the database being down is not fatal
+            self.assertFalse(self.ready(h))
+            for _ in range(3):
+                self.assertProblem(self.post(h, key=self.new_key()), 503, "store-unavailable")
+            self.assertCount(0)  # never forwarded without a reservation
+            self.assertIn("store-unavailable-at-start", h.stderr_tail())
+        finally:
+            self.cluster.restart()
+        self.assertTrue(poll_until(lambda: self.ready(h), 15), "not ready once the database is up")
+        # The schema was created when the database arrived.
+        self.assertEqual(self.cluster.sql("SELECT version FROM idemproxy_schema_version",
+                                          self.conninfo), "1")
+        key = self.new_key()
+        first = self.post(h, key=key)
+        self.assertEqual(first.status, 201, first)
+        self.assertReplayOf(self.post(h, key=key), first)
+        self.assertCount(1)
+
     def test_hung_database_answers_503_within_the_timeout(self):
         (h,) = self.hosts(1, timeout="700ms")
         self.assertEqual(self.post(h, key=self.new_key()).status, 201)

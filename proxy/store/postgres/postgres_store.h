@@ -21,12 +21,18 @@ struct PostgresOptions {
   unsigned connections = 4;
   std::chrono::milliseconds timeout{2'000};      // one operation, queueing included; also connects
   std::chrono::milliseconds max_backoff{1'000};  // reconnect back-off cap
+  // When the database cannot be reached at start: false → fail (the command line); true → open
+  // anyway, not ready (every operation fails with Io), and keep trying in the background with
+  // back-off; the schema is created or checked once it answers (the daemon).
+  bool start_unreachable = false;
 };
 
 class PostgresStore;
 // Connects, creates the schema if absent (refusing an unknown version) and starts the I/O
 // thread. Blocking (start-up and the command line). On failure returns nullptr with `error`
-// (which never contains the password).
+// (which never contains the password). With `start_unreachable`, a database that cannot be
+// reached is not a failure: `error` says why and the store starts not ready (see above); a
+// schema the database refuses still is.
 [[nodiscard]] std::unique_ptr<PostgresStore> openPostgresStore(const PostgresOptions& options,
                                                                std::string& error);
 

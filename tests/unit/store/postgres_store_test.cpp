@@ -293,6 +293,48 @@ TEST_F(PostgresStoreTest, ThePasswordNeverAppearsInMessages) {
   EXPECT_NE(error.find("password=***"), std::string::npos) << error;
 }
 
+// The database is down when the store opens: with start_unreachable the store opens anyway,
+// not ready, failing every operation at once; when the database arrives the schema is created
+// and the store serves.
+TEST(PostgresStoreFailure, OpensNotReadyWhileTheDatabaseIsDownThenCreatesTheSchema) {
+  std::string error;
+  auto cluster = PgCluster::start(error);
+  if (!cluster) GTEST_SKIP() << error;
+  const std::string conninfo = cluster->freshSchema();
+  ASSERT_TRUE(cluster->stop("immediate"));
+  PostgresOptions o;
+  o.conninfo = conninfo;
+  o.connections = 2;
+  o.timeout = 1s;
+  o.max_backoff = 100ms;
+  EXPECT_EQ(openPostgresStore(o, error), nullptr);  // the command line: fail
+  o.start_unreachable = true;
+  error.clear();
+  auto store = openPostgresStore(o, error);
+  ASSERT_NE(store, nullptr) << error;
+  EXPECT_NE(error.find("cannot connect"), std::string::npos) << error;
+  EXPECT_FALSE(store->ready());
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(reserveSync(*store, reserveReq("k", "A")).error, StoreError::Io);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 500ms);  // fails fast, no timeout waited
+  ASSERT_TRUE(cluster->restart());
+  ReserveResult r;
+  for (auto end = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < end;) {
+    r = reserveSync(*store, reserveReq("k", "A"));
+    if (r.error == StoreError::None) break;
+    std::this_thread::sleep_for(50ms);  // the reconnect back-off is time-based
+  }
+  ASSERT_EQ(r.error, StoreError::None);
+  EXPECT_EQ(r.status, ReserveStatus::Won);
+  EXPECT_TRUE(store->ready());
+  PGconn* c = PQconnectdb(conninfo.c_str());
+  PGresult* v = PQexec(c, "SELECT version FROM idemproxy_schema_version");
+  ASSERT_EQ(PQresultStatus(v), PGRES_TUPLES_OK) << PQerrorMessage(c);
+  EXPECT_EQ(std::atoi(PQgetvalue(v, 0, 0)), pg::kSchemaVersion);
+  PQclear(v);
+  PQfinish(c);
+}
+
 // The server stopped, then started again: operations fail fast with Io (never hang), the store
 // reports not ready, then reconnects by itself; records survive the restart.
 TEST(PostgresStoreFailure, StoppedDatabaseFailsFastThenRecovers) {
