@@ -172,6 +172,12 @@ inline constexpr std::string_view kStoreBytesHelp =
     "Bytes of the store's map used so far (high-water mark: freed pages are reused, not "
     "returned).";
 
+inline constexpr std::string_view kWaitWakeups = "idemproxy_wait_wakeups_total";
+inline constexpr std::string_view kWaitWakeupsHelp =
+    "Times a request waiting for a key's owner looked at the store again, by why: owner (the "
+    "owner in this process finished), notify (the store reported that an owner elsewhere "
+    "settled the key), poll (the fallback poll interval passed).";
+
 // 0.5ms … 60s: payment backends are slow; a few buckets below 1ms show local hops.
 std::vector<double> latencyBuckets();
 // 50µs … ~13s: an fsync on a good disk is well under 1ms, on a bad one tens of ms.

@@ -2,6 +2,7 @@
 // The PostgreSQL store's internals, shared by postgres_store.cpp (the Store interface, the
 // blocking reads of the command line) and postgres_io.cpp (the I/O thread). Not for other parts.
 #include <libpq-fe.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,10 +10,13 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -84,6 +88,8 @@ struct PostgresStore::Impl {
     virtual void finish(StoreError error) = 0;
     // A reserve: the reservation its lost answer may have made.
     virtual const ReserveRequest* reservation() const { return nullptr; }
+    // Sent to the server while the wake-up sequence stood at `wake_seq`.
+    virtual void sent(uint64_t /*wake_seq*/) {}
     const char* sql = nullptr;
     pg::Params params;
     Steady::time_point deadline;
@@ -113,6 +119,7 @@ struct PostgresStore::Impl {
       return pg::readRecord(res, 0, 1, result.record);
     }
     const ReserveRequest* reservation() const override { return &req; }
+    void sent(uint64_t wake_seq) override { result.wake_seq = wake_seq; }
     ReserveRequest req;
   };
 
@@ -151,6 +158,18 @@ struct PostgresStore::Impl {
     Impl& store;
   };
 
+  // The record count and table size for stats() (the metrics' gauges).
+  struct CountOp final : OpWith<WriteResult> {
+    explicit CountOp(Impl& s) : store(s) {}
+    bool parse(const PGresult* res) override {
+      if (PQntuples(res) != 1 || PQnfields(res) != 2) return false;
+      store.records.store(static_cast<uint64_t>(pg::readInt(res, 0, 0)));
+      store.bytes.store(static_cast<uint64_t>(pg::readInt(res, 0, 1)));
+      return true;
+    }
+    Impl& store;
+  };
+
   struct Conn {
     enum class State { Down, Connecting, Idle, Busy };
     State state = State::Down;
@@ -165,6 +184,24 @@ struct PostgresStore::Impl {
     std::chrono::milliseconds backoff{0};
   };
 
+  // The listening connection (postgres_listen.cpp): LISTEN on `channel`, then notifications.
+  struct Listener {
+    enum class State { Down, Connecting, Subscribing, Listening };
+    State state = State::Down;
+    ConnPtr pg;
+    PostgresPollingStatusType polling = PGRES_POLLING_WRITING;
+    bool flushing = false;
+    Steady::time_point deadline;  // Connecting, Subscribing
+    Steady::time_point retry_at;  // Down
+    std::chrono::milliseconds backoff{0};
+  };
+  struct Watcher {
+    uint64_t handle;
+    std::function<void()> wake;
+  };
+  // Notifications remembered for watch() calls that come after them (see notified()).
+  static constexpr size_t kRecentNotifications = 1024;
+
   explicit Impl(PostgresOptions o) : opts(std::move(o)), conns(std::max(1u, opts.connections)) {}
   ~Impl() { stop(); }
 
@@ -174,6 +211,8 @@ struct PostgresStore::Impl {
   bool connectSync(std::string& error);
   // The opener thread: connectSync + ensureSchema with back-off until both succeed or stop().
   void openInBackground();
+  // Sets `channel` from the blocking connection, once the schema is there.
+  void findChannel();
   void submit(std::unique_ptr<Op> op);
   void wake() const {
     const uint64_t one = 1;
@@ -189,6 +228,17 @@ struct PostgresStore::Impl {
   void fail(std::unique_ptr<Op> op, bool sent);
   void done(const Op& op);
   std::unique_ptr<Op> releaseLost(RecordId id, std::string owner, Steady::time_point now);
+
+  // Wake-ups (postgres_listen.cpp), I/O thread except watch/unwatch.
+  void listenStep(Steady::time_point now);  // connect when due; deadlines
+  short listenEvents() const;               // what to poll the listener's socket for
+  void onListen(Steady::time_point now);
+  void dropListener(Steady::time_point now, const std::string& why);
+  // A notification for `id`, or (nullptr) for every key: wake-ups were interrupted and
+  // notifications may have been missed (the listener (re)connected).
+  void notified(const RecordId* id);
+  uint64_t watch(const RecordId& id, uint64_t since, std::function<void()> wake);
+  void unwatch(const RecordId& id, uint64_t handle);
 
   PostgresOptions opts;
   std::vector<Conn> conns;
@@ -208,6 +258,8 @@ struct PostgresStore::Impl {
   std::atomic<size_t> lost_count{0};
 
   std::atomic<int> connected{0};
+  std::atomic<bool> unreachable{false};    // no connection up, and the last attempt failed
+  std::atomic<Steady::rep> counted_at{0};  // when stats() last asked for a count
   std::atomic<uint64_t> operations{0};
   std::atomic<uint64_t> records{0};
   std::atomic<uint64_t> bytes{0};
@@ -217,7 +269,17 @@ struct PostgresStore::Impl {
   std::mutex sync_mu;  // the blocking connection of lookup()/list()
   ConnPtr sync;
   std::atomic<bool> schema_ready{false};  // the pool may connect
-  std::thread opener;                     // opening in the background (start_unreachable)
+  std::string channel;  // set before schema_ready; empty: no wake-ups (polling only)
+  Listener listener;    // I/O thread
+  std::atomic<bool> listening{false};
+  std::atomic<uint64_t> notifications{0};
+  std::mutex watch_mu;
+  uint64_t wake_seq = 0;  // under watch_mu; written by the I/O thread only
+  std::deque<std::pair<uint64_t, std::optional<RecordId>>> recent;  // nullopt: every key
+  uint64_t forgotten_upto = 0;  // notifications up to this sequence left `recent`
+  std::unordered_map<RecordId, std::vector<Watcher>, DigestHash> watchers;
+  uint64_t next_handle = 1;
+  std::thread opener;  // opening in the background (start_unreachable)
 };
 
 }  // namespace idem

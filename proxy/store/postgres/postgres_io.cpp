@@ -53,6 +53,15 @@ bool PostgresStore::Impl::connectSync(std::string& error) {
   return true;
 }
 
+void PostgresStore::Impl::findChannel() {
+  std::string error;
+  std::lock_guard lock(sync_mu);
+  if (!pg::wakeupChannel(sync.get(), channel, error)) {
+    channel.clear();
+    log::warn("store-no-wakeups", {{"error", error}});  // waiters poll
+  }
+}
+
 void PostgresStore::Impl::openInBackground() {
   auto backoff = std::chrono::milliseconds(50);
   std::string reported;
@@ -80,6 +89,7 @@ void PostgresStore::Impl::openInBackground() {
       reported = error;
       continue;
     }
+    findChannel();
     schema_ready = true;
     log::info("store-schema-ready", {});
     wake();
@@ -93,7 +103,7 @@ void PostgresStore::Impl::submit(std::unique_ptr<Op> op) {
   {
     std::lock_guard lock(mu);
     if (!stopping) {
-      ++outstanding;
+      if (!op->internal) ++outstanding;
       queue.push_back(std::move(op));
     }
   }
@@ -165,12 +175,14 @@ void PostgresStore::Impl::onConnecting(Conn& c, Steady::time_point now) {
     c.state = Conn::State::Idle;
     c.backoff = std::chrono::milliseconds(0);
     connected.fetch_add(1);
+    unreachable = false;
   }
 }
 
 void PostgresStore::Impl::drop(Conn& c, Steady::time_point now, const std::string& why) {
   const bool wasUp = c.state == Conn::State::Idle || c.state == Conn::State::Busy;
   if (wasUp) connected.fetch_sub(1);
+  if (connected.load() == 0) unreachable = true;
   if (wasUp || c.backoff.count() == 0) {
     log::warn(wasUp ? "store-connection-lost" : "store-connect-failed", {{"error", why}});
   }
@@ -190,6 +202,10 @@ void PostgresStore::Impl::send(Conn& c, std::unique_ptr<Op> op, Steady::time_poi
     pending.push_front(std::move(op));  // not sent: another connection may take it
     drop(c, now, lastError(c.pg.get()));
     return;
+  }
+  {
+    std::lock_guard lock(watch_mu);
+    op->sent(wake_seq);
   }
   c.state = Conn::State::Busy;
   c.deadline = op->deadline;
@@ -289,6 +305,7 @@ void PostgresStore::Impl::run() {
         drop(c, now, c.state == Conn::State::Busy ? "operation timed out" : "connect timed out");
       }
     }
+    listenStep(now);
     // Operations that cannot be served: past their deadline, or no connection up or coming.
     const bool hope = std::any_of(conns.begin(), conns.end(),
                                   [](const Conn& c) { return c.state != Conn::State::Down; });
@@ -332,6 +349,14 @@ void PostgresStore::Impl::run() {
         wake_at = std::min(wake_at, c.deadline);
       }
     }
+    const short listen = listenEvents();
+    fds.push_back({listen != 0 ? PQsocket(listener.pg.get()) : -1, listen, 0});
+    if (listener.state == Listener::State::Down && !channel.empty() && open) {
+      wake_at = std::min(wake_at, listener.retry_at);
+    } else if (listener.state == Listener::State::Connecting ||
+               listener.state == Listener::State::Subscribing) {
+      wake_at = std::min(wake_at, listener.deadline);
+    }
     for (const auto& op : pending) wake_at = std::min(wake_at, op->deadline);
     const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake_at - now);
     ::poll(fds.data(), fds.size(), static_cast<int>(std::max<int64_t>(0, wait.count()) + 1));
@@ -354,8 +379,13 @@ void PostgresStore::Impl::run() {
         }
       }
     }
+    if (fds[conns.size() + 1].revents != 0 && listener.state != Listener::State::Down) {
+      onListen(now);
+    }
   }
   const auto now = Steady::now();
+  listening = false;
+  listener.pg.reset();
   for (Conn& c : conns) {
     if (c.op) c.op->internal = true;  // an abandoned internal release: nothing to complete
     c.op.reset();

@@ -26,6 +26,7 @@ std::unique_ptr<PostgresStore> openPostgresStore(const PostgresOptions& options,
     error = "PostgreSQL store: " + error;
     return nullptr;
   }
+  impl->findChannel();
   impl->schema_ready = true;
   impl->start();
   return std::make_unique<PostgresStore>(std::move(impl));
@@ -93,7 +94,25 @@ void PostgresStore::sweep(size_t limit, std::function<void(WriteResult)> done) {
 }
 
 bool PostgresStore::ready() const {
-  return impl_->schema_ready.load() && impl_->connected.load() > 0;
+  // Ready from the start while the pool's first connections are being made; not ready once no
+  // connection is up and the last attempt failed.
+  return impl_->schema_ready.load() && !impl_->unreachable.load();
+}
+
+bool PostgresStore::notifies() const {
+  return impl_->listening.load();
+}
+
+uint64_t PostgresStore::watch(const RecordId& id, uint64_t since, std::function<void()> wake) {
+  return impl_->watch(id, since, std::move(wake));
+}
+
+void PostgresStore::unwatch(const RecordId& id, uint64_t handle) {
+  impl_->unwatch(id, handle);
+}
+
+uint64_t PostgresStore::notificationsHeard() const {
+  return impl_->notifications.load();
 }
 
 size_t PostgresStore::pendingReleases() const {
@@ -161,6 +180,17 @@ std::vector<std::pair<RecordId, Record>> PostgresStore::list() {
 }
 
 StoreStats PostgresStore::stats() {
+  // Refresh the count for the next call (at most every 200 ms; never waiting for it here).
+  const auto now = Steady::now().time_since_epoch().count();
+  auto last = impl_->counted_at.load();
+  if (now - last >=
+          std::chrono::duration_cast<Steady::duration>(std::chrono::milliseconds(200)).count() &&
+      impl_->counted_at.compare_exchange_strong(last, now) && impl_->schema_ready.load()) {
+    auto op = std::make_unique<Impl::CountOp>(*impl_);
+    op->sql = pg::kCountSql;
+    op->internal = true;
+    impl_->submit(std::move(op));
+  }
   StoreStats s;
   s.records = impl_->records.load();
   s.bytes_used = impl_->bytes.load();

@@ -46,6 +46,10 @@ class PostgresStore : public Store {
   void sweep(size_t limit, std::function<void(WriteResult)> done) override;
   bool localReads() const override { return false; }
   bool ready() const override;
+  // LISTEN/NOTIFY on one connection of its own (postgres_listen.cpp).
+  bool notifies() const override;
+  uint64_t watch(const RecordId& id, uint64_t since, std::function<void()> wake) override;
+  void unwatch(const RecordId& id, uint64_t handle) override;
   // Blocking reads on a connection of their own (the command line; never an event loop).
   std::optional<Record> lookup(const RecordId& id) override;
   bool visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) override;
@@ -57,6 +61,8 @@ class PostgresStore : public Store {
 
   // Owners of reserves whose answer was lost, not yet released (tests, metrics).
   size_t pendingReleases() const;
+  // Notifications heard for a key (tests, metrics).
+  uint64_t notificationsHeard() const;
 
   struct Impl;
   explicit PostgresStore(std::unique_ptr<Impl> impl);

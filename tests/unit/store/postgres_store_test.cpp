@@ -293,6 +293,52 @@ TEST_F(PostgresStoreTest, ThePasswordNeverAppearsInMessages) {
   EXPECT_NE(error.find("password=***"), std::string::npos) << error;
 }
 
+// Wake-ups across processes: B's waiter hears of A's record through LISTEN/NOTIFY, including a
+// record that lands between B's reserve and B's watch (no lost wake-up), and a watch made after
+// the record it waited for fires at once only if that record came after its reserve.
+TEST_F(PostgresStoreTest, AnOwnersRecordWakesWatchersInAnotherStoreEvenBeforeTheyWatch) {
+  auto other = open(conninfo_);
+  ASSERT_NE(other, nullptr);
+  auto listening = [](PostgresStore& s) {
+    for (auto end = std::chrono::steady_clock::now() + 10s;
+         !s.notifies() && std::chrono::steady_clock::now() < end;) {
+      std::this_thread::sleep_for(10ms);  // the listener connects in the background
+    }
+    return s.notifies();
+  };
+  ASSERT_TRUE(listening(*store_));
+  ASSERT_TRUE(listening(*other));
+  ASSERT_EQ(reserveSync(*store_, reserveReq("w1", "A")).status, ReserveStatus::Won);
+  ReserveResult inFlight = reserveSync(*other, reserveReq("w1", "B"));
+  ASSERT_EQ(inFlight.status, ReserveStatus::InFlight);
+
+  // A records before B watches: B's watch, made with the sequence of its reserve, fires at once.
+  const uint64_t heard = other->notificationsHeard();
+  ASSERT_EQ(recordSync(*store_, recordReq("w1", "A", answer(201))).status, RecordStatus::Recorded);
+  for (auto end = std::chrono::steady_clock::now() + 10s;
+       other->notificationsHeard() == heard && std::chrono::steady_clock::now() < end;) {
+    std::this_thread::sleep_for(5ms);  // delivered after A's commit, on B's listener
+  }
+  ASSERT_GT(other->notificationsHeard(), heard);
+  std::promise<void> late;
+  other->watch(idFor("w1"), inFlight.wake_seq, [&late] { late.set_value(); });
+  EXPECT_EQ(late.get_future().wait_for(0s), std::future_status::ready);
+
+  // A watch made before the record fires when it lands; one on another key does not.
+  ASSERT_EQ(reserveSync(*store_, reserveReq("w2", "A")).status, ReserveStatus::Won);
+  ReserveResult w2 = reserveSync(*other, reserveReq("w2", "B"));
+  ASSERT_EQ(w2.status, ReserveStatus::InFlight);
+  std::promise<void> woken;
+  std::atomic<int> unrelated{0};
+  other->watch(idFor("w2"), w2.wake_seq, [&woken] { woken.set_value(); });
+  other->watch(idFor("w3"), w2.wake_seq, [&unrelated] { ++unrelated; });
+  auto fired = woken.get_future();
+  EXPECT_EQ(fired.wait_for(0s), std::future_status::timeout);
+  ASSERT_EQ(releaseSync(*store_, idFor("w2"), "A").changed, true);  // a release wakes too
+  EXPECT_EQ(fired.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(unrelated.load(), 0);
+}
+
 // The database is down when the store opens: with start_unreachable the store opens anyway,
 // not ready, failing every operation at once; when the database arrives the schema is created
 // and the store serves.
