@@ -136,6 +136,21 @@ class MetricsTest(ProxyTestCase):
         self.assertEqual(types.get("idemproxy_store_commit_latency_seconds"), "histogram")
         # One reserve and one record, possibly in one group commit.
         self.assertGreaterEqual(value(s, "idemproxy_store_commit_latency_seconds_count"), 1)
+        # Every store operation timed, by backend: a reserve per request (a network store also
+        # reserves to replay) and one record; no errors.
+        backend = harness.STORE_BACKEND
+        self.assertEqual(types.get("idemproxy_store_operation_seconds"), "histogram")
+        self.assertGreaterEqual(value(s, "idemproxy_store_operation_seconds_count",
+                                      backend=backend, op="reserve"), 1)
+        self.assertEqual(value(s, "idemproxy_store_operation_seconds_count", backend=backend,
+                               op="record"), 1)
+        self.assertEqual(value(s, "idemproxy_store_operation_seconds_count", backend=backend,
+                               op="release"), 0)
+        self.assertEqual(types.get("idemproxy_store_errors_total"), "counter")
+        for op in ("reserve", "record", "release", "forget", "sweep"):
+            for error in ("full", "io", "closed"):
+                self.assertEqual(value(s, "idemproxy_store_errors_total", backend=backend, op=op,
+                                       error=error), 0, (op, error))
         # A network store's gauges are counted in the background when scraped (a scrape never
         # waits for the database): poll.
         self.assertTrue(harness.poll_until(lambda: store_gauges(admin) == (1, True), 10),

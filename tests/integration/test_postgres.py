@@ -112,6 +112,8 @@ class PostgresStoreTest(ProxyTestCase):
             for _ in range(3):
                 self.assertProblem(self.post(h, key=self.new_key()), 503, "store-unavailable")
             self.assertProblem(self.post(h, key=key), 503, "store-unavailable")
+            self.assertGreaterEqual(self.metric(h, "idemproxy_store_errors_total",
+                                                backend="postgres", op="reserve", error="io"), 4)
             self.assertTrue(poll_until(lambda: not self.ready(h), 5), "still ready")
             self.assertCount(1)
         finally:
