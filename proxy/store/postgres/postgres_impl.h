@@ -34,7 +34,11 @@
 // non-blocking connection) and retried with back-off (doubling to max_backoff). An operation
 // whose answer was lost that way completes with Io; if it was a reserve, its owner goes on the
 // lost list and is released (by owner, so a record since completed is untouched) on the next
-// idle connection, before any queued operation.
+// idle connection, before any queued operation. Closing the connection does not stop its
+// server process: the reserve may still be running there (waiting for a row lock, or simply
+// not yet aware that the client left) and commit after a plain release, leaving a reservation
+// nobody owns until its lease ends. So the release (idemproxy_release_lost) first ends that
+// backend, by the pid the connection had, and waits until it is gone.
 //
 // Fail fast: while no connection is up or being made, queued operations complete with Io at
 // once, so a stopped database answers 503 without waiting out `timeout`.
@@ -158,6 +162,16 @@ struct PostgresStore::Impl {
     Impl& store;
   };
 
+  // idemproxy_release_lost(): one row, the rows deleted.
+  struct ReleaseLostOp final : OpWith<WriteResult> {
+    bool parse(const PGresult* res) override {
+      if (PQntuples(res) != 1 || PQnfields(res) != 1) return false;
+      result.removed = static_cast<size_t>(pg::readInt(res, 0, 0));
+      result.changed = result.removed > 0;
+      return true;
+    }
+  };
+
   // The record count and table size for stats() (the metrics' gauges).
   struct CountOp final : OpWith<WriteResult> {
     explicit CountOp(Impl& s) : store(s) {}
@@ -182,6 +196,7 @@ struct PostgresStore::Impl {
     Steady::time_point started;   // Busy: when the operation was sent
     Steady::time_point retry_at;  // Down: next attempt
     std::chrono::milliseconds backoff{0};
+    int backend_pid = 0;  // Idle, Busy: the server process (PQbackendPID)
   };
 
   // The listening connection (postgres_listen.cpp): LISTEN on `channel`, then notifications.
@@ -225,9 +240,16 @@ struct PostgresStore::Impl {
   void send(Conn& c, std::unique_ptr<Op> op, Steady::time_point now);
   void complete(Conn& c, Steady::time_point now);
   void drop(Conn& c, Steady::time_point now, const std::string& why);
-  void fail(std::unique_ptr<Op> op, bool sent);
+  // `sent` on the connection to backend `pid`: a reserve's reservation may stand (→ lost).
+  void fail(std::unique_ptr<Op> op, bool sent, int pid = 0);
   void done(const Op& op);
-  std::unique_ptr<Op> releaseLost(RecordId id, std::string owner, Steady::time_point now);
+  // A reserve whose answer was lost on the connection to backend `pid` (0: unknown).
+  struct Lost {
+    RecordId id;
+    std::string owner;
+    int pid = 0;
+  };
+  std::unique_ptr<Op> releaseLost(Lost l, Steady::time_point now);
 
   // Wake-ups (postgres_listen.cpp), I/O thread except watch/unwatch.
   void listenStep(Steady::time_point now);  // connect when due; deadlines
@@ -254,7 +276,7 @@ struct PostgresStore::Impl {
 
   // I/O thread only.
   std::deque<std::unique_ptr<Op>> pending;
-  std::vector<std::pair<RecordId, std::string>> lost;
+  std::vector<Lost> lost;
   std::atomic<size_t> lost_count{0};
 
   std::atomic<int> connected{0};

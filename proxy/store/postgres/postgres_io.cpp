@@ -120,10 +120,10 @@ void PostgresStore::Impl::done(const Op& op) {
   if (--outstanding == 0) cv.notify_all();
 }
 
-void PostgresStore::Impl::fail(std::unique_ptr<Op> op, bool sent) {
+void PostgresStore::Impl::fail(std::unique_ptr<Op> op, bool sent, int pid) {
   if (sent) {
     if (const ReserveRequest* r = op->reservation()) {
-      lost.emplace_back(r->id, r->owner);
+      lost.push_back({r->id, r->owner, pid});
       lost_count = lost.size();
     }
   }
@@ -131,20 +131,25 @@ void PostgresStore::Impl::fail(std::unique_ptr<Op> op, bool sent) {
   done(*op);
 }
 
-std::unique_ptr<PostgresStore::Impl::Op> PostgresStore::Impl::releaseLost(RecordId id,
-                                                                          std::string owner,
+std::unique_ptr<PostgresStore::Impl::Op> PostgresStore::Impl::releaseLost(Lost l,
                                                                           Steady::time_point now) {
-  auto op = std::make_unique<DeleteOp>();
-  op->sql = pg::kReleaseSql;
-  op->params.add(pg::kByteaOid, idParam(id)).add(pg::kTextOid, owner);
+  auto op = std::make_unique<ReleaseLostOp>();
+  op->sql = pg::kReleaseLostSql;
+  // The lost reserve's backend is ended first (its statement could still commit after a plain
+  // release): within half the timeout, leaving the other half for the release itself.
+  const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(opts.timeout / 2);
+  op->params.add(pg::kByteaOid, idParam(l.id))
+      .add(pg::kTextOid, l.owner)
+      .add(pg::kInt4Oid, pg::int4Param(l.pid))
+      .add(pg::kInt4Oid, pg::int4Param(static_cast<int32_t>(wait.count())));
   op->params.finish();
   op->internal = true;
   op->deadline = now + opts.timeout;
-  op->done = [this, id, owner = std::move(owner)](WriteResult r) {
+  op->done = [this, l = std::move(l)](WriteResult r) {
     if (r.error != StoreError::None) {
-      lost.emplace_back(id, owner);  // try again on the next connection
+      lost.push_back(l);  // try again on the next connection
     } else if (r.changed) {
-      log::info("store-lost-reservation-released", {{"owner", owner}});
+      log::info("store-lost-reservation-released", {{"owner", l.owner}});
     }
     lost_count = lost.size();
   };
@@ -176,6 +181,7 @@ void PostgresStore::Impl::onConnecting(Conn& c, Steady::time_point now) {
     c.backoff = std::chrono::milliseconds(0);
     connected.fetch_add(1);
     unreachable = false;
+    c.backend_pid = PQbackendPID(c.pg.get());
   }
 }
 
@@ -192,7 +198,8 @@ void PostgresStore::Impl::drop(Conn& c, Steady::time_point now, const std::strin
   c.flushing = false;
   c.backoff = std::min(opts.max_backoff, std::max(std::chrono::milliseconds(50), c.backoff * 2));
   c.retry_at = now + c.backoff;
-  if (c.op) fail(std::move(c.op), true);
+  if (c.op) fail(std::move(c.op), true, c.backend_pid);
+  c.backend_pid = 0;
 }
 
 void PostgresStore::Impl::send(Conn& c, std::unique_ptr<Op> op, Steady::time_point now) {
@@ -321,9 +328,9 @@ void PostgresStore::Impl::run() {
     for (Conn& c : conns) {
       if (c.state != Conn::State::Idle) continue;
       if (!lost.empty()) {
-        auto [id, owner] = std::move(lost.back());
+        Lost l = std::move(lost.back());
         lost.pop_back();
-        send(c, releaseLost(id, std::move(owner), now), now);
+        send(c, releaseLost(std::move(l), now), now);
       } else if (!pending.empty()) {
         std::unique_ptr<Op> op = std::move(pending.front());
         pending.pop_front();

@@ -456,5 +456,66 @@ TEST(PostgresStoreFailure, HungDatabaseTimesOutAndLostReservationsAreReleased) {
   EXPECT_EQ(b.status, ReserveStatus::Won);
 }
 
+// A reserve whose answer was lost may still be running on the server: here it waits behind
+// another transaction's uncommitted insert of the same key, past the store's timeout. Its
+// release must not run before that statement ends, or the reserve commits afterwards and
+// leaves a reservation nobody owns (the client's retry would wait out the lease and get a
+// false outcome-unknown). The release ends the lost reserve's backend first.
+TEST_F(PostgresStoreTest, ALostReserveStillRunningOnTheServerCannotCommitAfterItsRelease) {
+  PostgresOptions o;
+  o.conninfo = conninfo_;
+  o.connections = 1;
+  o.timeout = 500ms;
+  o.max_backoff = 50ms;
+  std::string error;
+  auto store = openPostgresStore(o, error);
+  ASSERT_NE(store, nullptr) << error;
+
+  auto exec = [](PGconn* c, const std::string& statement) {
+    PGresult* r = PQexec(c, statement.c_str());
+    const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+    std::string out = ok && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
+    EXPECT_TRUE(ok) << PQerrorMessage(c);
+    PQclear(r);
+    return out;
+  };
+  std::string hex;
+  for (uint8_t b : idFor("raced")) {
+    static const char* digits = "0123456789abcdef";
+    hex += digits[b >> 4];
+    hex += digits[b & 15];
+  }
+  PGconn* blocker = PQconnectdb(conninfo_.c_str());
+  exec(blocker, "BEGIN");
+  exec(blocker,
+       "INSERT INTO idemproxy_records (id, state, reserved_at, lease_until, expires_at, owner, "
+       "fingerprint, route, key, scope) VALUES ('\\x" +
+           hex + "', 1, 0, 0, 0, 'T', '', 'payments', 'raced', '')");
+
+  // A's reserve waits on the blocker's row, times out, and its answer is lost.
+  EXPECT_EQ(reserveSync(*store, reserveReq("raced", "A")).error, StoreError::Io);
+  for (auto end = std::chrono::steady_clock::now() + 10s;
+       store->pendingReleases() > 0 && std::chrono::steady_clock::now() < end;) {
+    std::this_thread::sleep_for(10ms);  // released on the next connection
+  }
+  ASSERT_EQ(store->pendingReleases(), 0u);
+  exec(blocker, "ROLLBACK");  // the blocker goes away: a reserve still waiting would now win
+  PGconn* watcher = PQconnectdb(conninfo_.c_str());
+  for (auto end = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < end;) {
+    if (exec(watcher,
+             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+             "query LIKE '%idemproxy_reserve(%' AND pid <> pg_backend_pid()") == "0") {
+      break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  PQfinish(watcher);
+  PQfinish(blocker);
+  // Nobody holds the key: B wins it at once.
+  ReserveResult b = reserveSync(*store, reserveReq("raced", "B"));
+  ASSERT_EQ(b.error, StoreError::None);
+  EXPECT_EQ(b.status, ReserveStatus::Won) << "owner " << b.record.owner;
+}
+
 }  // namespace
 }  // namespace idem
