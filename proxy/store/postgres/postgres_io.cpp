@@ -358,7 +358,7 @@ void PostgresStore::Impl::run() {
     }
     const short listen = listenEvents();
     fds.push_back({listen != 0 ? PQsocket(listener.pg.get()) : -1, listen, 0});
-    if (listener.state == Listener::State::Down && !channel.empty() && open) {
+    if (listener.state == Listener::State::Down && open && !channel.empty()) {
       wake_at = std::min(wake_at, listener.retry_at);
     } else if (listener.state == Listener::State::Connecting ||
                listener.state == Listener::State::Subscribing) {

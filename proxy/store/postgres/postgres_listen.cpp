@@ -39,7 +39,8 @@ bool parseHexId(const char* hex, RecordId& id) {
 void PostgresStore::Impl::listenStep(Steady::time_point now) {
   Listener& l = listener;
   if (l.state == Listener::State::Down) {
-    if (channel.empty() || !schema_ready.load() || now < l.retry_at) return;
+    // schema_ready first: `channel` is written before it is set (by the opener thread).
+    if (!schema_ready.load() || channel.empty() || now < l.retry_at) return;
     l.pg.reset(PQconnectStart(opts.conninfo.c_str()));
     l.deadline = now + opts.timeout;
     if (!l.pg || PQstatus(l.pg.get()) == CONNECTION_BAD) {
