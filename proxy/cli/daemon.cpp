@@ -137,6 +137,11 @@ class Daemon {
         "idemproxy_upstream_in_flight", "Exchanges with an upstream in progress.", {},
         [this] { return static_cast<double>(proxy_->upstreamInFlight()); }));
     gauges_.push_back(metrics_.gaugeCallback(
+        "idemproxy_store_notifies",
+        "1 while the store delivers wake-ups from other processes' owners (PostgreSQL: the "
+        "LISTEN connection is up), else 0: waiters then only poll.",
+        {}, [this] { return store_->notifies() ? 1.0 : 0.0; }));
+    gauges_.push_back(metrics_.gaugeCallback(
         "idemproxy_waiters", "Requests parked waiting for a key's owner to finish.", {},
         [this] { return static_cast<double>(proxy_->parkedWaiters()); }));
     gauges_.push_back(metrics_.gaugeCallback(
