@@ -310,6 +310,7 @@ void ProxyRequest::onReserved(ReserveResult r) {
                      Outcome::Mismatch);
       return;
     case ReserveStatus::InFlight:
+      wake_seq_ = r.wake_seq;
       if (route_->idempotency->concurrent == ConcurrentMode::Reject) {
         const int64_t left = r.record.lease_until_ms - shared_.clock().wallMs();
         retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
@@ -350,6 +351,7 @@ void ProxyRequest::waitForOwner(const Record& inFlight) {
     w->post([self = std::move(self), ticket] {
       if (self->wait_ticket_ == ticket && self->parked_) {
         self->parked_ = false;
+        self->shared_.observer().waitWoken("owner");
         self->onWaitWake();
       }
     });
@@ -360,9 +362,29 @@ void ProxyRequest::waitForOwner(const Record& inFlight) {
     until = wait_deadline_ - now;  // woken by the owner; the timer only bounds the wait
   } else {
     // Another process owns the key (or our own owner has just finished, or left the record in
-    // flight after a failed write): look at the store again, backing off.
+    // flight after a failed write): look at the store again, backing off; with a store that
+    // reports owners elsewhere settling (notifies), mainly when it says so, and poll slowly.
+    Store& store = shared_.store();
+    auto cap = std::chrono::milliseconds(200);
+    if (!shared_.ownsToken(inFlight.owner) && store.notifies()) {
+      cap = std::chrono::milliseconds(2'000);
+      poll_interval_ = std::max(poll_interval_, std::chrono::milliseconds(100));
+      watching_ = true;
+      // A weak reference: a watch the store drops at shutdown must not end this request there.
+      std::weak_ptr<ProxyRequest> weak = shared_from_this();
+      watch_handle_ = store.watch(id_, wake_seq_, [w = &loop_, weak, ticket] {
+        w->post([weak, ticket] {
+          auto self = weak.lock();
+          if (self && self->wait_ticket_ == ticket && self->watching_) {
+            self->watching_ = false;
+            self->shared_.observer().waitWoken("notify");
+            self->onWaitWake();
+          }
+        });
+      });
+    }
     until = std::min<std::chrono::steady_clock::duration>(poll_interval_, wait_deadline_ - now);
-    poll_interval_ = std::min(poll_interval_ * 2, std::chrono::milliseconds(200));
+    poll_interval_ = std::min(poll_interval_ * 2, cap);
   }
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(until).count();
   timeval tv{static_cast<time_t>(us / 1'000'000), static_cast<suseconds_t>(us % 1'000'000)};
@@ -381,6 +403,12 @@ void ProxyRequest::onWaitTimerFired() {
   if (parked_) {
     shared_.waiters().cancel(id_, wait_ticket_);
     parked_ = false;
+  } else if (Steady::now() < wait_deadline_) {
+    shared_.observer().waitWoken("poll");
+  }
+  if (watching_) {
+    shared_.store().unwatch(id_, watch_handle_);
+    watching_ = false;
   }
   // Poll tick or deadline: either way look at the store once more before answering 409.
   onWaitWake();

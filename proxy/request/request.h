@@ -125,6 +125,11 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   std::chrono::milliseconds poll_interval_{0};
   EventPtr wait_timer_;
   bool parked_ = false;
+  // Watching the store for another process's owner (Store::notifies): since the reserve whose
+  // result carried wake_seq_.
+  bool watching_ = false;
+  uint64_t watch_handle_ = 0;
+  uint64_t wake_seq_ = 0;
   int retry_after_s_ = 1;
   std::shared_ptr<ProxyRequest> keepalive_;  // set while only the wait timer refers to us
 };

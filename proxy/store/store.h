@@ -51,6 +51,10 @@ struct ReserveResult {
   StoreError error = StoreError::None;  // when not None, status is meaningless
   ReserveStatus status = ReserveStatus::Won;
   Record record;  // the record as it stands after the operation
+  // A store with wake-ups (Store::notifies): its wake-up sequence when the reserve was sent, for
+  // Store::watch, so that an owner settling the key between this reserve and the watch still
+  // wakes the watcher.
+  uint64_t wake_seq = 0;
 };
 
 struct RecordRequest {
@@ -124,6 +128,21 @@ class Store {
   virtual bool localReads() const { return true; }
   // False while the store cannot serve (a network store with no connection): /readyz.
   virtual bool ready() const { return true; }
+
+  // Wake-ups from owners in other processes, for a shared store that can push them (PostgreSQL
+  // LISTEN/NOTIFY). True while it can (its listening connection is up); waiters then poll the
+  // store only as a fallback, slowly.
+  virtual bool notifies() const { return false; }
+  // Calls `wake` once, on the store's thread (it must post to the caller's loop), when the
+  // record `id`, in flight at the reserve whose result carried `since` (ReserveResult::wake_seq),
+  // may have settled since: recorded or deleted by its owner, or wake-ups were interrupted. That
+  // may be at once, on the calling thread. Returns a handle for unwatch().
+  virtual uint64_t watch(const RecordId& /*id*/, uint64_t /*since*/, std::function<void()> wake) {
+    wake();
+    return 0;
+  }
+  // Removes a watch that has not fired (no-op when it has).
+  virtual void unwatch(const RecordId& /*id*/, uint64_t /*handle*/) {}
 
   // Read the record; an expired record reads as absent. Safe from any thread; never blocks on
   // the writer.

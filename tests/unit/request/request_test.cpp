@@ -88,6 +88,19 @@ class FakeStore final : public Store {
   bool throwOnReserve = false;
   bool local = true;  // localReads()
   bool localReads() const override { return local; }
+  bool notify = false;  // notifies(): watch() records the watch, the test fires it
+  struct Watch {
+    uint64_t since;
+    std::function<void()> wake;
+  };
+  std::vector<Watch> watches;
+  int unwatches = 0;
+  bool notifies() const override { return notify; }
+  uint64_t watch(const RecordId&, uint64_t since, std::function<void()> wake) override {
+    watches.push_back({since, std::move(wake)});
+    return watches.size();
+  }
+  void unwatch(const RecordId&, uint64_t) override { ++unwatches; }
 
   void reserve(ReserveRequest req, std::function<void(ReserveResult)> done) override {
     if (throwOnReserve) throw std::runtime_error("store exploded");
@@ -139,6 +152,8 @@ class Observer final : public ProxyObserver {
  public:
   std::vector<std::pair<int, Outcome>> done;
   std::vector<std::string> events;
+  std::vector<std::string> woken;
+  void waitWoken(std::string_view how) override { woken.emplace_back(how); }
   void requestDone(const RequestReport& r) override { done.emplace_back(r.status, r.outcome); }
   void upstreamDone(std::string_view, std::chrono::microseconds, bool) override {}
   void event(std::string_view name, std::string_view, std::string_view) override {
@@ -715,6 +730,29 @@ TEST_F(RequestCoreTest, WithANetworkStoreAWokenWaiterReservesAgain) {
   ASSERT_TRUE(reply_);
   EXPECT_EQ(reply_->status, 201);
   EXPECT_EQ(store_.lookups, 0);
+}
+
+TEST_F(RequestCoreTest, WithAStoreThatNotifiesAWaiterOnAnotherHostsOwnerWatchesIt) {
+  store_.local = false;
+  store_.notify = true;
+  start();
+  ASSERT_EQ(store_.reserves.size(), 1u);
+  auto [req, done] = std::move(store_.reserves.front());
+  store_.reserves.pop_front();
+  ReserveResult r{StoreError::None, ReserveStatus::InFlight, inFlight("otherhost:1:abcd:0")};
+  r.wake_seq = 7;
+  done(std::move(r));
+  loop_->drain();
+  ASSERT_EQ(store_.watches.size(), 1u);
+  EXPECT_EQ(store_.watches[0].since, 7u) << "watched from the reserve's wake sequence";
+  EXPECT_TRUE(store_.reserves.empty());
+  store_.watches[0].wake();  // the owner elsewhere recorded
+  ASSERT_TRUE(loop_->runUntil([&] { return !store_.reserves.empty(); }));
+  EXPECT_EQ(observer_.woken, std::vector<std::string>{"notify"});
+  completeReserve(ReserveStatus::Completed, completed({201, {}, "paid"}));
+  ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 201);
+  EXPECT_EQ(store_.unwatches, 0) << "a fired watch is not removed again";
 }
 
 TEST_F(RequestCoreTest, TheKeyMayComeFromTheBodyAndMustAgreeWithTheHeader) {
