@@ -80,7 +80,8 @@ int main(int argc, char** argv) {
   }
   const std::string dir = argv[1];
   const double secs = argc > 2 ? std::atof(argv[2]) : 2.0;
-  std::printf("| probe | records per commit | p50 µs | p99 µs | commits/s | records/s | samples |\n");
+  std::printf(
+      "| probe | records per commit | p50 µs | p99 µs | commits/s | records/s | samples |\n");
   std::printf("|---|--:|--:|--:|--:|--:|--:|\n");
 
   // Appends to a growing file.
