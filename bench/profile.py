@@ -75,7 +75,7 @@ class Run:
         if kind in ("direct", "proxy_pass", "passthrough"):
             return "plain.lua", [PASS]
         if kind.startswith("new"):
-            return "newkeys.lua", [f"r{random.randrange(1 << 48):x}", PAY]
+            return "newkeys.lua", None  # a fresh key prefix per wrk run (see wrk())
         n = self.a.replay_keys
         got, _ = self.b.preload(srv, "replay", n, timeout=max(60, n / 100))
         if got < n:
@@ -83,6 +83,8 @@ class Run:
         return "replay.lua", ["replay", n, PAY, 1]
 
     def wrk(self, srv, script, args, seconds, label):
+        if args is None:  # new keys: never the warm-up's keys again
+            args = [f"r{random.randrange(1 << 48):x}", PAY]
         return self.b.wrk(srv.port, script, args, self.a.conns, seconds, label)
 
 
@@ -93,7 +95,8 @@ def read_counts(d, pids):
             with open(os.path.join(d, str(p))) as f:
                 vals = [int(x) for x in f.read().split()]
         except (OSError, ValueError):
-            continue
+            # e.g. a forked nginx worker whose counter thread did not start: say so, not 0
+            raise bench.Fail(f"no allocation counts from process {p} in {d}; run again")
         for i in range(3):
             tot[i] += vals[i]
     return tot
@@ -215,7 +218,7 @@ def mode_perf(r, a):
             script, args = r.load(kind, srv)
             r.wrk(srv, script, args, 1, f"{kind} warm-up")
             pid = srv.worker_pids[0]
-            pr = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", data, "-p", str(pid)],
+            pr = subprocess.Popen(["perf", "record", "-F", "4999", "-g", "-o", data, "-p", str(pid)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
             time.sleep(0.5)
