@@ -2,7 +2,8 @@
 """Measurements that stay valid on a busy machine: counts per request, not rates.
 
   bench/profile.py alloc     # malloc-family calls per request: idemproxy and nginx (LD_PRELOAD)
-  bench/profile.py syscalls  # system calls per request (strace -c), idemproxy and nginx
+  bench/profile.py syscalls  # system calls per request by name (strace -c), idemproxy and nginx
+  bench/profile.py sysrate   # system calls per request at full rate (perf stat, tracepoints)
   bench/profile.py fsync     # fsync/fdatasync/msync per new key, durability full (strace)
   bench/profile.py perf      # perf record of idemproxy under wrk; where the CPU goes
   bench/profile.py disk      # this disk's limits (bench/disk_limits.cpp): fdatasync, group
@@ -195,6 +196,49 @@ def mode_syscalls(r, a):
     return "\n".join(md)
 
 
+SYSCALL_EVENTS = ["raw_syscalls:sys_enter", "syscalls:sys_enter_recvfrom",
+                  "syscalls:sys_enter_sendmsg", "syscalls:sys_enter_writev",
+                  "syscalls:sys_enter_write", "syscalls:sys_enter_futex",
+                  "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_ctl"]
+
+
+def mode_sysrate(r, a):
+    """System calls per request at full rate: perf stat on syscall tracepoints (no PMU needed,
+    and far cheaper than strace, so per-batch work is amortised as it is in production)."""
+    md = [f"System calls per request at full rate (perf stat -e {SYSCALL_EVENTS[0]} and per-call "
+          f"tracepoints, all threads of the server; wrk -c{a.conns}, {a.duration} s):", "",
+          "| server | requests | syscalls/req | " + " | ".join(e.split("sys_enter_")[-1]
+                                                          for e in SYSCALL_EVENTS[1:]) + " |",
+          "|---|--:|--:|" + "--:|" * (len(SYSCALL_EVENTS) - 1)]
+    for kind in a.scenarios:
+        srv = r.start(kind)
+        out = os.path.join(a.out, f"perfstat-{kind}.txt")
+        try:
+            script, args = r.load(kind, srv)
+            r.wrk(srv, script, args, 1, f"{kind} warm-up")
+            argv = ["perf", "stat", "-e", ",".join(SYSCALL_EVENTS), "-o", out]
+            argv += ["-p", ",".join(str(p) for p in srv.worker_pids)]
+            ps = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+            time.sleep(0.3)
+            res = r.wrk(srv, script, args, a.duration, kind)
+            ps.send_signal(signal.SIGINT)
+            ps.wait(30)
+        finally:
+            if srv is not r.b.backend:
+                r.b.stop(srv)
+        n = max(res["requests"], 1)
+        counts = {}
+        with open(out) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0].replace(",", "").isdigit():
+                    counts[parts[1]] = int(parts[0].replace(",", ""))
+        md.append(f"| {kind} | {n} | " + " | ".join(f"{counts.get(e, 0) / n:.3f}"
+                                                     for e in SYSCALL_EVENTS) + " |")
+    return "\n".join(md)
+
+
 def mode_fsync(r, a):
     md = ["Durable-write system calls per new key, `durability: full` (strace -f -c; wrk "
           f"-c{a.conns}, {a.duration} s):", "",
@@ -256,10 +300,11 @@ def mode_disk(r, a):
     return cp.stdout
 
 
-MODES = {"alloc": mode_alloc, "syscalls": mode_syscalls, "fsync": mode_fsync, "perf": mode_perf,
+MODES = {"alloc": mode_alloc, "syscalls": mode_syscalls, "sysrate": mode_sysrate, "fsync": mode_fsync, "perf": mode_perf,
          "disk": mode_disk}
 DEFAULT_SCENARIOS = {"alloc": "direct,proxy_pass,passthrough,replay",
                      "syscalls": "direct,proxy_pass,passthrough,replay",
+                     "sysrate": "direct,proxy_pass,passthrough,replay",
                      "perf": "replay,passthrough", "fsync": "", "disk": ""}
 
 
