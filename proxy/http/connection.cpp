@@ -732,6 +732,12 @@ thread_local FreeRequests tFreeRequests;
 constexpr size_t kMaxFreeRequests = 1024;
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr bool kRecycleRequests = false;
+#elif defined(__has_feature)  // clang says it this way
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kRecycleRequests = false;
+#else
+constexpr bool kRecycleRequests = true;
+#endif
 #else
 constexpr bool kRecycleRequests = true;
 #endif
