@@ -909,9 +909,9 @@ def parse_args():
                     help="wait up to this many seconds for other processes to go quiet (30)")
     ap.add_argument("--max-foreign", type=float, default=0.1,
                     help="CPUs of other load above which a row is flagged (0.1)")
-    ap.add_argument("--log-level", default="warn", choices=["debug", "info", "warn", "error"],
-                    help="idemproxy log.level (warn: no per-request log line, like nginx's "
-                         "access_log off; info: one JSON line per request)")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"],
+                    help="idemproxy log.level (info, the default: one JSON access line per "
+                         "request, written in batches; warn: none, like nginx's access_log off)")
     ap.add_argument("--nice", type=int, default=None,
                     help="nice value for wrk and the servers (-20 as root, so that other work on a "
                          "shared machine disturbs less; 0 turns it off)")

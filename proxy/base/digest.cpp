@@ -17,17 +17,41 @@ const EVP_MD* sha256Md() {
   }();
   return md;
 }
+
+// Contexts are kept per thread and reused: a request hashes two or three times, and a fresh
+// EVP_MD_CTX each time was a malloc/free pair (plus OpenSSL's own) per digest.
+struct CtxPool {
+  static constexpr size_t kMax = 4;
+  EVP_MD_CTX* free[kMax] = {};
+  size_t count = 0;
+  CtxPool() = default;
+  CtxPool(const CtxPool&) = delete;
+  CtxPool& operator=(const CtxPool&) = delete;
+  ~CtxPool() {
+    for (size_t i = 0; i < count; ++i) EVP_MD_CTX_free(free[i]);
+  }
+};
+thread_local CtxPool tCtxPool;
+
 }  // namespace
 
-Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
-  if (ctx_ == nullptr ||
-      EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), sha256Md(), nullptr) != 1) {
+Sha256::Sha256() {
+  CtxPool& pool = tCtxPool;
+  EVP_MD_CTX* ctx = pool.count > 0 ? pool.free[--pool.count] : EVP_MD_CTX_new();
+  if (ctx == nullptr || EVP_DigestInit_ex2(ctx, sha256Md(), nullptr) != 1) {
     std::abort();  // broken invariant: OpenSSL cannot hash
   }
+  ctx_ = ctx;
 }
 
 Sha256::~Sha256() {
-  EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
+  auto* ctx = static_cast<EVP_MD_CTX*>(ctx_);
+  CtxPool& pool = tCtxPool;
+  if (pool.count < CtxPool::kMax) {
+    pool.free[pool.count++] = ctx;
+  } else {
+    EVP_MD_CTX_free(ctx);
+  }
 }
 
 Sha256& Sha256::raw(std::string_view bytes) {
@@ -71,10 +95,21 @@ std::string toHex(const Digest& d) {
   return s;
 }
 
-std::string keyHashForLog(std::string_view key) {
+void keyHashForLog(std::string_view key, char (&out)[16]) {
+  static constexpr char kDigits[] = "0123456789abcdef";
   Sha256 h;
   h.field("idemproxy-log").raw(key);
-  return toHex(h.finish()).substr(0, 16);
+  const Digest d = h.finish();
+  for (size_t i = 0; i < 8; ++i) {
+    out[2 * i] = kDigits[d[i] >> 4];
+    out[2 * i + 1] = kDigits[d[i] & 15];
+  }
+}
+
+std::string keyHashForLog(std::string_view key) {
+  char out[16];
+  keyHashForLog(key, out);
+  return std::string(out, sizeof out);
 }
 
 }  // namespace idem

@@ -43,5 +43,7 @@ Digest recordId(std::string_view route, const std::vector<std::string>& scope,
 std::string toHex(const Digest& d);
 // Short, non-reversible label for logs: first 16 hex chars of SHA-256(key).
 std::string keyHashForLog(std::string_view key);
+// The same 16 characters, without an allocation (for the per-request log line).
+void keyHashForLog(std::string_view key, char (&out)[16]);
 
 }  // namespace idem

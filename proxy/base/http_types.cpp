@@ -61,8 +61,10 @@ std::string normalizePath(std::string_view raw) {
     }
     decoded.push_back(c);
   }
-  // 2. Segments: merge empty ones, resolve "." and "..".
-  std::vector<std::string_view> segments;
+  // 2. Segments: merge empty ones, resolve "." and "..". Built in place (".." cuts the last
+  // "/segment" off), so a request's path costs no allocation past `out` itself.
+  std::string out;
+  out.reserve(decoded.size() + 1);
   std::string_view rest(decoded);
   const bool trailingSlash = rest.size() > 1 && rest.back() == '/';
   while (!rest.empty()) {
@@ -71,14 +73,10 @@ std::string normalizePath(std::string_view raw) {
     rest = slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
     if (seg.empty() || seg == ".") continue;
     if (seg == "..") {
-      if (!segments.empty()) segments.pop_back();
+      const size_t last = out.rfind('/');
+      if (last != std::string::npos) out.resize(last);
       continue;
     }
-    segments.push_back(seg);
-  }
-  std::string out;
-  out.reserve(decoded.size());
-  for (auto seg : segments) {
     out.push_back('/');
     out.append(seg);
   }

@@ -8,10 +8,16 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
-#include <cstdio>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <ctime>
+#include <memory>
 #include <mutex>
+#include <thread>
+#include <vector>
 
 #include "base/c_handles.h"
 #include "base/clock.h"
@@ -68,9 +74,10 @@ size_t utf8SequenceLength(std::string_view s, size_t i) {
   return len;
 }
 
-// Valid UTF-8 without NULs, at most `maxBytes` of the input (cut on a character boundary, "..."
-// appended).
-std::string sanitize(std::string_view in, size_t maxBytes) {
+// Appends `in` as the inside of a JSON string: valid UTF-8 without NULs (an invalid byte
+// becomes U+FFFD), at most `maxBytes` of the input (cut on a character boundary, "..."
+// appended), escaped the way cJSON escapes (", \, \b \f \n \r \t, other controls as \u00XX).
+void appendJsonText(std::string& out, std::string_view in, size_t maxBytes) {
   bool truncated = false;
   if (in.size() > maxBytes) {
     size_t cut = maxBytes;
@@ -78,20 +85,67 @@ std::string sanitize(std::string_view in, size_t maxBytes) {
     in = in.substr(0, cut);
     truncated = true;
   }
-  std::string out;
-  out.reserve(in.size() + (truncated ? kTruncated.size() : 0));
-  for (size_t i = 0; i < in.size();) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  size_t i = 0;
+  while (i < in.size()) {
+    // The common case first: a run of printable ASCII that needs no escaping.
+    size_t j = i;
+    while (j < in.size()) {
+      const auto c = static_cast<unsigned char>(in[j]);
+      if (c < 0x20 || c >= 0x80 || c == '"' || c == '\\') break;
+      ++j;
+    }
+    out.append(in.data() + i, j - i);
+    i = j;
+    if (i == in.size()) break;
+    const auto c = static_cast<unsigned char>(in[i]);
     const size_t len = utf8SequenceLength(in, i);
     if (len == 0) {
       out += "\xEF\xBF\xBD";  // U+FFFD
       ++i;
-    } else {
-      out.append(in.substr(i, len));
-      i += len;
+      continue;
     }
+    if (len > 1) {
+      out.append(in.data() + i, len);
+      i += len;
+      continue;
+    }
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default: {
+        const char esc[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 15]};
+        out.append(esc, sizeof esc);
+      }
+    }
+    ++i;
   }
   if (truncated) out += kTruncated;
-  return out;
+}
+
+void appendJsonString(std::string& out, std::string_view in, size_t maxBytes) {
+  out += '"';
+  appendJsonText(out, in, maxBytes);
+  out += '"';
 }
 
 // Credentials and payloads: a value under one of these names is never written.
@@ -99,52 +153,303 @@ bool redactedName(std::string_view key) {
   static constexpr std::array<std::string_view, 12> kNames = {
       "authorization", "proxy_authorization", "cookie", "set_cookie", "body",   "request_body",
       "response_body", "idempotency_key",     "key",    "password",   "secret", "token"};
-  std::string norm;
-  norm.reserve(key.size());
-  for (char c : key) {
+  if (key.size() > 19) return false;  // longer than the longest name
+  char norm[19];
+  for (size_t i = 0; i < key.size(); ++i) {
+    char c = key[i];
     if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    norm += c == '-' ? '_' : c;
+    norm[i] = c == '-' ? '_' : c;
   }
-  return std::find(kNames.begin(), kNames.end(), norm) != kNames.end();
+  const std::string_view n(norm, key.size());
+  return std::find(kNames.begin(), kNames.end(), n) != kNames.end();
 }
 
 template <typename Int>
-cJSON* rawInteger(Int v) {
+void appendInteger(std::string& out, Int v) {
   char buf[24];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf - 1, v);
-  *end = '\0';
-  return cJSON_CreateRaw(buf);  // exact: cJSON numbers are doubles and lose bits past 2^53
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);  // exact, unlike a double
+  out.append(buf, static_cast<size_t>(r.ptr - buf));
 }
 
-cJSON* jsonValue(const Field& f) {
-  if (redactedName(f.key)) return cJSON_CreateString(kRedacted.data());
-  return std::visit(
-      [](const auto& v) -> cJSON* {
+void appendDouble(std::string& out, double v) {
+  if (std::isnan(v) || std::isinf(v)) {
+    out += "null";  // as cJSON prints them
+    return;
+  }
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general);
+  out.append(buf, static_cast<size_t>(r.ptr - buf));
+}
+
+// The value of one field, by type (std::string for Field, std::string_view for FieldView).
+template <typename V>
+void appendValue(std::string& out, std::string_view key, const V& value) {
+  if (redactedName(key)) {
+    appendJsonString(out, kRedacted, kMaxValueBytes);
+    return;
+  }
+  std::visit(
+      [&out](const auto& v) {
         using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, std::string>) {
-          return cJSON_CreateString(sanitize(v, kMaxValueBytes).c_str());
+        if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, std::string_view>) {
+          appendJsonString(out, v, kMaxValueBytes);
         } else if constexpr (std::is_same_v<T, bool>) {
-          return cJSON_CreateBool(v ? 1 : 0);
+          out += v ? "true" : "false";
         } else if constexpr (std::is_same_v<T, double>) {
-          return cJSON_CreateNumber(v);  // NaN and infinities print as null
+          appendDouble(out, v);
         } else {
-          return rawInteger(v);
+          appendInteger(out, v);
         }
       },
-      f.value);
+      value);
 }
 
-void writeAll(int fd, std::string_view line) {
-  std::lock_guard lock(gWriteMu);
-  while (!line.empty()) {
-    const ssize_t n = ::write(fd, line.data(), line.size());
+// A field's key as written: cut to 128 bytes, made valid UTF-8, and "time", "level" and
+// "event" renamed "field_time" etc. (the line's own fields come first and keep their names).
+// Plain keys — the literals the code uses — are viewed; only others are copied.
+struct KeyText {
+  std::string_view text;
+  std::string own;
+};
+
+bool plainKey(std::string_view k) {
+  if (k.size() > 128) return false;
+  for (char c : k) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u >= 0x80 || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
+void keyText(std::string_view raw, KeyText& out) {
+  if (plainKey(raw) && raw != "time" && raw != "level" && raw != "event") {
+    out.text = raw;
+    return;
+  }
+  out.own.clear();
+  if (raw == "time" || raw == "level" || raw == "event") out.own = "field_";
+  appendJsonText(out.own, raw, 128);  // escaped already: compared and written as is
+  out.text = out.own;
+}
+
+// rfc3339Utc into `out`, with the date and time of day formatted once per second per thread.
+void appendTime(std::string& out, int64_t wallMs) {
+  int64_t secs = wallMs / 1000;
+  int64_t ms = wallMs % 1000;
+  if (ms < 0) {
+    ms += 1000;
+    secs -= 1;
+  }
+  struct Cache {
+    int64_t secs = INT64_MIN;
+    char text[24] = {};
+    size_t len = 0;
+  };
+  thread_local Cache cache;
+  if (cache.secs != secs) {
+    const auto t = static_cast<time_t>(secs);
+    struct tm tm {};
+    gmtime_r(&t, &tm);
+    char* p = cache.text;
+    auto put = [&p](int v, int width) {
+      for (int k = width - 1; k >= 0; --k) {
+        p[k] = static_cast<char>('0' + v % 10);
+        v /= 10;
+      }
+      p += width;
+    };
+    put(tm.tm_year + 1900, 4);
+    *p++ = '-';
+    put(tm.tm_mon + 1, 2);
+    *p++ = '-';
+    put(tm.tm_mday, 2);
+    *p++ = 'T';
+    put(tm.tm_hour, 2);
+    *p++ = ':';
+    put(tm.tm_min, 2);
+    *p++ = ':';
+    put(tm.tm_sec, 2);
+    *p++ = '.';
+    cache.len = static_cast<size_t>(p - cache.text);
+    cache.secs = secs;
+  }
+  out.append(cache.text, cache.len);
+  const int m = static_cast<int>(ms);
+  const char frac[4] = {static_cast<char>('0' + m / 100), static_cast<char>('0' + m / 10 % 10),
+                        static_cast<char>('0' + m % 10), 'Z'};
+  out.append(frac, sizeof frac);
+}
+
+// One line, appended to `out`: {"time":…,"level":…,"event":…, fields…}\n. A key given twice
+// is written once, where it first appears, with its last value.
+template <typename F>
+void appendLine(std::string& out, LogLevel l, std::string_view event, std::span<const F> fields,
+                int64_t wallMs) {
+  constexpr size_t kInlineKeys = 16;
+  std::array<KeyText, kInlineKeys> inlineKeys;
+  std::vector<KeyText> moreKeys;
+  KeyText* keys = inlineKeys.data();
+  if (fields.size() > kInlineKeys) {
+    moreKeys.resize(fields.size());
+    keys = moreKeys.data();
+  }
+  for (size_t i = 0; i < fields.size(); ++i) keyText(fields[i].key, keys[i]);
+
+  out += R"({"time":")";
+  appendTime(out, wallMs);
+  out += R"(","level":")";
+  out += levelName(l);
+  out += R"(","event":)";
+  appendJsonString(out, event, kMaxValueBytes);
+  for (size_t i = 0; i < fields.size(); ++i) {
+    bool seen = false;
+    for (size_t j = 0; j < i && !seen; ++j) seen = keys[j].text == keys[i].text;
+    if (seen) continue;
+    size_t last = i;
+    for (size_t j = i + 1; j < fields.size(); ++j) {
+      if (keys[j].text == keys[i].text) last = j;
+    }
+    out += ",\"";
+    out += keys[i].text;
+    out += "\":";
+    appendValue(out, fields[last].key, fields[last].value);
+  }
+  out += "}\n";
+}
+
+int64_t nowMs() {
+  const Clock* clock = gClock.load();
+  return clock ? clock->wallMs() : SystemClock::instance().wallMs();
+}
+
+void writeAllLocked(int fd, std::string_view text) {
+  while (!text.empty()) {
+    const ssize_t n = ::write(fd, text.data(), text.size());
     if (n < 0) {
       if (errno == EINTR) continue;
       return;  // nowhere to report a failing log sink; drop the line
     }
-    line.remove_prefix(static_cast<size_t>(n));
+    text.remove_prefix(static_cast<size_t>(n));
   }
 }
+
+// ---- The batched path ----
+
+constexpr size_t kSoftBatch = 64 * 1024;      // wake the writer early
+constexpr size_t kHardBatch = 1024 * 1024;    // the thread writes its buffer itself
+constexpr size_t kKeepCapacity = 256 * 1024;  // larger buffers are released after a write
+constexpr std::chrono::milliseconds kBatchInterval{50};
+
+// One thread's buffered lines.
+struct Sink {
+  std::mutex mu;
+  std::string buf;      // whole lines
+  bool orphan = false;  // its thread has exited (under Batcher::list_mu)
+};
+
+class Batcher {
+ public:
+  static Batcher& get() {
+    // Never destroyed: threads may log while static objects go away. The buffered lines are
+    // written by the exit handler registered on first use.
+    static Batcher* b = new Batcher;
+    return *b;
+  }
+
+  Sink& mine() {
+    struct Holder {
+      std::shared_ptr<Sink> sink;
+      ~Holder() {
+        if (sink) Batcher::get().release(sink);
+      }
+    };
+    thread_local Holder holder;
+    if (!holder.sink) holder.sink = attach();
+    return *holder.sink;
+  }
+
+  // The first line of a batch (or a buffer past kSoftBatch): make sure the writer will come.
+  void arm(bool urgent) {
+    {
+      std::lock_guard lock(mu_);
+      armed_ = true;
+      urgent_ = urgent_ || urgent;
+      if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+    }
+    cv_.notify_one();
+  }
+
+  // Writes every sink's lines; the caller holds gWriteMu.
+  void drainLocked(int fd) {
+    std::vector<std::shared_ptr<Sink>> sinks;
+    {
+      std::lock_guard lock(list_mu_);
+      sinks = sinks_;
+    }
+    for (const auto& s : sinks) {
+      {
+        std::lock_guard lock(s->mu);
+        if (s->buf.empty()) continue;
+        spare_.swap(s->buf);
+      }
+      writeAllLocked(fd, spare_);
+      spare_.clear();
+      if (spare_.capacity() > kKeepCapacity) std::string().swap(spare_);
+    }
+    std::lock_guard lock(list_mu_);
+    std::erase_if(sinks_, [](const std::shared_ptr<Sink>& s) {
+      std::lock_guard l(s->mu);
+      return s->orphan && s->buf.empty();
+    });
+  }
+
+ private:
+  Batcher() = default;
+
+  std::shared_ptr<Sink> attach() {
+    auto s = std::make_shared<Sink>();
+    std::lock_guard lock(list_mu_);
+    if (!exit_handler_) {
+      exit_handler_ = true;
+      std::atexit([] { log::flush(); });
+    }
+    sinks_.push_back(s);
+    return s;
+  }
+
+  void release(const std::shared_ptr<Sink>& s) {
+    std::lock_guard lock(list_mu_);
+    std::lock_guard l(s->mu);
+    s->orphan = true;  // removed once its lines are written
+  }
+
+  void run() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return armed_; });
+      // Let the batch gather, unless a buffer is filling up.
+      cv_.wait_for(lock, kBatchInterval, [this] { return urgent_; });
+      armed_ = false;
+      urgent_ = false;
+      lock.unlock();
+      {
+        std::lock_guard w(gWriteMu);
+        drainLocked(gFd.load(std::memory_order_relaxed));
+      }
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;  // armed_, urgent_, thread_
+  std::condition_variable cv_;
+  bool armed_ = false;
+  bool urgent_ = false;
+  std::thread thread_;
+  std::mutex list_mu_;  // sinks_, exit_handler_
+  std::vector<std::shared_ptr<Sink>> sinks_;
+  bool exit_handler_ = false;
+  std::string spare_;  // under gWriteMu
+};
 
 }  // namespace
 
@@ -162,6 +467,8 @@ bool enabled(LogLevel l) {
   return static_cast<int>(l) >= gLevel.load(std::memory_order_relaxed);
 }
 int setFd(int fd) {
+  std::lock_guard w(gWriteMu);
+  Batcher::get().drainLocked(gFd.load(std::memory_order_relaxed));  // lines go where they were
   gJournal.store(journalStreamIs(std::getenv("JOURNAL_STREAM"), fd));
   return gFd.exchange(fd);
 }
@@ -214,53 +521,59 @@ std::string_view levelName(LogLevel l) {
 }
 
 std::string rfc3339Utc(int64_t wallMs) {
-  int64_t secs = wallMs / 1000;
-  int64_t ms = wallMs % 1000;
-  if (ms < 0) {
-    ms += 1000;
-    secs -= 1;
-  }
-  const auto t = static_cast<time_t>(secs);
-  struct tm tm {};
-  gmtime_r(&t, &tm);
-  char buf[80];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
-  return buf;
+  std::string out;
+  appendTime(out, wallMs);
+  return out;
 }
 
 std::string formatLine(LogLevel l, std::string_view event, const Fields& fields, int64_t wallMs) {
-  CJsonPtr obj(cJSON_CreateObject());
-  if (!obj) return {};
-  cJSON_AddStringToObject(obj.get(), "time", rfc3339Utc(wallMs).c_str());
-  cJSON_AddStringToObject(obj.get(), "level", levelName(l).data());
-  cJSON_AddStringToObject(obj.get(), "event", sanitize(event, kMaxValueBytes).c_str());
-  for (const Field& f : fields.items()) {
-    std::string key = sanitize(f.key, 128);
-    if (key == "time" || key == "level" || key == "event") key = "field_" + key;
-    cJSON* value = jsonValue(f);
-    if (value == nullptr) continue;
-    if (cJSON_GetObjectItemCaseSensitive(obj.get(), key.c_str()) != nullptr) {
-      cJSON_ReplaceItemInObjectCaseSensitive(obj.get(), key.c_str(), value);  // last one wins
-    } else {
-      cJSON_AddItemToObject(obj.get(), key.c_str(), value);
-    }
-  }
-  CJsonString text(cJSON_PrintUnformatted(obj.get()));
-  if (!text) return {};
-  std::string line(text.get());
-  line += '\n';
+  std::string line;
+  appendLine(line, l, event, std::span<const Field>(fields.items()), wallMs);
+  return line;
+}
+
+std::string formatLine(LogLevel l, std::string_view event, std::span<const FieldView> fields,
+                       int64_t wallMs) {
+  std::string line;
+  appendLine(line, l, event, fields, wallMs);
   return line;
 }
 
 void write(LogLevel l, std::string_view event, const Fields& fields) {
   if (!enabled(l)) return;
-  const Clock* clock = gClock.load();
-  const int64_t now = clock ? clock->wallMs() : SystemClock::instance().wallMs();
-  std::string line = formatLine(l, event, fields, now);
-  if (line.empty()) return;
-  if (gJournal.load(std::memory_order_relaxed)) line.insert(0, journalPrefix(l));
-  writeAll(gFd.load(std::memory_order_relaxed), line);
+  std::string line;
+  if (gJournal.load(std::memory_order_relaxed)) line = journalPrefix(l);
+  appendLine(line, l, event, std::span<const Field>(fields.items()), nowMs());
+  std::lock_guard w(gWriteMu);
+  const int fd = gFd.load(std::memory_order_relaxed);
+  Batcher::get().drainLocked(fd);  // what was logged before this line comes out before it
+  writeAllLocked(fd, line);
+}
+
+void deferred(LogLevel l, std::string_view event, std::span<const FieldView> fields) {
+  if (!enabled(l)) return;
+  Batcher& b = Batcher::get();
+  Sink& sink = b.mine();
+  const int64_t now = nowMs();
+  size_t before;
+  size_t size;
+  {
+    std::lock_guard lock(sink.mu);
+    before = sink.buf.size();
+    if (gJournal.load(std::memory_order_relaxed)) sink.buf += journalPrefix(l);
+    appendLine(sink.buf, l, event, fields, now);
+    size = sink.buf.size();
+  }
+  if (size >= kHardBatch) {
+    flush();  // the sink is not keeping up: this thread waits for it rather than drop lines
+  } else if (before == 0 || (before < kSoftBatch && size >= kSoftBatch)) {
+    b.arm(size >= kSoftBatch);  // the first line of a batch, or a batch that is filling up
+  }
+}
+
+void flush() {
+  std::lock_guard w(gWriteMu);
+  Batcher::get().drainLocked(gFd.load(std::memory_order_relaxed));
 }
 
 }  // namespace idem::log

@@ -5,8 +5,21 @@
 //   log::info("request", {{"route", route.name}, {"status", 201}, {"duration_ms", 1.2}});
 //   if (log::enabled(LogLevel::Debug)) log::debug("state", {{"from", a}, {"to", b}});
 //
-// Every line is written with one write(2), under a process-wide mutex, so lines from different
-// threads never interleave. Safe to call from any thread.
+// Every line is written whole (a write(2) of whole lines under a process-wide mutex), so lines
+// from different threads never interleave. Safe to call from any thread.
+//
+// Two paths:
+//  - log::write / info / warn / ...: formatted and written at once. Rare events (start, reload,
+//    errors). Before writing, it writes out every line buffered by `deferred`, so a line never
+//    comes out ahead of one logged before it.
+//  - log::deferred: for the per-request access line. The line is formatted into the calling
+//    thread's own buffer (no process-wide lock, no system call, no allocation once the buffer
+//    has grown) and a background thread writes the buffers out in batches: 50 ms after the
+//    first line of a batch, sooner when a buffer passes 64 KiB. A thread whose buffer reaches
+//    1 MiB (the sink cannot keep up) writes it itself, so memory stays bounded and no line is
+//    dropped. log::flush() writes everything out now; the process does it at exit, setFd()
+//    before switching, and every line of the first path before itself. Lines of one thread
+//    keep their order; lines of different workers within one batch may not be in time order.
 //
 // Secrets stay out of logs by construction, not by care:
 //  - there is no API that takes a request or response body, and every string value is cut to
@@ -23,6 +36,7 @@
 #include <concepts>
 #include <cstdint>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -77,6 +91,28 @@ class Fields {
   std::vector<Field> fields_;
 };
 
+// A field of a deferred line: the value is viewed, not copied (it must live until deferred()
+// returns). Same rules as Field: redaction by name, sanitising, cutting, exact integers.
+struct FieldView {
+  using Value = std::variant<std::string_view, int64_t, uint64_t, double, bool>;
+
+  FieldView() = default;
+  FieldView(std::string_view k, std::string_view v) : key(k), value(v) {}
+  FieldView(std::string_view k, const std::string& v) : key(k), value(std::string_view(v)) {}
+  FieldView(std::string_view k, const char* v) : key(k), value(std::string_view(v ? v : "")) {}
+  FieldView(std::string_view k, bool v) : key(k), value(v) {}
+  FieldView(std::string_view k, double v) : key(k), value(v) {}
+  template <std::signed_integral T>
+  requires(!std::same_as<T, bool> && !std::same_as<T, char>) FieldView(std::string_view k, T v)
+      : key(k), value(static_cast<int64_t>(v)) {}
+  template <std::unsigned_integral T>
+  requires(!std::same_as<T, bool> && !std::same_as<T, char>) FieldView(std::string_view k, T v)
+      : key(k), value(static_cast<uint64_t>(v)) {}
+
+  std::string_view key;
+  Value value;
+};
+
 // {"key_hash": keyHashForLog(rawKey)}: the only way an idempotency key reaches a log.
 Field keyHash(std::string_view rawKey);
 
@@ -110,7 +146,15 @@ std::string formatLine(LogLevel level, std::string_view event, const Fields& fie
 // "2024-05-01T12:00:00.123Z"
 std::string rfc3339Utc(int64_t wallMs);
 
+// What deferred() would append (with the trailing '\n'), for tests.
+std::string formatLine(LogLevel level, std::string_view event, std::span<const FieldView> fields,
+                       int64_t wallMs);
+
 void write(LogLevel level, std::string_view event, const Fields& fields = {});
+// The batched path (see the top of this file). Nothing happens below the level.
+void deferred(LogLevel level, std::string_view event, std::span<const FieldView> fields);
+// Writes every buffered line now (returns when they are written).
+void flush();
 inline void debug(std::string_view event, const Fields& fields = {}) {
   write(LogLevel::Debug, event, fields);
 }

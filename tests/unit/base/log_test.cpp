@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -227,6 +229,137 @@ TEST_F(Log, LinesFromManyThreadsNeverInterleave) {
     seen.emplace(t, i);
   }
   EXPECT_EQ(seen.size(), static_cast<size_t>(kThreads * kLines));
+}
+
+// ---- The batched path (log::deferred) ----
+
+TEST(LogFormat, ViewFieldsFormatLikeOwnedOnes) {
+  const std::string nasty = std::string("a\"b\n\x01\xFF") + std::string(1, '\0') + "z";
+  const log::FieldView views[] = {{"route", "payments"}, {"status", 201},      {"d", 1.5},
+                                  {"u", uint64_t{7}},    {"ok", false},        {"v", nasty},
+                                  {"token", "secret!"},  {"event", "renamed"}, {"status", 202},
+                                  {"nan", std::nan("")}};
+  const std::string viewLine = log::formatLine(LogLevel::Info, "request", views, 42);
+  const std::string ownedLine = log::formatLine(LogLevel::Info, "request",
+                                                {{"route", "payments"},
+                                                 {"status", 201},
+                                                 {"d", 1.5},
+                                                 {"u", uint64_t{7}},
+                                                 {"ok", false},
+                                                 {"v", nasty},
+                                                 {"token", "secret!"},
+                                                 {"event", "renamed"},
+                                                 {"status", 202},
+                                                 {"nan", std::nan("")}},
+                                                42);
+  EXPECT_EQ(viewLine, ownedLine);
+  EXPECT_EQ(viewLine, R"({"time":"1970-01-01T00:00:00.042Z","level":"info","event":"request",)"
+                      R"("route":"payments","status":202,"d":1.5,"u":7,"ok":false,)"
+                      R"("v":"a\"b\n\u0001)"
+                      "\xEF\xBF\xBD\xEF\xBF\xBD"
+                      R"(z","token":"[redacted]","field_event":"renamed","nan":null})"
+                      "\n");
+  parseJson(viewLine);
+}
+
+TEST_F(Log, DeferredLinesAreWrittenByTheLogThread) {
+  const log::FieldView f[] = {{"n", 1}};
+  log::deferred(LogLevel::Info, "batched", f);
+  // No flush: the log's own thread writes the batch (50 ms after its first line).
+  std::string text;
+  for (int i = 0; i < 2000 && text.find("batched") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    text = slurp(file_);
+  }
+  const auto got = lines(text);
+  ASSERT_EQ(got.size(), 1u) << text;
+  EXPECT_EQ(str(parseJson(got[0]).get(), "event"), "batched");
+  EXPECT_EQ(str(parseJson(got[0]).get(), "time"), "2023-11-14T22:13:20.123Z");
+}
+
+TEST_F(Log, DeferredLinesBelowTheLevelAreDropped) {
+  log::setLevel(LogLevel::Warn);
+  const log::FieldView f[] = {{"n", 1}};
+  log::deferred(LogLevel::Info, "quiet", f);
+  log::flush();
+  EXPECT_EQ(slurp(file_), "");
+}
+
+TEST_F(Log, AnImmediateLineComesAfterTheDeferredOnesBeforeIt) {
+  for (int i = 0; i < 3; ++i) {
+    const log::FieldView f[] = {{"i", i}};
+    log::deferred(LogLevel::Info, "request", f);
+  }
+  log::warn("after");
+  const auto got = lines(slurp(file_));
+  ASSERT_EQ(got.size(), 4u);
+  for (int i = 0; i < 3; ++i) {
+    CJsonPtr j = parseJson(got[static_cast<size_t>(i)]);
+    EXPECT_EQ(str(j.get(), "event"), "request");
+    EXPECT_EQ(cJSON_GetObjectItemCaseSensitive(j.get(), "i")->valueint, i);
+  }
+  EXPECT_EQ(str(parseJson(got[3]).get(), "event"), "after");
+}
+
+TEST_F(Log, DeferredLinesFromManyThreadsStayWholeAndInThreadOrder) {
+  constexpr int kThreads = 8;
+  constexpr int kLines = 2000;  // 8 × 2000 × ~1 KiB: past the 1 MiB per-thread bound
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t] {
+      const std::string pad(900, static_cast<char>('a' + t));
+      for (int i = 0; i < kLines; ++i) {
+        const log::FieldView f[] = {{"t", t}, {"i", i}, {"pad", pad}};
+        log::deferred(LogLevel::Info, "line", f);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  log::flush();
+  const auto got = lines(slurp(file_));
+  ASSERT_EQ(got.size(), static_cast<size_t>(kThreads * kLines));
+  std::vector<int> next(kThreads, 0);
+  for (const auto& l : got) {
+    CJsonPtr j = parseJson(l);
+    ASSERT_TRUE(j) << l;
+    const int t = cJSON_GetObjectItemCaseSensitive(j.get(), "t")->valueint;
+    const int i = cJSON_GetObjectItemCaseSensitive(j.get(), "i")->valueint;
+    EXPECT_EQ(str(j.get(), "pad"), std::string(900, static_cast<char>('a' + t)));
+    EXPECT_EQ(i, next[static_cast<size_t>(t)]++) << "thread " << t << " out of order";
+  }
+}
+
+TEST_F(Log, SwitchingTheDescriptorWritesPendingLinesToTheOldOne) {
+  const log::FieldView f[] = {{"n", 1}};
+  log::deferred(LogLevel::Info, "pending", f);
+  FILE* other = std::tmpfile();
+  ASSERT_NE(other, nullptr);
+  log::setFd(fileno(other));
+  log::flush();
+  EXPECT_NE(slurp(file_).find("pending"), std::string::npos);
+  EXPECT_EQ(slurp(other), "");
+  log::setFd(fileno(file_));
+  std::fclose(other);
+}
+
+void logOneLineAndExit(int fd) {
+  log::setFd(fd);
+  const log::FieldView fields[] = {{"n", 7}};
+  log::deferred(LogLevel::Info, "last-words", fields);
+  std::exit(0);  // no flush: the exit handler writes the buffered line
+}
+
+TEST(LogExit, DeferredLinesAreWrittenWhenTheProcessExits) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "a forked child of a threaded process may not start threads under TSan";
+#endif
+  // Forked ("fast" style, whatever another test set), so the child writes to this very file.
+  GTEST_FLAG_SET(death_test_style, "fast");
+  FILE* f = std::tmpfile();
+  ASSERT_NE(f, nullptr);
+  EXPECT_EXIT(logOneLineAndExit(fileno(f)), ::testing::ExitedWithCode(0), "");
+  EXPECT_NE(slurp(f).find("last-words"), std::string::npos);
+  std::fclose(f);
 }
 
 // JOURNAL_STREAM's format: "<st_dev>:<st_ino>" of the stream journald gave the service.

@@ -1,0 +1,360 @@
+#!/usr/bin/env python3
+"""Measurements that stay valid on a busy machine: counts per request, not rates.
+
+  bench/profile.py alloc     # malloc-family calls per request: idemproxy and nginx (LD_PRELOAD)
+  bench/profile.py syscalls  # system calls per request by name (strace -c), idemproxy and nginx
+  bench/profile.py sysrate   # system calls per request at full rate (perf stat, tracepoints)
+  bench/profile.py fsync     # fsync/fdatasync/msync per new key, durability full (strace)
+  bench/profile.py perf      # perf record of idemproxy under wrk; where the CPU goes
+  bench/profile.py disk      # this disk's limits (bench/disk_limits.cpp): fdatasync, group
+                             # commit of N appends, LMDB commits of N random ~600-byte puts
+
+Each mode starts the nginx backend and the server under test the way bench.py does (same
+configs, same wrk scripts, one worker, pinned), drives it with wrk at --conns connections for
+--duration seconds after a warm-up, and divides the counter's difference by the requests wrk
+completed. Counts per request do not depend on how busy the machine is (perf percentages
+barely do); rates and latencies do, which is why they are left to bench/run.sh on an idle
+machine. Output: a markdown summary on stdout and files under build/bench/profile-<time>/.
+"""
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+import bench  # noqa: E402  (the harness: servers, configs, wrk)
+
+PAY, PASS = bench.PAY_PATH, bench.PASS_PATH
+
+
+def make_bench(a):
+    sys_argv = sys.argv
+    sys.argv = ["bench.py", "--out", a.out, "--runs", "1", "--duration", str(a.duration),
+                "--log-level", a.log_level, "--port-base", str(a.port_base), "--nice", "0"]
+    if a.bin:
+        sys.argv += ["--bin", a.bin]
+    try:
+        ba = bench.parse_args()
+    finally:
+        sys.argv = sys_argv
+    return bench.Bench(ba)
+
+
+class Run:
+    """One server under test with an optional environment (LD_PRELOAD) for its processes."""
+
+    def __init__(self, b, a):
+        self.b, self.a = b, a
+
+    def start(self, kind, env_extra=None):
+        old = {k: os.environ.get(k) for k in (env_extra or {})}
+        os.environ.update(env_extra or {})
+        try:
+            if kind == "direct":
+                return self.b.backend
+            if kind == "proxy_pass":
+                return self.b.start_nginx("proxy", "nginx-proxy.conf.in", self.b.a.port_base + 11,
+                                          dict(BACKEND_PORT=self.b.backend.port))
+            durability = "relaxed" if kind == "new-relaxed" else "full"
+            return self.b.start_idemproxy(kind, durability)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def load(self, kind, srv):
+        """(script, args) for a scenario; replay preloads its keys first."""
+        if kind in ("direct", "proxy_pass", "passthrough"):
+            return "plain.lua", [PASS]
+        if kind.startswith("new"):
+            return "newkeys.lua", None  # a fresh key prefix per wrk run (see wrk())
+        n = self.a.replay_keys
+        got, _ = self.b.preload(srv, "replay", n, timeout=max(60, n / 100))
+        if got < n:
+            raise bench.Fail(f"only {got} of {n} keys preloaded")
+        return "replay.lua", ["replay", n, PAY, 1]
+
+    def wrk(self, srv, script, args, seconds, label):
+        if args is None:  # new keys: never the warm-up's keys again
+            args = [f"r{random.randrange(1 << 48):x}", PAY]
+        return self.b.wrk(srv.port, script, args, self.a.conns, seconds, label)
+
+
+def read_counts(d, pids):
+    tot = [0, 0, 0]
+    for p in pids:
+        try:
+            with open(os.path.join(d, str(p))) as f:
+                vals = [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            # e.g. a forked nginx worker whose counter thread did not start: say so, not 0
+            raise bench.Fail(f"no allocation counts from process {p} in {d}; run again")
+        for i in range(3):
+            tot[i] += vals[i]
+    return tot
+
+
+def build_alloccount(out):
+    so = os.path.join(out, "alloccount.so")
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", so,
+                    os.path.join(BENCH_DIR, "alloccount.c"), "-lpthread"], check=True)
+    return so
+
+
+def mode_alloc(r, a):
+    so = build_alloccount(a.out)
+    rows = []
+    for kind in a.scenarios:
+        d = os.path.join(a.out, f"alloc-{kind}")
+        os.makedirs(d, exist_ok=True)
+        env = {"LD_PRELOAD": so, "ALLOCCOUNT_DIR": d}
+        if kind == "direct":  # a second backend, with the counter loaded
+            os.environ.update(env)
+            try:
+                srv = r.b.start_nginx("backend2", "nginx-backend.conf.in", r.b.a.port_base + 12, {})
+            finally:
+                for k in env:
+                    os.environ.pop(k, None)
+        else:
+            srv = r.start(kind, env)
+        try:
+            script, args = r.load(kind, srv)
+            r.wrk(srv, script, args, 1, f"{kind} warm-up")
+            time.sleep(0.2)
+            c0 = read_counts(d, srv.worker_pids)
+            res = r.wrk(srv, script, args, a.duration, kind)
+            time.sleep(0.2)
+            c1 = read_counts(d, srv.worker_pids)
+            n = max(res["requests"], 1)
+            rows.append((kind, n, (c1[0] - c0[0]) / n, (c1[1] - c0[1]) / n, (c1[2] - c0[2]) / n))
+            bench.log(f"{kind}: {rows[-1][2]:.1f} allocations/request over {n} requests")
+        finally:
+            r.b.stop(srv)
+    md = [f"Allocations per request (malloc/calloc/realloc/memalign calls; LD_PRELOAD counter "
+          f"bench/alloccount.c), wrk -c{a.conns}, {a.duration} s after 1 s of warm-up, "
+          f"log.level {a.log_level}:", "",
+          "| server | requests | allocations/req | frees/req | bytes allocated/req |",
+          "|---|--:|--:|--:|--:|"]
+    for kind, n, al, fr, by in rows:
+        md.append(f"| {kind} | {n} | {al:.1f} | {fr:.1f} | {by:.0f} |")
+    return "\n".join(md)
+
+
+def strace_counts(path):
+    """{syscall: calls} from `strace -c` output."""
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", line)
+            if m and m.group(2) != "total":
+                counts[m.group(2)] = counts.get(m.group(2), 0) + int(m.group(1))
+    return counts
+
+
+def traced_run(r, a, kind, trace, tag):
+    srv = r.start(kind)
+    out = os.path.join(a.out, f"strace-{tag}.txt")
+    try:
+        script, args = r.load(kind, srv)
+        r.wrk(srv, script, args, 1, f"{kind} warm-up")
+        argv = ["strace", "-f", "-c", "-o", out]
+        if trace:
+            argv += ["-e", f"trace={trace}"]
+        for p in srv.worker_pids:
+            argv += ["-p", str(p)]
+        st = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+        time.sleep(0.5)  # strace attaches
+        res = r.wrk(srv, script, args, a.duration, kind)
+        st.send_signal(signal.SIGINT)
+        st.wait(30)
+        return strace_counts(out), max(res["requests"], 1)
+    finally:
+        if srv is not r.b.backend:
+            r.b.stop(srv)
+
+
+def mode_syscalls(r, a):
+    md = [f"System calls per request (strace -f -c attached to the server's processes; wrk "
+          f"-c{a.conns}, {a.duration} s; strace slows the server, the counts per request hold):",
+          "", "| server | requests | syscalls/req | the main ones per request |", "|---|--:|--:|---|"]
+    for kind in a.scenarios:
+        counts, n = traced_run(r, a, kind, None, kind)
+        total = sum(counts.values())
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:8]
+        md.append(f"| {kind} | {n} | {total / n:.2f} | "
+                  + ", ".join(f"{k} {v / n:.2f}" for k, v in top) + " |")
+    return "\n".join(md)
+
+
+SYSCALL_EVENTS = ["raw_syscalls:sys_enter", "syscalls:sys_enter_recvfrom",
+                  "syscalls:sys_enter_sendmsg", "syscalls:sys_enter_writev",
+                  "syscalls:sys_enter_write", "syscalls:sys_enter_futex",
+                  "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_ctl"]
+
+
+def mode_sysrate(r, a):
+    """System calls per request at full rate: perf stat on syscall tracepoints (no PMU needed,
+    and far cheaper than strace, so per-batch work is amortised as it is in production)."""
+    md = [f"System calls per request at full rate (perf stat -e {SYSCALL_EVENTS[0]} and per-call "
+          f"tracepoints, all threads of the server; wrk -c{a.conns}, {a.duration} s):", "",
+          "| server | requests | syscalls/req | " + " | ".join(e.split("sys_enter_")[-1]
+                                                          for e in SYSCALL_EVENTS[1:]) + " |",
+          "|---|--:|--:|" + "--:|" * (len(SYSCALL_EVENTS) - 1)]
+    for kind in a.scenarios:
+        srv = r.start(kind)
+        out = os.path.join(a.out, f"perfstat-{kind}.txt")
+        try:
+            script, args = r.load(kind, srv)
+            r.wrk(srv, script, args, 1, f"{kind} warm-up")
+            argv = ["perf", "stat", "-e", ",".join(SYSCALL_EVENTS), "-o", out]
+            argv += ["-p", ",".join(str(p) for p in srv.worker_pids)]
+            ps = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+            time.sleep(0.3)
+            res = r.wrk(srv, script, args, a.duration, kind)
+            ps.send_signal(signal.SIGINT)
+            ps.wait(30)
+        finally:
+            if srv is not r.b.backend:
+                r.b.stop(srv)
+        n = max(res["requests"], 1)
+        counts = {}
+        with open(out) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0].replace(",", "").isdigit():
+                    counts[parts[1]] = int(parts[0].replace(",", ""))
+        md.append(f"| {kind} | {n} | " + " | ".join(f"{counts.get(e, 0) / n:.3f}"
+                                                     for e in SYSCALL_EVENTS) + " |")
+    return "\n".join(md)
+
+
+def mode_fsync(r, a):
+    md = ["Durable-write system calls per new key, `durability: full` (strace -f -c; wrk "
+          f"-c{a.conns}, {a.duration} s):", "",
+          "| scenario | requests | fdatasync/req | fsync/req | msync/req | pwrite/req | writes/req |",
+          "|---|--:|--:|--:|--:|--:|--:|"]
+    for kind in ["new-full"]:
+        counts, n = traced_run(r, a, kind, "fsync,fdatasync,msync,pwrite64,pwritev,write,writev",
+                               "fsync")
+        g = lambda k: counts.get(k, 0) / n  # noqa: E731
+        md.append(f"| {kind} | {n} | {g('fdatasync'):.2f} | {g('fsync'):.2f} | {g('msync'):.2f} | "
+                  f"{g('pwrite64') + g('pwritev'):.2f} | {g('write') + g('writev'):.2f} |")
+    return "\n".join(md)
+
+
+def mode_perf(r, a):
+    md = []
+    for kind in a.scenarios:
+        srv = r.start(kind)
+        data = os.path.join(a.out, f"perf-{kind}.data")
+        try:
+            script, args = r.load(kind, srv)
+            r.wrk(srv, script, args, 1, f"{kind} warm-up")
+            pid = srv.worker_pids[0]
+            pr = subprocess.Popen(["perf", "record", "-F", "4999", "-g", "-o", data, "-p", str(pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+            time.sleep(0.5)
+            res = r.wrk(srv, script, args, a.duration, kind)
+            pr.send_signal(signal.SIGINT)
+            pr.wait(60)
+        finally:
+            if srv is not r.b.backend:
+                r.b.stop(srv)
+        rep = {}
+        for sort in ("dso", "dso,sym"):
+            cp = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort,
+                                 "--stdio", "-g", "none", "--percent-limit", "0.7"],
+                                capture_output=True, text=True)
+            rep[sort] = cp.stdout
+            with open(os.path.join(a.out, f"perf-{kind}-{sort.replace(',', '-')}.txt"), "w") as f:
+                f.write(cp.stdout)
+        md.append(f"### perf: {kind}, wrk -c{a.conns}, {res['requests']} requests\n")
+        for sort in ("dso", "dso,sym"):
+            lines = [ln for ln in rep[sort].splitlines() if ln.strip() and not ln.startswith("#")]
+            md.append("```\n" + "\n".join(lines[:45]) + "\n```\n")
+    return "\n".join(md)
+
+
+def mode_disk(r, a):
+    exe = os.path.join(a.out, "disk_limits")
+    subprocess.run(["c++", "-O2", "-std=c++20", "-o", exe, os.path.join(BENCH_DIR, "disk_limits.cpp"),
+                    "-llmdb"], check=True)
+    d = os.path.join(a.store_dir or a.out, "disk")
+    os.makedirs(d, exist_ok=True)
+    try:
+        cp = subprocess.run([exe, d, str(a.disk_seconds)], capture_output=True, text=True, check=True)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return cp.stdout
+
+
+MODES = {"alloc": mode_alloc, "syscalls": mode_syscalls, "sysrate": mode_sysrate, "fsync": mode_fsync, "perf": mode_perf,
+         "disk": mode_disk}
+DEFAULT_SCENARIOS = {"alloc": "direct,proxy_pass,passthrough,replay",
+                     "syscalls": "direct,proxy_pass,passthrough,replay",
+                     "sysrate": "direct,proxy_pass,passthrough,replay",
+                     "perf": "replay,passthrough", "fsync": "", "disk": ""}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=list(MODES))
+    ap.add_argument("--scenarios", default=None,
+                    help="comma list of direct, proxy_pass, passthrough, replay, new-full, "
+                         "new-relaxed")
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--duration", type=int, default=3)
+    ap.add_argument("--replay-keys", type=int, default=2000)
+    ap.add_argument("--log-level", default="info")
+    ap.add_argument("--port-base", type=int, default=28080)
+    ap.add_argument("--bin", default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--store-dir", default=None, help="where the disk probe writes (the store's "
+                    "file system; default: the output directory)")
+    ap.add_argument("--disk-seconds", type=float, default=2.0, help="per disk probe (2)")
+    a = ap.parse_args()
+    a.scenarios = [s for s in (a.scenarios or DEFAULT_SCENARIOS[a.mode]).split(",") if s]
+    a.out = os.path.abspath(a.out or os.path.join(bench.REPO_DIR, "build", "bench",
+                                                  "profile-" + time.strftime("%Y%m%d-%H%M%S")))
+    os.makedirs(a.out, exist_ok=True)
+    b = make_bench(a)
+    r = Run(b, a)
+
+    def on_signal(sig, _frame):
+        raise KeyboardInterrupt(f"signal {sig}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    rc = 0
+    try:
+        if a.mode != "disk":
+            b.backend = b.start_nginx("backend", "nginx-backend.conf.in", b.a.port_base + 10, {})
+        md = MODES[a.mode](r, a)
+        print(md)
+        with open(os.path.join(a.out, f"{a.mode}.md"), "w") as f:
+            f.write(md + "\n")
+    except bench.Fail as ex:
+        bench.log(f"error: {ex}")
+        rc = 1
+    except KeyboardInterrupt:
+        rc = 130
+    finally:
+        b.procs.stop_all()
+        shutil.rmtree(b.a.store_root, ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
