@@ -172,6 +172,11 @@ inline constexpr std::string_view kStoreBytesHelp =
     "Bytes of the store's map used so far (high-water mark: freed pages are reused, not "
     "returned).";
 
+inline constexpr std::string_view kReconcileTotal = "idemproxy_reconcile_total";
+inline constexpr std::string_view kReconcileTotalHelp =
+    "Reconcile lookups of uncertain outcomes, by route and result (found, not_found, other, "
+    "failed, skipped).";
+
 // 0.5ms … 60s: payment backends are slow; a few buckets below 1ms show local hops.
 std::vector<double> latencyBuckets();
 // 50µs … ~13s: an fsync on a good disk is well under 1ms, on a bad one tens of ms.

@@ -41,6 +41,12 @@ class ProxyObserver {
   virtual void upstreamDone(std::string_view upstream, std::chrono::microseconds latency,
                             bool failed) = 0;
   virtual void event(std::string_view name, std::string_view route, std::string_view detail) = 0;
+  // A reconcile lookup (SPEC §1.6) ended: `result` is found, not_found, other, failed or
+  // skipped (request/reconcile.h LookupVerdict).
+  virtual void reconcileDone(std::string_view route, std::string_view result) {
+    (void)route;
+    (void)result;
+  }
 };
 
 }  // namespace idem

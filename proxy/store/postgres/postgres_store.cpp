@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "base/log.h"
+#include "store/postgres/postgres_reconcile.h"
 #include "store/postgres/postgres_sql.h"
 
 // Threads: callers queue operations under `mu` and wake the I/O thread through an eventfd; the
@@ -99,7 +100,8 @@ struct PostgresStore::Impl {
       static constexpr ReserveStatus kStatus[] = {ReserveStatus::Won, ReserveStatus::Completed,
                                                   ReserveStatus::InFlight, ReserveStatus::Mismatch};
       result.status = kStatus[r];
-      return pg::readRecord(res, 0, 1, result.record);
+      return pg::readRecord(res, 0, 1, result.record) &&
+             pg::readReconcileColumns(res, 0, 14, result.record);
     }
     const ReserveRequest* reservation() const override { return &req; }
     ReserveRequest req;
@@ -115,6 +117,13 @@ struct PostgresStore::Impl {
           pg::readInt(res, 0, 0) == 0 ? RecordStatus::Recorded : RecordStatus::AlreadyFinal;
       return pg::readRecord(res, 0, 1, result.record);
     }
+  };
+
+  // An operation whose result another file parses (postgres_reconcile.cpp).
+  template <typename Result>
+  struct ParsedOp final : OpWith<Result> {
+    bool (*parser)(const PGresult*, Result&) = nullptr;
+    bool parse(const PGresult* res) override { return parser(res, this->result); }
   };
 
   struct DeleteOp final : OpWith<WriteResult> {
@@ -517,7 +526,8 @@ std::unique_ptr<PostgresStore> openPostgresStore(const PostgresOptions& options,
             "): " + lastError(impl->sync.get());
     return nullptr;
   }
-  if (!pg::ensureSchema(impl->sync.get(), error)) {
+  if (!pg::ensureSchema(impl->sync.get(), error) ||
+      !pg::ensureReconcileSchema(impl->sync.get(), error)) {
     error = "PostgreSQL store: " + error;
     return nullptr;
   }
@@ -531,7 +541,7 @@ PostgresStore::~PostgresStore() = default;  // Impl completes what is queued, th
 
 void PostgresStore::reserve(ReserveRequest req, std::function<void(ReserveResult)> done) {
   auto op = std::make_unique<Impl::ReserveOp>();
-  op->sql = pg::kReserveSql;
+  op->sql = pg::kReserveWithLookupSql;
   op->params.add(pg::kByteaOid, idParam(req.id))
       .add(pg::kByteaOid, idParam(req.fingerprint))
       .add(pg::kTextOid, req.owner)
@@ -543,7 +553,8 @@ void PostgresStore::reserve(ReserveRequest req, std::function<void(ReserveResult
       .add(pg::kBoolOid, pg::boolParam(req.retry_abandoned))
       .add(pg::kInt4Oid, pg::int4Param(req.abandoned_answer.status))
       .add(pg::kByteaOid, pg::encodeHeaders(req.abandoned_answer.headers))
-      .add(pg::kByteaOid, req.abandoned_answer.body);
+      .add(pg::kByteaOid, req.abandoned_answer.body)
+      .add(pg::kByteaOid, pg::encodeStrings(req.lookup));
   op->req = std::move(req);
   op->done = std::move(done);
   impl_->submit(std::move(op));
@@ -582,6 +593,35 @@ void PostgresStore::sweep(size_t limit, std::function<void(WriteResult)> done) {
   auto op = std::make_unique<Impl::SweepOp>(*impl_);
   op->sql = pg::kSweepSql;
   op->params.add(pg::kInt8Oid, pg::int8Param(static_cast<int64_t>(limit)));
+  op->done = std::move(done);
+  impl_->submit(std::move(op));
+}
+
+void PostgresStore::claimReconcile(ClaimRequest req, std::function<void(ClaimResult)> done) {
+  auto op = std::make_unique<Impl::ParsedOp<ClaimResult>>();
+  op->sql = pg::kClaimReconcileSql;
+  op->parser = &pg::parseClaimResult;
+  op->params.add(pg::kByteaOid, idParam(req.id))
+      .add(pg::kTextOid, std::move(req.claimer))
+      .add(pg::kInt8Oid, pg::int8Param(req.lease_ms));
+  op->done = std::move(done);
+  impl_->submit(std::move(op));
+}
+
+void PostgresStore::settleReconcile(SettleRequest req, std::function<void(SettleResult)> done) {
+  auto op = std::make_unique<Impl::ParsedOp<SettleResult>>();
+  op->sql = pg::kSettleReconcileSql;
+  op->parser = &pg::parseSettleResult;
+  const int32_t kind = req.kind == SettleKind::Found ? 0 : req.kind == SettleKind::NotFound ? 1 : 2;
+  op->params.add(pg::kByteaOid, idParam(req.id))
+      .add(pg::kTextOid, std::move(req.claimer))
+      .add(pg::kInt4Oid, pg::int4Param(kind))
+      .add(pg::kInt4Oid, pg::int4Param(req.answer.status))
+      .add(pg::kByteaOid, pg::encodeHeaders(req.answer.headers))
+      .add(pg::kByteaOid, std::move(req.answer.body))
+      .add(pg::kTextOid, std::move(req.owner))
+      .add(pg::kInt8Oid, pg::int8Param(req.lease_ms))
+      .add(pg::kInt8Oid, pg::int8Param(req.ttl_ms));
   op->done = std::move(done);
   impl_->submit(std::move(op));
 }
