@@ -8,6 +8,7 @@ import re
 import threading
 import unittest
 
+import pg
 from harness import ProxyTestCase, request, requires_proxy, run_cli
 
 LOOKUP = {"method": "GET", "path": "/v1/payments/by-key/{key}?order={json:/order_id}",
@@ -161,6 +162,54 @@ class ReconcileTest(ProxyTestCase):
                 break
         # …which the lookup settles: not found, so the retry is forwarded.
         self.assertEqual(r.status, 201, r)
+        self.assertEqual(self.up.count(), 3)
+
+
+@requires_proxy
+@unittest.skipUnless(pg.available, "PostgreSQL is not installed")
+class ReconcilePostgresTest(ProxyTestCase):
+    """Two hosts on one PostgreSQL store: the lookup's values and its claim live in the
+    database."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = pg.Cluster.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.cluster:
+            cls.cluster.destroy()
+
+    def test_a_timeout_on_one_host_is_settled_by_a_retry_on_another(self):
+        conninfo = self.cluster.fresh_schema()
+        a, b = [self.start_proxy(store=pg.postgres_store(conninfo),
+                                 payments={"reconcile": LOOKUP}) for _ in range(2)]
+        k = self.new_key()
+        self.up.script(queue=[{"hang": True}])
+        self.assertEqual(self.post(a, key=k, body=BODY).status, 504)
+        self.up.script(queue=[{"status": 200, "body": FOUND, "delay_ms": 1000}])
+        results = {}
+        t = threading.Thread(target=lambda: results.setdefault("b", self.post(b, key=k, body=BODY)))
+        t.start()
+        self.up.wait_for_count(2)  # b's lookup reached the backend
+        results["a"] = self.post(a, key=k, body=BODY)
+        t.join(20)
+        for name in ("a", "b"):
+            self.assertEqual((results[name].status, results[name].body), (200, FOUND.encode()),
+                             results[name])
+        self.assertEqual(self.up.count(), 2)  # one lookup for both
+        self.assertEqual(self.up.requests()[1]["path"],
+                         "/v1/payments/by-key/%s?order=o%%2042" % k)
+
+    def test_not_found_on_postgres_forwards_the_retry(self):
+        conninfo = self.cluster.fresh_schema()
+        proxy = self.start_proxy(store=pg.postgres_store(conninfo), payments={"reconcile": LOOKUP})
+        k = self.new_key()
+        self.up.script(queue=[{"hang": True}, {"status": 404}])
+        self.assertEqual(self.post(proxy, key=k, body=BODY).status, 504)
+        r = self.post(proxy, key=k, body=BODY)
+        self.assertEqual(r.status, 201, r)
+        self.assertReplayOf(self.post(proxy, key=k, body=BODY), r)
         self.assertEqual(self.up.count(), 3)
 
 
