@@ -2,7 +2,7 @@
 // The PostgreSQL store's reconcile support (store.h, "Reconcile"; SPEC §1.6), kept apart from
 // the base schema: three columns added to idemproxy_records (the record's lookup values and its
 // lookup claim) and three functions, each one statement on the server that checks and writes
-// atomically under the row lock. docs/operations.md shows the SQL.
+// atomically under the row lock. docs/operations.md ("Better than forgetting") names them.
 #include <libpq-fe.h>
 
 #include <string>
