@@ -122,17 +122,7 @@ bool run(PGconn* conn, const char* sql, std::string& error) {
 }
 
 bool parseList(std::string_view in, std::vector<std::string>& out) {
-  out.clear();
-  while (!in.empty()) {
-    if (in.size() < 4) return false;
-    const auto* b = reinterpret_cast<const unsigned char*>(in.data());
-    const size_t n = static_cast<size_t>(b[0]) | static_cast<size_t>(b[1]) << 8 |
-                     static_cast<size_t>(b[2]) << 16 | static_cast<size_t>(b[3]) << 24;
-    if (in.size() - 4 < n) return false;
-    out.emplace_back(in.substr(4, n));
-    in.remove_prefix(4 + n);
-  }
-  return out.size() % 2 == 0;
+  return decodeStrings(in, out) && out.size() % 2 == 0;  // pairs
 }
 
 }  // namespace
