@@ -16,8 +16,9 @@
 // Version 2 is version 1 followed by the reconcile fields (SPEC §1.6):
 //   u32 n_lookup, str lookup[n_lookup]   (placeholder, value pairs: n_lookup is even)
 //   str claim_owner        i64 claim_until_ms
-// A record without them is still written as version 1, so records of routes without reconcile
-// stay readable by a proxy that predates it.
+// A record without them is written as version 1 (so records of routes without reconcile stay
+// readable by a proxy that predates it), and a version 2 record without them is refused: the
+// encoding stays canonical.
 //
 // Nothing follows the last field: trailing bytes are an error, as is any short field.
 
@@ -228,6 +229,10 @@ DecodeError decodeRecordView(std::string_view bytes, RecordView& out) {
     if (n_lookup % 2 != 0) return DecodeError::BadValue;
     if (!rd.strings(n_lookup, n_lookup, r.lookup)) return DecodeError::Truncated;
     if (!rd.str(r.claim_owner) || !rd.i64(r.claim_until_ms)) return DecodeError::Truncated;
+    // The encoding is canonical: a record without reconcile fields is written as version 1.
+    if (n_lookup == 0 && r.claim_owner.empty() && r.claim_until_ms == 0) {
+      return DecodeError::BadValue;
+    }
   }
   if (rd.remaining() != 0) return DecodeError::BadValue;  // trailing garbage
 

@@ -107,6 +107,10 @@ TEST(Record, ReconcileFieldsMakeAVersion2RecordAndRoundTrip) {
   for (size_t n = 0; n < bytes.size(); ++n) {
     EXPECT_NE(decodeRecord(bytes.substr(0, n), out), DecodeError::None) << n;
   }
+  // Canonical: version 2 with empty reconcile fields (4 + 4 + 8 bytes of zeros) is refused.
+  std::string empty = encodeRecord(sampleRecord()) + std::string(16, '\0');
+  empty[0] = static_cast<char>(kRecordVersion2);
+  EXPECT_EQ(decodeRecord(empty, out), DecodeError::BadValue);
 }
 
 TEST(Record, OnlyProxyErrorsThatMayNotHaveHappenedAreUncertain) {
