@@ -49,10 +49,16 @@ CliParse parseCli(const std::vector<std::string>& args, std::ostream& out, std::
       keys->add_subcommand("list", "list records: route, key, state, status, age, expires");
   list->add_option("--route", options.route, "only records of this route");
   list->add_flag("--json", options.json, "one JSON object per line");
+  list->add_flag("--uncertain", options.uncertain,
+                 "only uncertain outcomes (outcome-unknown, upstream-timeout, upstream-failed) of "
+                 "routes with a reconcile lookup: the keys a reconcile would touch");
   CLI::App* show = keys->add_subcommand("show", "show one record");
   addRecordOptions(show, options);
   CLI::App* forget = keys->add_subcommand("forget", "delete one record, so the key is new again");
   addRecordOptions(forget, options);
+  CLI::App* reconcile = keys->add_subcommand(
+      "reconcile", "settle one uncertain outcome with the route's reconcile lookup");
+  addRecordOptions(reconcile, options);
   CLI::App* reload = app.add_subcommand(
       "reload", "validate the configuration file, then tell the daemon to reload it (SIGHUP)");
   reload->add_option("--pid", options.pid, "process id of the running daemon ($MAINPID)")
@@ -88,6 +94,8 @@ CliParse parseCli(const std::vector<std::string>& args, std::ostream& out, std::
       options.keys = KeysCommand::List;
     } else if (show->parsed()) {
       options.keys = KeysCommand::Show;
+    } else if (reconcile->parsed()) {
+      options.keys = KeysCommand::Reconcile;
     } else {
       options.keys = KeysCommand::Forget;
     }

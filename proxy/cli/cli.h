@@ -3,7 +3,8 @@
 //
 //   idemproxy [run] --config FILE        serve in the foreground; -c FILE too
 //   idemproxy check --config FILE        validate; exit 0, or 1 with FILE:LINE:COL: message
-//   idemproxy keys list|show|forget --config FILE [--route R] [--key K] [--scope V]... [--json]
+//   idemproxy keys list|show|forget|reconcile --config FILE [--route R] [--key K] [--scope V]...
+//                                   [--json] [--uncertain]
 //   idemproxy reload --config FILE --pid PID   validate FILE; if valid, send SIGHUP to PID
 //   idemproxy store verify --config FILE  walk the store; exit 0 if sound, 1 listing the damage
 //   idemproxy --version | --help
@@ -25,10 +26,11 @@ enum class CliCommand {
 };
 
 enum class KeysCommand {
-  None,    // not a keys command
-  List,    // every record: route, key, state, status, age, expires
-  Show,    // one record, by route + key + scope values
-  Forget,  // delete one record, by route + key + scope values
+  None,       // not a keys command
+  List,       // every record: route, key, state, status, age, expires
+  Show,       // one record, by route + key + scope values
+  Forget,     // delete one record, by route + key + scope values
+  Reconcile,  // settle one uncertain record with its route's reconcile lookup (SPEC §1.6)
 };
 
 struct CliOptions {
@@ -39,6 +41,7 @@ struct CliOptions {
   std::string key;                  // --key: required for show/forget
   std::vector<std::string> scopes;  // --scope, repeatable, in the order of the route's `scope`
   bool json = false;                // --json (keys list): one JSON object per line
+  bool uncertain = false;           // --uncertain (keys list): only records a reconcile would touch
   long pid = 0;                     // --pid (reload): the daemon's process id
 };
 
@@ -77,5 +80,12 @@ int cmdReload(const CliOptions& options);
 int cmdRun(const CliOptions& options);
 int cmdKeys(const CliOptions& options);
 int cmdStoreVerify(const CliOptions& options);
+// `keys reconcile` (keys_reconcile.cpp), once cmdKeys has opened the store and found the record's
+// id: claims the key's lookup, sends it through the route's upstream, settles what it found.
+class Store;
+struct Config;
+struct RouteConfig;
+int keysReconcile(const Config& config, const RouteConfig& route, Store& store,
+                  const std::string& key, const std::vector<std::string>& scope);
 
 }  // namespace idem

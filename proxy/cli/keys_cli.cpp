@@ -1,5 +1,6 @@
-// `idemproxy keys list|show|forget` (SPEC §6): operator access to the store while the daemon
-// runs (LMDB readers never block the writer; `forget` queues one write like the daemon does).
+// `idemproxy keys list|show|forget|reconcile` (SPEC §6; reconcile in keys_reconcile.cpp): operator
+// access to the store while the daemon runs (LMDB readers never block the writer; `forget` queues
+// one write like the daemon does).
 #include <grp.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -75,7 +76,15 @@ int reportDamage(const std::string& path, const std::vector<std::string>& proble
   return kExitFailure;
 }
 
-int keysList(const CliOptions& o, Store& store, const std::string& path) {
+// Whether a reconcile would touch the record: an uncertain outcome, not expired, of a route
+// that has a reconcile lookup in this configuration.
+bool reconcilable(const Config& cfg, const Record& r, int64_t now) {
+  if (!r.uncertain() || r.expired(now)) return false;
+  const RouteConfig* route = findRouteByName(cfg, r.route);
+  return route != nullptr && route->idempotency && route->idempotency->reconcile;
+}
+
+int keysList(const CliOptions& o, const Config& cfg, Store& store, const std::string& path) {
   const int64_t now = SystemClock::instance().wallMs();
   CheckedList checked = store.listChecked();
   if (!checked.problems.empty()) return reportDamage(path, checked.problems);
@@ -86,6 +95,7 @@ int keysList(const CliOptions& o, Store& store, const std::string& path) {
   }
   for (const auto& [id, r] : records) {
     if (!o.route.empty() && r.route != o.route) continue;
+    if (o.uncertain && !reconcilable(cfg, r, now)) continue;
     if (o.json) {
       CJsonPtr j(recordJson(r, now));
       cJSON_AddStringToObject(j.get(), "id", toHex(id).c_str());
@@ -170,7 +180,7 @@ int cmdKeys(const CliOptions& o) {
     }
     so.max_size = cfg.store.max_size;
     so.durability = cfg.store.durability;
-    so.read_only = o.keys != KeysCommand::Forget;
+    so.read_only = o.keys != KeysCommand::Forget && o.keys != KeysCommand::Reconcile;
     store = openLmdbStore(so, SystemClock::instance(), error);
     if (!store) {
       std::fprintf(stderr, "idemproxy: cannot open the store at %s: %s\n", cfg.store.path.c_str(),
@@ -178,7 +188,7 @@ int cmdKeys(const CliOptions& o) {
       return kExitFailure;
     }
   }
-  if (o.keys == KeysCommand::List) return keysList(o, *store, cfg.store.path);
+  if (o.keys == KeysCommand::List) return keysList(o, cfg, *store, cfg.store.path);
 
   // The record's identity uses one value per scope header; absent ones are empty.
   std::vector<std::string> scope = o.scopes;
@@ -195,6 +205,8 @@ int cmdKeys(const CliOptions& o) {
     return kExitFailure;
   }
   const RecordId id = recordId(route->name, scope, parsed.key);
+  if (o.keys == KeysCommand::Reconcile)
+    return keysReconcile(cfg, *route, *store, parsed.key, scope);
 
   if (o.keys == KeysCommand::Forget) {
     WriteResult r = forgetSync(*store, id);

@@ -89,6 +89,30 @@ enum class FingerprintPart { Method, Path, Query, Body, BodyJson };
 enum class ConcurrentMode { Wait, Reject };
 enum class AbandonedMode { Fail, Retry };
 
+// One piece of a reconcile lookup path: literal text, or a placeholder filled from the
+// original request ({key}, {header:Name}, {json:/pointer}).
+struct LookupPart {
+  enum class Kind { Literal, Key, Header, Json };
+  Kind kind = Kind::Literal;
+  std::string text;  // Literal: the text; Header: the field name; Json: the pointer
+  // The name a record keeps the value under: "header:Name" or "json:/pointer" ("" otherwise).
+  std::string valueName() const;
+  bool operator==(const LookupPart&) const = default;
+};
+
+// routes[].idempotency.reconcile (SPEC §1.6): how to ask the backend whether an uncertain
+// outcome happened.
+struct ReconcileConfig {
+  std::string method = "GET";
+  std::string path;                 // as written, placeholders included
+  std::vector<LookupPart> parts;    // `path`, parsed
+  std::vector<int> found{200};      // the payment happened: this answer becomes the outcome
+  std::vector<int> not_found{404};  // it did not: the retry is forwarded
+};
+
+// Parses a reconcile path template: "" and sets `parts`, or the problem.
+std::string parseLookupTemplate(std::string_view path, std::vector<LookupPart>& parts);
+
 struct IdempotencyConfig {
   std::string key_header = "Idempotency-Key";
   // Legacy clients: the key inside a JSON body (RFC 6901 pointer), when the header is absent.
@@ -107,7 +131,8 @@ struct IdempotencyConfig {
   AbandonedMode abandoned = AbandonedMode::Fail;
   std::vector<int> release_statuses{429, 503};
   std::vector<std::string> replay_drop_headers{"Set-Cookie"};
-  uint64_t max_response_body = 8ull << 20;  // 8MiB
+  uint64_t max_response_body = 8ull << 20;   // 8MiB
+  std::optional<ReconcileConfig> reconcile;  // absent: uncertain outcomes stay as recorded
 };
 
 struct RouteConfig {

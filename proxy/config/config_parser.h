@@ -141,6 +141,8 @@ class Parser {
   void parseRoute(const std::string& prefix, const YAML::Node& node, RouteConfig& route,
                   RouteMarks& marks);
   void parseIdempotency(const Field& f, IdempotencyConfig& out, RouteMarks& marks);
+  void parseReconcile(const Field& f, std::optional<ReconcileConfig>& out);
+  std::optional<std::vector<int>> readStatusList(const Field& f);
   void crossCheck(Config& config, const YAML::Node& root);
 
   std::string file_;

@@ -478,7 +478,89 @@ void Parser::parseIdempotency(const Field& f, IdempotencyConfig& out, RouteMarks
            {"replay_drop_headers",
             [&](const Field& k) { readHeaderList(k, out.replay_drop_headers); }},
            {"max_response_body", [&](const Field& k) { readSize(k, out.max_response_body); }},
+           {"reconcile", [&](const Field& k) { parseReconcile(k, out.reconcile); }},
        });
+}
+
+std::optional<std::vector<int>> Parser::readStatusList(const Field& f) {
+  auto items = readStringList(f);
+  if (!items) return std::nullopt;
+  std::vector<int> statuses;
+  bool ok = true;
+  for (const auto& item : *items) {
+    auto value = parseDigits(item.text);
+    if (!value || *value < 100 || *value > 599) {
+      error(item.mark,
+            f.path + ": expected HTTP status codes from 100 to 599, got '" + item.text + "'");
+      ok = false;
+      continue;
+    }
+    statuses.push_back(static_cast<int>(*value));
+  }
+  if (!ok) return std::nullopt;
+  if (statuses.empty()) {
+    error(f, "expected at least one status");
+    return std::nullopt;
+  }
+  return statuses;
+}
+
+void Parser::parseReconcile(const Field& f, std::optional<ReconcileConfig>& out) {
+  if (!expectMap(f)) return;
+  ReconcileConfig rc;
+  bool ok = true;
+  std::optional<YAML::Mark> foundMark;
+  auto keys = walk(f.value, f.path,
+                   {
+                       {"method",
+                        [&](const Field& k) {
+                          std::string m;
+                          if (!readText(k, m)) return;
+                          if (!isToken(m)) {
+                            error(k, "expected an HTTP method, got " + describe(k.value));
+                            ok = false;
+                            return;
+                          }
+                          rc.method = toUpper(m);
+                        }},
+                       {"path",
+                        [&](const Field& k) {
+                          if (!readText(k, rc.path)) {
+                            ok = false;
+                            return;
+                          }
+                          const std::string problem = parseLookupTemplate(rc.path, rc.parts);
+                          if (!problem.empty()) {
+                            error(k, problem);
+                            ok = false;
+                          }
+                        }},
+                       {"found",
+                        [&](const Field& k) {
+                          foundMark = k.mark();
+                          auto v = readStatusList(k);
+                          if (v) rc.found = std::move(*v);
+                          ok = ok && v.has_value();
+                        }},
+                       {"not_found",
+                        [&](const Field& k) {
+                          auto v = readStatusList(k);
+                          if (v) rc.not_found = std::move(*v);
+                          ok = ok && v.has_value();
+                        }},
+                   });
+  if (keys.count("path") == 0) {
+    error(f.key.Mark(), f.path + ": missing required key 'path'");
+    return;
+  }
+  for (int s : rc.found) {
+    if (std::find(rc.not_found.begin(), rc.not_found.end(), s) != rc.not_found.end()) {
+      error(foundMark.value_or(f.key.Mark()),
+            f.path + ": status " + std::to_string(s) + " is in both found and not_found");
+      ok = false;
+    }
+  }
+  if (ok) out = std::move(rc);
 }
 
 }  // namespace idem::config_detail

@@ -294,3 +294,64 @@ std::string fillErrorTemplate(std::string_view templ, int status, std::string_vi
 }
 
 }  // namespace idem::config_detail
+
+namespace idem {
+
+std::string LookupPart::valueName() const {
+  switch (kind) {
+    case Kind::Header:
+      return "header:" + text;
+    case Kind::Json:
+      return "json:" + text;
+    case Kind::Literal:
+    case Kind::Key:
+      break;
+  }
+  return {};
+}
+
+std::string parseLookupTemplate(std::string_view path, std::vector<LookupPart>& parts) {
+  using config_detail::isJsonPointer;
+  using config_detail::isToken;
+  parts.clear();
+  if (path.empty() || path.front() != '/') {
+    return "expected an absolute path starting with '/' (placeholders {key}, {header:Name}, "
+           "{json:/pointer} allowed)";
+  }
+  std::string literal;
+  auto flush = [&] {
+    if (!literal.empty()) parts.push_back({LookupPart::Kind::Literal, std::move(literal)});
+    literal.clear();
+  };
+  for (size_t i = 0; i < path.size(); ++i) {
+    const char c = path[i];
+    if (c == '}') return "a '}' without its '{' at offset " + std::to_string(i);
+    if (c != '{') {
+      if (c <= 0x20 || c >= 0x7f || c == '#') {
+        return "the path may hold printable ASCII only (no spaces, no '#')";
+      }
+      literal.push_back(c);
+      continue;
+    }
+    const size_t close = path.find('}', i);
+    if (close == std::string_view::npos)
+      return "a '{' without its '}' at offset " + std::to_string(i);
+    const std::string_view inner = path.substr(i + 1, close - i - 1);
+    flush();
+    if (inner == "key") {
+      parts.push_back({LookupPart::Kind::Key, {}});
+    } else if (inner.substr(0, 7) == "header:" && isToken(inner.substr(7))) {
+      parts.push_back({LookupPart::Kind::Header, std::string(inner.substr(7))});
+    } else if (inner.substr(0, 5) == "json:" && isJsonPointer(inner.substr(5))) {
+      parts.push_back({LookupPart::Kind::Json, std::string(inner.substr(5))});
+    } else {
+      return "unknown placeholder {" + std::string(inner) +
+             "}: expected {key}, {header:Name} or {json:/pointer} (RFC 6901)";
+    }
+    i = close;
+  }
+  flush();
+  return {};
+}
+
+}  // namespace idem

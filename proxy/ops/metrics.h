@@ -184,6 +184,10 @@ inline constexpr std::string_view kWaitWakeupsHelp =
     "Times a request waiting for a key's owner looked at the store again, by why: owner (the "
     "owner in this process finished), notify (the store reported that an owner elsewhere "
     "settled the key), poll (the fallback poll interval passed).";
+inline constexpr std::string_view kReconcileTotal = "idemproxy_reconcile_total";
+inline constexpr std::string_view kReconcileTotalHelp =
+    "Reconcile lookups of uncertain outcomes, by route and result (found, not_found, other, "
+    "failed, skipped).";
 
 // 0.5ms … 60s: payment backends are slow; a few buckets below 1ms show local hops.
 std::vector<double> latencyBuckets();

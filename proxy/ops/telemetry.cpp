@@ -99,3 +99,15 @@ void Telemetry::event(std::string_view name, std::string_view route, std::string
 }
 
 }  // namespace idem
+
+namespace idem {
+
+void Telemetry::reconcileDone(std::string_view route, std::string_view result) {
+  metrics_
+      .counter(metric::kReconcileTotal, metric::kReconcileTotalHelp,
+               {{"route", std::string(route)}, {"result", std::string(result)}})
+      .inc();
+  log::info("reconcile", {{"route", route}, {"result", result}});
+}
+
+}  // namespace idem

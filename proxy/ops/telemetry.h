@@ -26,6 +26,9 @@ class Telemetry final : public ProxyObserver {
                     bool failed) override;
   void event(std::string_view name, std::string_view route, std::string_view detail) override;
   void waitWoken(std::string_view how) override;
+  // idemproxy_reconcile_total{route,result}; reconciles are rare, so the series is looked up
+  // in the registry each time.
+  void reconcileDone(std::string_view route, std::string_view result) override;
 
  private:
   static constexpr size_t kOutcomes = 8;

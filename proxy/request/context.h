@@ -15,6 +15,7 @@
 
 #include "base/clock.h"
 #include "config/config.h"
+#include "request/latency.h"
 #include "request/observer.h"
 #include "request/waiters.h"
 #include "store/store.h"
@@ -32,6 +33,8 @@ class RequestShared {
   ProxyObserver& observer() { return observer_; }
   const Clock& clock() const { return clock_; }
   WaiterRegistry& waiters() { return waiters_; }
+  // How long each route's upstream exchanges take (a 409's Retry-After).
+  LatencyEstimates& latency() { return latency_; }
 
   // A reservation token unique to this process: "<boot id>:<pid>:<nonce>:<sequence>".
   std::string newOwnerToken();
@@ -55,6 +58,7 @@ class RequestShared {
   ProxyObserver& observer_;
   const Clock& clock_;
   WaiterRegistry waiters_;
+  LatencyEstimates latency_;
   std::string owner_prefix_;
   std::atomic<uint64_t> owner_seq_{0};
   std::atomic<uint64_t> wait_seq_{0};

@@ -71,10 +71,10 @@ ParsedKey validatedKey(std::string key) {
   return out;
 }
 
-ParsedKey keyFromJsonBody(std::string_view body, std::string_view pointer) {
-  ParsedKey missing;  // status Missing
+JsonText jsonTextAt(std::string_view body, std::string_view pointer) {
+  JsonText out;  // status Missing
   CJsonPtr root(cJSON_ParseWithLength(body.data(), body.size()));
-  if (!root) return missing;
+  if (!root) return out;
   const cJSON* node = root.get();
   std::string_view rest = pointer;
   while (!rest.empty() && node != nullptr) {
@@ -101,22 +101,42 @@ ParsedKey keyFromJsonBody(std::string_view body, std::string_view pointer) {
       node = nullptr;
     }
   }
-  if (node == nullptr || cJSON_IsNull(node)) return missing;
-  if (cJSON_IsString(node)) return validatedKey(node->valuestring);
-  ParsedKey invalid;
-  invalid.status = KeyStatus::Invalid;
+  if (node == nullptr || cJSON_IsNull(node)) return out;
+  if (cJSON_IsString(node)) {
+    out.status = JsonText::Status::Ok;
+    out.text = node->valuestring;
+    return out;
+  }
+  out.status = JsonText::Status::Invalid;
   if (cJSON_IsNumber(node)) {
     const double v = node->valuedouble;
     constexpr double kExact = 9007199254740992.0;  // 2^53: integers beyond are not exact
     if (v == static_cast<double>(static_cast<long long>(v)) && v > -kExact && v < kExact) {
-      return validatedKey(std::to_string(static_cast<long long>(v)));
+      out.status = JsonText::Status::Ok;
+      out.text = std::to_string(static_cast<long long>(v));
+      return out;
     }
-    invalid.reason =
-        "the body's key is a number that is not an integer of at most 15 digits; "
-        "send it as a string";
-    return invalid;
+    out.reason = "a number that is not an integer of at most 15 digits";
+    return out;
   }
-  invalid.reason = "the body's key is neither a string nor an integer";
+  out.reason = "neither a string nor an integer";
+  return out;
+}
+
+ParsedKey keyFromJsonBody(std::string_view body, std::string_view pointer) {
+  JsonText t = jsonTextAt(body, pointer);
+  switch (t.status) {
+    case JsonText::Status::Missing:
+      return ParsedKey{};
+    case JsonText::Status::Ok:
+      return validatedKey(std::move(t.text));
+    case JsonText::Status::Invalid:
+      break;
+  }
+  ParsedKey invalid;
+  invalid.status = KeyStatus::Invalid;
+  invalid.reason = "the body's key is " + t.reason +
+                   (t.reason.rfind("a number", 0) == 0 ? "; send it as a string" : "");
   return invalid;
 }
 

@@ -23,6 +23,17 @@ struct ParsedKey {
 // A key as given (already unquoted): 1-255 printable ASCII characters.
 [[nodiscard]] ParsedKey validatedKey(std::string key);
 
+// The member of a JSON body at an RFC 6901 `pointer`, as text: a string as it is, an integer
+// as its decimal text. Missing when the body is not JSON or has no such member (or null);
+// Invalid (with `reason`) for any other value.
+struct JsonText {
+  enum class Status { Missing, Ok, Invalid };
+  Status status = Status::Missing;
+  std::string text;
+  std::string reason;
+};
+[[nodiscard]] JsonText jsonTextAt(std::string_view body, std::string_view pointer);
+
 // The key a legacy client put in its JSON body, at `pointer`: a string, or an integer as its
 // decimal text, validated like a header value. Missing when the body is not JSON or has no
 // such member (or null); Invalid for any other value.

@@ -45,6 +45,12 @@ class ProxyObserver {
   // in this process finished), "notify" (the store reported an owner elsewhere settled the key)
   // or "poll" (its poll interval passed).
   virtual void waitWoken(std::string_view /*how*/) {}
+  // A reconcile lookup (SPEC §1.6) ended: `result` is found, not_found, other, failed or
+  // skipped (request/reconcile.h LookupVerdict).
+  virtual void reconcileDone(std::string_view route, std::string_view result) {
+    (void)route;
+    (void)result;
+  }
 };
 
 }  // namespace idem

@@ -25,6 +25,8 @@ const char* toString(RequestState s) {
       return "releasing";
     case RequestState::Responded:
       return "responded";
+    case RequestState::Reconciling:
+      return "reconciling";
   }
   return "?";
 }
@@ -37,11 +39,6 @@ std::string joinNames(const std::vector<std::string>& names) {
   std::string out;
   for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
   return out.empty() ? "(no headers)" : out;
-}
-
-bool named(const std::vector<std::string>& names, std::string_view name) {
-  return std::any_of(names.begin(), names.end(),
-                     [&](const std::string& n) { return iequals(n, name); });
 }
 
 }  // namespace
@@ -93,14 +90,21 @@ void ProxyRequest::setState(RequestState next) {
   switch (state_) {
     case RequestState::Received:
       ok = next == RequestState::Reserving || next == RequestState::Forwarding ||
-           next == RequestState::Responded;
+           next == RequestState::Reconciling || next == RequestState::Responded;
       break;
     case RequestState::Reserving:
       ok = next == RequestState::Forwarding || next == RequestState::Waiting ||
-           next == RequestState::Responded;
+           next == RequestState::Reconciling || next == RequestState::Responded;
       break;
     case RequestState::Waiting:
-      ok = next == RequestState::Reserving || next == RequestState::Responded;
+      ok = next == RequestState::Reserving || next == RequestState::Reconciling ||
+           next == RequestState::Responded;
+      break;
+    case RequestState::Reconciling:
+      // found / unsettled → replay; not found → forward as the new owner; claim busy → wait;
+      // record gone → reserve.
+      ok = next == RequestState::Responded || next == RequestState::Forwarding ||
+           next == RequestState::Waiting || next == RequestState::Reserving;
       break;
     case RequestState::Forwarding:
       ok = next == RequestState::Recording || next == RequestState::Releasing ||
@@ -226,6 +230,7 @@ void ProxyRequest::beginIdempotent() {
   bool mismatch = false;
   bool sent = false;
   int status = 0;
+  std::optional<Record> uncertain;  // to reconcile instead of replaying
   if (!shared_.store().localReads()) {
     reserve();  // a network store: the reserve is the read
     return;
@@ -237,11 +242,17 @@ void ProxyRequest::beginIdempotent() {
       mismatch = true;
       return;
     }
+    if (rec.uncertain() && ic.reconcile) {
+      uncertain = rec.toRecord();
+      return;
+    }
     status = rec.status;
     sent = replayView(rec);
   });
   if (!completed) {
     reserve();
+  } else if (uncertain) {
+    startReconcile(std::move(*uncertain));
   } else if (mismatch) {
     respondProblem(Problem::KeyMismatch, "the key was used with a different request",
                    Outcome::Mismatch);
@@ -268,6 +279,11 @@ void ProxyRequest::reserve() {
   rr.owner = owner_;
   rr.ttl_ms = ic.ttl.count();
   rr.lease_ms = ic.lease.count();
+  if (ic.reconcile) {
+    // Kept with the record: a lookup after a restart, or on another host, is built from them.
+    rr.lookup = lookupValues(
+        *ic.reconcile, [this](HeaderVisitor fn) { client_->forEachField(fn); }, body_);
+  }
   rr.retry_abandoned = ic.abandoned == AbandonedMode::Retry;
   rr.abandoned_answer =
       problemAnswer(Problem::OutcomeUnknown,
@@ -303,7 +319,7 @@ void ProxyRequest::onReserved(ReserveResult r) {
       forward();
       return;
     case ReserveStatus::Completed:
-      replay(r.record);
+      replayOrReconcile(r.record);
       return;
     case ReserveStatus::Mismatch:
       respondProblem(Problem::KeyMismatch, "the key was used with a different request",
@@ -312,8 +328,7 @@ void ProxyRequest::onReserved(ReserveResult r) {
     case ReserveStatus::InFlight:
       wake_seq_ = r.wake_seq;
       if (route_->idempotency->concurrent == ConcurrentMode::Reject) {
-        const int64_t left = r.record.lease_until_ms - shared_.clock().wallMs();
-        retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
+        setRetryAfter(r.record);
         respondProblem(Problem::KeyInUse, "a request with this key is still in progress",
                        Outcome::Conflict);
         return;
@@ -329,7 +344,7 @@ namespace {
 void onWaitTimer(evutil_socket_t, short, void* arg);
 }
 
-void ProxyRequest::waitForOwner(const Record& inFlight) {
+void ProxyRequest::waitForOwner(const Record& inFlight, bool pollOnly) {
   const auto now = Steady::now();
   if (state_ != RequestState::Waiting) setState(RequestState::Waiting);
   if (!wait_timer_) {
@@ -338,8 +353,7 @@ void ProxyRequest::waitForOwner(const Record& inFlight) {
     wait_timer_.reset(evtimer_new(loop_.base(), &onWaitTimer, this));
     poll_interval_ = std::chrono::milliseconds(2);
   }
-  const int64_t left = inFlight.lease_until_ms - shared_.clock().wallMs();
-  retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
+  setRetryAfter(inFlight);
   if (now >= wait_deadline_) {
     onWaitTimeout();
     return;
@@ -357,7 +371,8 @@ void ProxyRequest::waitForOwner(const Record& inFlight) {
     });
   };
   std::chrono::steady_clock::duration until;
-  if (shared_.ownsToken(inFlight.owner) && shared_.waiters().park(id_, ticket, std::move(wake))) {
+  if (!pollOnly && shared_.ownsToken(inFlight.owner) &&
+      shared_.waiters().park(id_, ticket, std::move(wake))) {
     parked_ = true;
     until = wait_deadline_ - now;  // woken by the owner; the timer only bounds the wait
   } else {
@@ -433,7 +448,7 @@ void ProxyRequest::onWaitWake() {
     return;
   }
   if (rec->state == RecordState::Completed) {
-    replay(*rec);
+    replayOrReconcile(*rec);
     return;
   }
   if (rec->leasePassed(shared_.clock().wallMs())) {
@@ -441,6 +456,19 @@ void ProxyRequest::onWaitWake() {
     return;
   }
   waitForOwner(*rec);
+}
+
+void ProxyRequest::setRetryAfter(const Record& inFlight) {
+  const int64_t now = shared_.clock().wallMs();
+  if (inFlight.state == RecordState::Completed) {
+    // A reconcile lookup holds the key: it is one exchange with the same upstream.
+    const int64_t started = inFlight.claim_until_ms - route_->idempotency->lease.count();
+    retry_after_s_ = retryAfterSeconds(shared_.latency().expectedMs(route_->name), now - started,
+                                       inFlight.claim_until_ms - now);
+    return;
+  }
+  retry_after_s_ = retryAfterSeconds(shared_.latency().expectedMs(route_->name),
+                                     now - inFlight.reserved_at_ms, inFlight.lease_until_ms - now);
 }
 
 void ProxyRequest::onWaitTimeout() {
@@ -474,16 +502,7 @@ void ProxyRequest::forward() {
 }
 
 HttpAnswer ProxyRequest::forRecording(const HttpAnswer& a) const {
-  HttpAnswer out;
-  out.status = a.status;
-  out.body = a.body;
-  const auto& drop = route_->idempotency->replay_drop_headers;
-  for (const auto& h : a.headers) {
-    if (isHopByHop(h.name) || iequals(h.name, "Date") || named(drop, h.name)) continue;
-    if (iequals(h.name, "Content-Length") && method_ != "HEAD") continue;
-    out.headers.push_back(h);
-  }
-  return out;
+  return recordableAnswer(*route_->idempotency, a, method_ == "HEAD");
 }
 
 void ProxyRequest::onUpstream(UpstreamResult r) {
@@ -493,6 +512,7 @@ void ProxyRequest::onUpstream(UpstreamResult r) {
     r.detail = "the upstream answered with status " + std::to_string(r.answer.status);
   }
   shared_.observer().upstreamDone(route_->upstream, r.latency, r.failure != UpstreamFailure::None);
+  if (r.failure != UpstreamFailure::BeforeSend) shared_.latency().observe(route_->name, r.latency);
   if (!own_reservation_) {  // pass-through
     switch (r.failure) {
       case UpstreamFailure::None:
@@ -687,6 +707,14 @@ void ProxyRequest::ownerDone() {
 
 void ProxyRequest::replay(const Record& record) {
   respond(record.answer, true, Outcome::Replayed);
+}
+
+void ProxyRequest::replayOrReconcile(const Record& record) {
+  if (record.uncertain() && route_->idempotency->reconcile) {
+    startReconcile(record);
+    return;
+  }
+  replay(record);
 }
 
 void ProxyRequest::respondProblem(Problem p, std::string_view detail, Outcome outcome) {

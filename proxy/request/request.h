@@ -2,9 +2,14 @@
 // One client request through the proxy: the per-request state machine (SPEC §1–3).
 //
 //   Received ──► Reserving ──► Forwarding ──► Recording ──► Responded
-//       │            │  ▲            │
-//       │            ▼  │            └──► Releasing ──► Responded
-//       │         Waiting ──► Responded (replay / 409)
+//       │            │  ▲            │  ▲
+//       │            ▼  │            │  └──────────────────┐
+//       │         Waiting ──► Responded (replay / 409)     │ not found: forward
+//       │            ▲  │                                   │
+//       │            │  ▼                                   │
+//       ├──────► Reconciling ──► Responded (found / unsettled: replay)
+//       │                        (an uncertain outcome settled by a lookup, SPEC §1.6)
+//       │            └──► Releasing ──► Responded (from Forwarding)
 //       └──► Responded (replay from a read, 4xx, pass-through answer)
 #include <chrono>
 #include <memory>
@@ -16,19 +21,21 @@
 #include "request/context.h"
 #include "request/downstream.h"
 #include "request/problem.h"
+#include "request/reconcile.h"
 #include "store/store.h"
 #include "upstream/upstream.h"
 
 namespace idem {
 
 enum class RequestState {
-  Received,    // parsed and routed; nothing decided yet
-  Reserving,   // a reserve is queued at the store writer
-  Waiting,     // another owner holds the key; parked until its outcome lands
-  Forwarding,  // the exchange with the upstream is running
-  Recording,   // the outcome is being written to the store
-  Releasing,   // the reservation is being deleted (released status, nothing sent)
-  Responded,   // the answer is sent (or the client is gone); nothing more to do
+  Received,     // parsed and routed; nothing decided yet
+  Reserving,    // a reserve is queued at the store writer
+  Waiting,      // another owner holds the key; parked until its outcome lands
+  Forwarding,   // the exchange with the upstream is running
+  Recording,    // the outcome is being written to the store
+  Releasing,    // the reservation is being deleted (released status, nothing sent)
+  Reconciling,  // an uncertain outcome is being settled: claim, lookup, settle (SPEC §1.6)
+  Responded,    // the answer is sent (or the client is gone); nothing more to do
 };
 const char* toString(RequestState s);
 
@@ -51,7 +58,9 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   void beginIdempotent();
   void reserve();
   void onReserved(ReserveResult result);
-  void waitForOwner(const Record& inFlight);
+  // Waits for `inFlight`'s owner (parked when it is in this process, else polling the store);
+  // `pollOnly`: always poll (a reconcile claim held elsewhere: no owner will wake us).
+  void waitForOwner(const Record& inFlight, bool pollOnly = false);
   void onWaitWake();
 
  public:
@@ -59,6 +68,8 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
 
  private:
   void onWaitTimeout();
+  // retry_after_s_ for a 409 while `inFlight`'s owner holds the key (latency.h has the rule).
+  void setRetryAfter(const Record& inFlight);
   // Sends the request upstream; the outcome is recorded when this request owns a reservation.
   void forward();
   void onUpstream(UpstreamResult result);
@@ -71,6 +82,17 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   void ownerDone();
 
   void replay(const Record& record);
+  // replay(), unless the record is an uncertain outcome the route can reconcile.
+  void replayOrReconcile(const Record& record);
+  // What to do with a record that stands (after a lost claim or settle): replay, reconcile,
+  // 422, wait for its owner, or reserve when it is gone or abandoned.
+  void dispatchStanding(const Record& record);
+
+  // Reconcile (request_reconcile.cpp).
+  void startReconcile(Record uncertain);
+  void onClaimed(ClaimResult result);
+  void onLookup(UpstreamResult result);
+  void onSettled(SettleResult result);
   // Replays from the store's mapped memory; called inside the store's read transaction.
   bool replayView(const RecordView& record);  // false: already answered
   std::vector<std::string> scopeValues() const;
@@ -118,6 +140,12 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   EventPtr record_timer_;
   // A failing record is retried while the lease lasts, stopping this long before it ends.
   static constexpr std::chrono::milliseconds kRecordRetryMargin{1'000};
+
+  // Reconciling.
+  Record uncertain_;   // the uncertain record as found: replayed when nothing is learned
+  std::string claim_;  // our reconcile claim token
+  UpstreamRequest lookup_;
+  LookupVerdict verdict_ = LookupVerdict::Skipped;
 
   // Waiting.
   uint64_t wait_ticket_ = 0;

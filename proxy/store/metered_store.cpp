@@ -16,6 +16,10 @@ const char* toString(StoreOp op) {
       return "forget";
     case StoreOp::Sweep:
       return "sweep";
+    case StoreOp::Claim:
+      return "claim_reconcile";
+    case StoreOp::Settle:
+      return "settle_reconcile";
   }
   return "?";
 }
@@ -63,6 +67,14 @@ void MeteredStore::forget(RecordId id, std::function<void(WriteResult)> done) {
 
 void MeteredStore::sweep(size_t limit, std::function<void(WriteResult)> done) {
   inner_.sweep(limit, timed(StoreOp::Sweep, std::move(done)));
+}
+
+void MeteredStore::claimReconcile(ClaimRequest req, std::function<void(ClaimResult)> done) {
+  inner_.claimReconcile(std::move(req), timed(StoreOp::Claim, std::move(done)));
+}
+
+void MeteredStore::settleReconcile(SettleRequest req, std::function<void(SettleResult)> done) {
+  inner_.settleReconcile(std::move(req), timed(StoreOp::Settle, std::move(done)));
 }
 
 }  // namespace idem

@@ -11,10 +11,12 @@
 
 namespace idem {
 
-enum class StoreOp { Reserve, Record, Release, Forget, Sweep };
+enum class StoreOp { Reserve, Record, Release, Forget, Sweep, Claim, Settle };
 inline constexpr StoreOp kAllStoreOps[] = {StoreOp::Reserve, StoreOp::Record, StoreOp::Release,
-                                           StoreOp::Forget, StoreOp::Sweep};
-const char* toString(StoreOp op);  // reserve, record, release, forget, sweep
+                                           StoreOp::Forget,  StoreOp::Sweep,  StoreOp::Claim,
+                                           StoreOp::Settle};
+// reserve, record, release, forget, sweep, claim_reconcile, settle_reconcile
+const char* toString(StoreOp op);
 // The label value of an error: none, full, io, closed.
 const char* errorLabel(StoreError e);
 
@@ -32,6 +34,8 @@ class MeteredStore final : public Store {
   void release(RecordId id, std::string owner, std::function<void(WriteResult)> done) override;
   void forget(RecordId id, std::function<void(WriteResult)> done) override;
   void sweep(size_t limit, std::function<void(WriteResult)> done) override;
+  void claimReconcile(ClaimRequest req, std::function<void(ClaimResult)> done) override;
+  void settleReconcile(SettleRequest req, std::function<void(SettleResult)> done) override;
 
   std::string unavailableReason() override { return inner_.unavailableReason(); }
   bool localReads() const override { return inner_.localReads(); }

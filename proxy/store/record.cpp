@@ -13,7 +13,14 @@
 //   u16 status             u32 n_headers, (str name, str value)[n_headers]
 //   str body
 //
-// Nothing follows the body: trailing bytes are an error, as is any short field.
+// Version 2 is version 1 followed by the reconcile fields (SPEC §1.6):
+//   u32 n_lookup, str lookup[n_lookup]   (placeholder, value pairs: n_lookup is even)
+//   str claim_owner        i64 claim_until_ms
+// A record without them is written as version 1 (so records of routes without reconcile stay
+// readable by a proxy that predates it), and a version 2 record without them is refused: the
+// encoding stays canonical.
+//
+// Nothing follows the last field: trailing bytes are an error, as is any short field.
 
 namespace idem {
 namespace {
@@ -140,8 +147,11 @@ std::string encodeRecord(const Record& r) {
   for (const auto& h : r.answer.headers) estimate += 8 + h.name.size() + h.value.size();
   out.reserve(estimate);
 
+  const bool v2 = !r.lookup.empty() || !r.claim_owner.empty() || r.claim_until_ms != 0;
+  for (const auto& s : r.lookup) estimate += 4 + s.size();
+  if (r.lookup.size() % 2 != 0) std::abort();  // broken invariant: pairs
   Writer w(out);
-  w.u8(kRecordVersion);
+  w.u8(v2 ? kRecordVersion2 : kRecordVersion);
   w.u8(static_cast<uint8_t>(r.state));
   w.u32(r.flags);
   w.i64(r.reserved_at_ms);
@@ -161,6 +171,12 @@ std::string encodeRecord(const Record& r) {
     w.str(h.value);
   }
   w.str(r.answer.body);
+  if (v2) {
+    w.count(r.lookup.size());
+    for (const auto& s : r.lookup) w.str(s);
+    w.str(r.claim_owner);
+    w.i64(r.claim_until_ms);
+  }
   return out;
 }
 
@@ -170,7 +186,7 @@ DecodeError decodeRecordView(std::string_view bytes, RecordView& out) {
 
   uint8_t version = 0;
   if (!rd.u8(version)) return DecodeError::Truncated;
-  if (version != kRecordVersion) return DecodeError::UnknownVersion;
+  if (version != kRecordVersion && version != kRecordVersion2) return DecodeError::UnknownVersion;
 
   uint8_t state = 0;
   if (!rd.u8(state)) return DecodeError::Truncated;
@@ -206,6 +222,18 @@ DecodeError decodeRecordView(std::string_view bytes, RecordView& out) {
   if (!rd.strings(size_t{n_headers} * 2, n_headers, r.headers)) return DecodeError::Truncated;
 
   if (!rd.str(r.body)) return DecodeError::Truncated;
+  if (version == kRecordVersion2) {
+    uint32_t n_lookup = 0;
+    if (!rd.u32(n_lookup)) return DecodeError::Truncated;
+    if (n_lookup > rd.remaining() / 4) return DecodeError::Truncated;
+    if (n_lookup % 2 != 0) return DecodeError::BadValue;
+    if (!rd.strings(n_lookup, n_lookup, r.lookup)) return DecodeError::Truncated;
+    if (!rd.str(r.claim_owner) || !rd.i64(r.claim_until_ms)) return DecodeError::Truncated;
+    // The encoding is canonical: a record without reconcile fields is written as version 1.
+    if (n_lookup == 0 && r.claim_owner.empty() && r.claim_until_ms == 0) {
+      return DecodeError::BadValue;
+    }
+  }
   if (rd.remaining() != 0) return DecodeError::BadValue;  // trailing garbage
 
   out = r;
@@ -231,6 +259,10 @@ Record RecordView::toRecord() const {
     r.answer.headers.push_back({std::string(name), std::string(value)});
   });
   r.answer.body = body;
+  r.lookup.reserve(lookup.size());
+  for (std::string_view s : lookup) r.lookup.emplace_back(s);
+  r.claim_owner = claim_owner;
+  r.claim_until_ms = claim_until_ms;
   return r;
 }
 

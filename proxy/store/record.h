@@ -42,10 +42,25 @@ struct Record {
   std::string key;                 // for `keys list`
   std::vector<std::string> scope;  // scope header values, for `keys show`
   HttpAnswer answer;               // meaningful when Completed
+  // Reconcile (SPEC §1.6): the values of the route's reconcile placeholders taken from the
+  // original request, as pairs: placeholder, value ("header:X-Order-Id", "o-1", "json:/id",
+  // "42" …), so that the lookup can be built after a restart or on another host.
+  std::vector<std::string> lookup;
+  // The one reconcile lookup in flight for this key: who runs it, and until when its claim
+  // holds (wall clock); "" / 0 when none.
+  std::string claim_owner;
+  int64_t claim_until_ms = 0;
 
   bool expired(int64_t nowMs) const { return nowMs >= expires_at_ms; }
   bool leasePassed(int64_t nowMs) const {
     return state == RecordState::InFlight && nowMs >= lease_until_ms;
+  }
+  // An outcome a reconcile lookup may settle: completed as outcome-unknown, upstream-timeout or
+  // upstream-failed (a proxy error that is not response-not-replayable).
+  bool uncertain() const { return isUncertain(state, flags); }
+  static bool isUncertain(RecordState s, uint32_t f) {
+    return s == RecordState::Completed && (f & kFlagProxyError) != 0 &&
+           (f & kFlagNotReplayable) == 0;
   }
   bool operator==(const Record&) const = default;
 };
@@ -102,7 +117,11 @@ struct RecordView {
   int status = 0;          // the answer's
   EncodedStrings headers;  // the answer's: name, value, name, value … (size() counts fields)
   std::string_view body;   // the answer's
+  EncodedStrings lookup;   // reconcile placeholder values: name, value, name, value …
+  std::string_view claim_owner;
+  int64_t claim_until_ms = 0;
 
+  bool uncertain() const { return Record::isUncertain(state, flags); }
   bool expired(int64_t nowMs) const { return nowMs >= expires_at_ms; }
   // Calls fn(name, value) for every header field of the answer, in order.
   template <class F>
@@ -117,7 +136,8 @@ struct RecordView {
   Record toRecord() const;
 };
 
-constexpr uint8_t kRecordVersion = 1;
+constexpr uint8_t kRecordVersion = 1;   // a record without reconcile fields
+constexpr uint8_t kRecordVersion2 = 2;  // version 1, then the reconcile fields
 
 std::string encodeRecord(const Record& r);
 // Validates everything: a short, trailing-garbage or unknown-version value is an error.

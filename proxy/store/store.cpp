@@ -55,4 +55,14 @@ WriteResult sweepSync(Store& store, size_t limit) {
   return waitFor<WriteResult>([&](auto done) { store.sweep(limit, std::move(done)); });
 }
 
+ClaimResult claimReconcileSync(Store& store, ClaimRequest req) {
+  return waitFor<ClaimResult>(
+      [&](auto done) { store.claimReconcile(std::move(req), std::move(done)); });
+}
+
+SettleResult settleReconcileSync(Store& store, SettleRequest req) {
+  return waitFor<SettleResult>(
+      [&](auto done) { store.settleReconcile(std::move(req), std::move(done)); });
+}
+
 }  // namespace idem

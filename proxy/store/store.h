@@ -38,6 +38,8 @@ struct ReserveRequest {
   bool retry_abandoned = false;  // true: take the reservation over and forward again
   // false: record this answer as the key's outcome (flags kFlagProxyError|kFlagOutcomeUnknown)
   HttpAnswer abandoned_answer;
+  // A new record keeps these (Record::lookup: the route's reconcile placeholder values).
+  std::vector<std::string> lookup;
 };
 
 enum class ReserveStatus {
@@ -82,6 +84,77 @@ struct WriteResult {
   size_t removed = 0;    // sweep: records deleted
 };
 
+// ---- Reconcile (SPEC §1.6) ----
+// An uncertain outcome (Record::uncertain(): completed as outcome-unknown, upstream-timeout or
+// upstream-failed) may be settled by asking the backend. Two operations, each one atomic step on
+// the record, keep it to one lookup per key at a time across processes and hosts:
+//   claimReconcile  takes the key's lookup claim (Record::claim_owner, claim_until_ms);
+//   settleReconcile writes what the lookup learned, only while the claim is still the caller's.
+// Times are the store's clock, like leases. Neither touches records that are not uncertain.
+
+struct ClaimRequest {
+  RecordId id{};
+  std::string claimer;   // unique to this attempt (an owner token)
+  int64_t lease_ms = 0;  // the claim holds until now + lease_ms
+};
+
+enum class ClaimStatus {
+  // The record is uncertain and had no live claim (none, or one whose time has passed): the
+  // claim is now the caller's (claim_owner = claimer, claim_until = now + lease). Run the lookup.
+  Claimed,
+  // The record is uncertain and another claim is live (record.claim_until_ms says until when).
+  Busy,
+  // The record is not uncertain (a known outcome, or in flight): `record` is what stands.
+  NotUncertain,
+  // No record, or an expired one: nothing to settle.
+  Missing,
+};
+
+struct ClaimResult {
+  StoreError error = StoreError::None;  // when not None, status is meaningless
+  ClaimStatus status = ClaimStatus::Missing;
+  Record record;  // as it stands after the operation (Missing: empty)
+};
+
+enum class SettleKind {
+  // The payment happened: `answer` becomes the key's outcome (Completed, flags kFlagNone).
+  Found,
+  // It did not: with an `owner`, the record becomes that owner's fresh in-flight reservation
+  // (reserved now, lease_until now + lease_ms, expires now + ttl_ms; fingerprint, route, key,
+  // scope and lookup kept) and the caller forwards the request. Without an owner (the command
+  // line), the record is deleted: the next request with the key is forwarded.
+  NotFound,
+  // Nothing learned (lookup failed, other status): the claim is dropped, the record unchanged.
+  Unsettled,
+};
+
+struct SettleRequest {
+  RecordId id{};
+  std::string claimer;  // must hold the record's claim
+  SettleKind kind = SettleKind::Unsettled;
+  HttpAnswer answer;  // Found
+  std::string owner;  // NotFound
+  int64_t lease_ms = 0;
+  int64_t ttl_ms = 0;
+};
+
+enum class SettleStatus {
+  // Written as asked; the claim is gone. `record` is the record now (NotFound without owner:
+  // empty, the record was deleted).
+  Settled,
+  // Nothing written: the record is missing or expired, no longer uncertain, or its claim is
+  // not the caller's (it passed and another process took it). `record` is what stands
+  // (empty when missing).
+  Lost,
+};
+
+struct SettleResult {
+  StoreError error = StoreError::None;  // when not None, status is meaningless
+  SettleStatus status = SettleStatus::Lost;
+  bool exists = false;  // `record` holds a record
+  Record record;
+};
+
 struct StoreStats {
   uint64_t records = 0;        // entries in the main table
   uint64_t bytes_used = 0;     // pages in use × page size
@@ -116,6 +189,20 @@ class Store {
   virtual void forget(RecordId id, std::function<void(WriteResult)> done) = 0;
   // Delete up to `limit` expired records, oldest first, using the expiry index.
   virtual void sweep(size_t limit, std::function<void(WriteResult)> done) = 0;
+  // Reconcile (see above). A backend without them fails both with StoreError::Io, and the
+  // request core then replays the uncertain record as it stands.
+  virtual void claimReconcile(ClaimRequest req, std::function<void(ClaimResult)> done) {
+    (void)req;
+    ClaimResult r;
+    r.error = StoreError::Io;
+    done(std::move(r));
+  }
+  virtual void settleReconcile(SettleRequest req, std::function<void(SettleResult)> done) {
+    (void)req;
+    SettleResult r;
+    r.error = StoreError::Io;
+    done(std::move(r));
+  }
 
   // Why the store cannot take writes right now ("" when it can): full, failing, its files gone.
   // /readyz reports not ready while this is not empty. Cheap; safe from any thread.
@@ -171,5 +258,7 @@ class Store {
 [[nodiscard]] WriteResult releaseSync(Store& store, const RecordId& id, std::string owner);
 [[nodiscard]] WriteResult forgetSync(Store& store, const RecordId& id);
 [[nodiscard]] WriteResult sweepSync(Store& store, size_t limit);
+[[nodiscard]] ClaimResult claimReconcileSync(Store& store, ClaimRequest req);
+[[nodiscard]] SettleResult settleReconcileSync(Store& store, SettleRequest req);
 
 }  // namespace idem

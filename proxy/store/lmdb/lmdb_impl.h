@@ -1,7 +1,8 @@
 #pragma once
 // Internals of the LMDB store shared by its source files (lmdb_env.cpp: create, open, sync, read
 // transactions; lmdb_store.cpp: operations, the writer, the Store interface; lmdb_verify.cpp:
-// integrity walk and checked listing). Not part of the interface.
+// integrity walk and checked listing; lmdb_reconcile.cpp: the reconcile operations). Not part of
+// the interface.
 #include <lmdb.h>
 
 #include <array>
@@ -150,6 +151,8 @@ struct LmdbStore::Impl {
   struct ForgetOp;
   struct SweepOp;
   struct BarrierOp;
+  struct ClaimReconcileOp;   // lmdb_reconcile.cpp
+  struct SettleReconcileOp;  // lmdb_reconcile.cpp
 
   Impl(const LmdbOptions& o, const Clock& c) : opts(o), clock(c) {}
   ~Impl();

@@ -169,6 +169,7 @@ struct LmdbStore::Impl::ReserveOp final : OpWith<ReserveResult> {
       rec.route = req.route;
       rec.key = req.key;
       rec.scope = req.scope;
+      rec.lookup = req.lookup;
       rc = s.put(txn, req.id, rec, found ? &cur : nullptr);
       if (rc != MDB_SUCCESS) return rc;
       result.status = ReserveStatus::Won;

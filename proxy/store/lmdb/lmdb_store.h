@@ -52,6 +52,8 @@ class LmdbStore : public Store {
   void release(RecordId id, std::string owner, std::function<void(WriteResult)> done) override;
   void forget(RecordId id, std::function<void(WriteResult)> done) override;
   void sweep(size_t limit, std::function<void(WriteResult)> done) override;
+  void claimReconcile(ClaimRequest req, std::function<void(ClaimResult)> done) override;
+  void settleReconcile(SettleRequest req, std::function<void(SettleResult)> done) override;
   std::optional<Record> lookup(const RecordId& id) override;
   bool visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) override;
   std::vector<std::pair<RecordId, Record>> list() override;

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "store/postgres/postgres_reconcile.h"
 #include "store/postgres/postgres_sql.h"
 #include "store/postgres/postgres_store.h"
 
@@ -120,7 +121,8 @@ struct PostgresStore::Impl {
       static constexpr ReserveStatus kStatus[] = {ReserveStatus::Won, ReserveStatus::Completed,
                                                   ReserveStatus::InFlight, ReserveStatus::Mismatch};
       result.status = kStatus[r];
-      return pg::readRecord(res, 0, 1, result.record);
+      return pg::readRecord(res, 0, 1, result.record) &&
+             pg::readReconcileColumns(res, 0, 14, result.record);
     }
     const ReserveRequest* reservation() const override { return &req; }
     void sent(uint64_t wake_seq) override { result.wake_seq = wake_seq; }
@@ -137,6 +139,13 @@ struct PostgresStore::Impl {
           pg::readInt(res, 0, 0) == 0 ? RecordStatus::Recorded : RecordStatus::AlreadyFinal;
       return pg::readRecord(res, 0, 1, result.record);
     }
+  };
+
+  // An operation whose result another file parses (postgres_reconcile.cpp).
+  template <typename Result>
+  struct ParsedOp final : OpWith<Result> {
+    bool (*parser)(const PGresult*, Result&) = nullptr;
+    bool parse(const PGresult* res) override { return parser(res, this->result); }
   };
 
   struct DeleteOp final : OpWith<WriteResult> {

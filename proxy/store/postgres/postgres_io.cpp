@@ -6,6 +6,7 @@
 
 #include "base/log.h"
 #include "store/postgres/postgres_impl.h"
+#include "store/postgres/postgres_reconcile.h"
 
 namespace idem {
 
@@ -80,7 +81,7 @@ void PostgresStore::Impl::openInBackground() {
     bool ok;
     {
       std::lock_guard lock(sync_mu);
-      ok = pg::ensureSchema(sync.get(), error);
+      ok = pg::ensureSchema(sync.get(), error) && pg::ensureReconcileSchema(sync.get(), error);
     }
     if (!ok) {
       // Connected, and the schema is refused (an unknown version, no permission): the operator

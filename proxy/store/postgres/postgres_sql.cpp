@@ -285,6 +285,10 @@ std::string encodeStrings(const std::vector<std::string>& values) {
   return out;
 }
 
+bool decodeStrings(std::string_view bytes, std::vector<std::string>& out) {
+  return parseStrings(bytes, out);
+}
+
 std::string encodeHeaders(const Headers& headers) {
   std::string out;
   for (const auto& h : headers) {

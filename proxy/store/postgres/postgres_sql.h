@@ -53,6 +53,7 @@ std::string int4Param(int32_t v);
 std::string boolParam(bool v);
 // Scope values and header fields in a bytea: each a u32 little-endian length, then the bytes.
 std::string encodeStrings(const std::vector<std::string>& values);
+[[nodiscard]] bool decodeStrings(std::string_view bytes, std::vector<std::string>& out);
 std::string encodeHeaders(const Headers& headers);
 
 // Reads the 13 record columns starting at `col` of row `row` of a binary-format result.

@@ -4,6 +4,7 @@
 
 #include "base/log.h"
 #include "store/postgres/postgres_impl.h"
+#include "store/postgres/postgres_reconcile.h"
 
 namespace idem {
 
@@ -22,7 +23,8 @@ std::unique_ptr<PostgresStore> openPostgresStore(const PostgresOptions& options,
     raw->opener = std::thread([raw] { raw->openInBackground(); });
     return std::make_unique<PostgresStore>(std::move(impl));
   }
-  if (!pg::ensureSchema(impl->sync.get(), error)) {
+  if (!pg::ensureSchema(impl->sync.get(), error) ||
+      !pg::ensureReconcileSchema(impl->sync.get(), error)) {
     error = "PostgreSQL store: " + error;
     return nullptr;
   }
@@ -38,7 +40,7 @@ PostgresStore::~PostgresStore() = default;  // Impl completes what is queued, th
 
 void PostgresStore::reserve(ReserveRequest req, std::function<void(ReserveResult)> done) {
   auto op = std::make_unique<Impl::ReserveOp>();
-  op->sql = pg::kReserveSql;
+  op->sql = pg::kReserveWithLookupSql;
   op->params.add(pg::kByteaOid, idParam(req.id))
       .add(pg::kByteaOid, idParam(req.fingerprint))
       .add(pg::kTextOid, req.owner)
@@ -50,7 +52,8 @@ void PostgresStore::reserve(ReserveRequest req, std::function<void(ReserveResult
       .add(pg::kBoolOid, pg::boolParam(req.retry_abandoned))
       .add(pg::kInt4Oid, pg::int4Param(req.abandoned_answer.status))
       .add(pg::kByteaOid, pg::encodeHeaders(req.abandoned_answer.headers))
-      .add(pg::kByteaOid, req.abandoned_answer.body);
+      .add(pg::kByteaOid, req.abandoned_answer.body)
+      .add(pg::kByteaOid, pg::encodeStrings(req.lookup));
   op->req = std::move(req);
   op->done = std::move(done);
   impl_->submit(std::move(op));
@@ -89,6 +92,35 @@ void PostgresStore::sweep(size_t limit, std::function<void(WriteResult)> done) {
   auto op = std::make_unique<Impl::SweepOp>(*impl_);
   op->sql = pg::kSweepSql;
   op->params.add(pg::kInt8Oid, pg::int8Param(static_cast<int64_t>(limit)));
+  op->done = std::move(done);
+  impl_->submit(std::move(op));
+}
+
+void PostgresStore::claimReconcile(ClaimRequest req, std::function<void(ClaimResult)> done) {
+  auto op = std::make_unique<Impl::ParsedOp<ClaimResult>>();
+  op->sql = pg::kClaimReconcileSql;
+  op->parser = &pg::parseClaimResult;
+  op->params.add(pg::kByteaOid, idParam(req.id))
+      .add(pg::kTextOid, std::move(req.claimer))
+      .add(pg::kInt8Oid, pg::int8Param(req.lease_ms));
+  op->done = std::move(done);
+  impl_->submit(std::move(op));
+}
+
+void PostgresStore::settleReconcile(SettleRequest req, std::function<void(SettleResult)> done) {
+  auto op = std::make_unique<Impl::ParsedOp<SettleResult>>();
+  op->sql = pg::kSettleReconcileSql;
+  op->parser = &pg::parseSettleResult;
+  const int32_t kind = req.kind == SettleKind::Found ? 0 : req.kind == SettleKind::NotFound ? 1 : 2;
+  op->params.add(pg::kByteaOid, idParam(req.id))
+      .add(pg::kTextOid, std::move(req.claimer))
+      .add(pg::kInt4Oid, pg::int4Param(kind))
+      .add(pg::kInt4Oid, pg::int4Param(req.answer.status))
+      .add(pg::kByteaOid, pg::encodeHeaders(req.answer.headers))
+      .add(pg::kByteaOid, std::move(req.answer.body))
+      .add(pg::kTextOid, std::move(req.owner))
+      .add(pg::kInt8Oid, pg::int8Param(req.lease_ms))
+      .add(pg::kInt8Oid, pg::int8Param(req.ttl_ms));
   op->done = std::move(done);
   impl_->submit(std::move(op));
 }

@@ -44,6 +44,9 @@ class PostgresStore : public Store {
   void release(RecordId id, std::string owner, std::function<void(WriteResult)> done) override;
   void forget(RecordId id, std::function<void(WriteResult)> done) override;
   void sweep(size_t limit, std::function<void(WriteResult)> done) override;
+  // postgres_reconcile.h has the SQL.
+  void claimReconcile(ClaimRequest req, std::function<void(ClaimResult)> done) override;
+  void settleReconcile(SettleRequest req, std::function<void(SettleResult)> done) override;
   bool localReads() const override { return false; }
   bool ready() const override;
   // LISTEN/NOTIFY on one connection of its own (postgres_listen.cpp).

@@ -89,9 +89,24 @@ TEST(MeteredStore, ReportsEveryOperationBeforeItsCompletion) {
   EXPECT_TRUE(forgetSync(store, reserveReq("k").id).changed);
   EXPECT_EQ(sweepSync(store, 10).error, StoreError::None);
   EXPECT_FALSE(store.lookup(reserveReq("k").id).has_value());  // reads pass through
+  // The reconcile operations reach the backend (Store's defaults would answer Io).
+  ClaimRequest claim;
+  claim.id = reserveReq("k").id;
+  claim.claimer = "C";
+  claim.lease_ms = 1000;
+  const ClaimResult claimed = claimReconcileSync(store, claim);
+  EXPECT_EQ(claimed.error, StoreError::None);
+  EXPECT_EQ(claimed.status, ClaimStatus::Missing);
+  SettleRequest settle;
+  settle.id = claim.id;
+  settle.claimer = "C";
+  const SettleResult settled = settleReconcileSync(store, settle);
+  EXPECT_EQ(settled.error, StoreError::None);
+  EXPECT_EQ(settled.status, SettleStatus::Lost);
 
   const std::vector<StoreOp> want = {StoreOp::Reserve, StoreOp::Record, StoreOp::Reserve,
-                                     StoreOp::Release, StoreOp::Forget, StoreOp::Sweep};
+                                     StoreOp::Release, StoreOp::Forget, StoreOp::Sweep,
+                                     StoreOp::Claim,   StoreOp::Settle};
   const auto seen = reports.seen();
   ASSERT_EQ(seen.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {

@@ -89,9 +89,49 @@ TEST(Record, TrailingGarbageIsAnError) {
   EXPECT_EQ(decodeRecord(bytes, out), DecodeError::BadValue);
 }
 
+TEST(Record, ReconcileFieldsMakeAVersion2RecordAndRoundTrip) {
+  Record r = sampleRecord();
+  EXPECT_EQ(static_cast<uint8_t>(encodeRecord(r)[0]), kRecordVersion) << "none: still version 1";
+  r.lookup = {"json:/order", "o 7", "header:X-Shop", std::string("\0\xff", 2)};
+  r.claim_owner = "host:1:abcd:2";
+  r.claim_until_ms = 1'700'000'060'000;
+  const std::string bytes = encodeRecord(r);
+  EXPECT_EQ(static_cast<uint8_t>(bytes[0]), kRecordVersion2);
+  Record out;
+  ASSERT_EQ(decodeRecord(bytes, out), DecodeError::None);
+  EXPECT_EQ(out, r);
+  RecordView v;
+  ASSERT_EQ(decodeRecordView(bytes, v), DecodeError::None);
+  EXPECT_EQ(v.toRecord(), r);
+  EXPECT_EQ(v.claim_owner, "host:1:abcd:2");
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    EXPECT_NE(decodeRecord(bytes.substr(0, n), out), DecodeError::None) << n;
+  }
+  // Canonical: version 2 with empty reconcile fields (4 + 4 + 8 bytes of zeros) is refused.
+  std::string empty = encodeRecord(sampleRecord()) + std::string(16, '\0');
+  empty[0] = static_cast<char>(kRecordVersion2);
+  EXPECT_EQ(decodeRecord(empty, out), DecodeError::BadValue);
+}
+
+TEST(Record, OnlyProxyErrorsThatMayNotHaveHappenedAreUncertain) {
+  Record r = sampleRecord();
+  r.state = RecordState::Completed;
+  r.flags = kFlagNone;
+  EXPECT_FALSE(r.uncertain());
+  r.flags = kFlagProxyError;  // upstream-timeout, upstream-failed
+  EXPECT_TRUE(r.uncertain());
+  r.flags = kFlagProxyError | kFlagOutcomeUnknown;
+  EXPECT_TRUE(r.uncertain());
+  r.flags = kFlagProxyError | kFlagNotReplayable;  // the backend answered
+  EXPECT_FALSE(r.uncertain());
+  r.state = RecordState::InFlight;
+  r.flags = kFlagProxyError;
+  EXPECT_FALSE(r.uncertain());
+}
+
 TEST(Record, UnknownVersionIsAnError) {
   std::string bytes = encodeRecord(sampleRecord());
-  for (int v : {0, 2, 255}) {
+  for (int v : {0, 3, 255}) {
     bytes[0] = static_cast<char>(v);
     Record out;
     EXPECT_EQ(decodeRecord(bytes, out), DecodeError::UnknownVersion);
@@ -226,7 +266,7 @@ TEST(RecordView, RejectsWhatDecodeRecordRejects) {
   std::string bytes = good + '\0';
   EXPECT_EQ(decodeRecordView(bytes, v), DecodeError::BadValue);  // trailing garbage
   bytes = good;
-  bytes[0] = 2;
+  bytes[0] = 3;
   EXPECT_EQ(decodeRecordView(bytes, v), DecodeError::UnknownVersion);
   bytes = good;
   bytes[1] = 3;
