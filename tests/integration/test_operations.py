@@ -159,7 +159,7 @@ class MetricsTest(ProxyTestCase):
         self.assertEqual(value(s, "idemproxy_waiters"), 0)
 
     def test_background_sweep_deletes_expired_records(self):
-        proxy = self.start_proxy(admin_port=0, payments={"ttl": "2s", "lease": "900ms"},
+        proxy = self.start_proxy(admin_port=0, payments={"ttl": "5s", "lease": "900ms"},
                                  upstream={"timeout": "500ms"}, store={"sweep_interval": "200ms"})
         admin = proxy.admin_port
 
@@ -169,8 +169,10 @@ class MetricsTest(ProxyTestCase):
 
         for _ in range(3):
             self.assertEqual(self.post(proxy, key=self.new_key()).status, 201)
-        self.assertTrue(harness.poll_until(lambda: records() == 3, 10), records())
-        self.assertTrue(harness.poll_until(lambda: records() == 0, 10),
+        # Held until their TTL passes (a slow machine may already have swept the first ones
+        # when the last is counted), then swept without any request touching them.
+        self.assertTrue(harness.poll_until(lambda: records() >= 1, 10), records())
+        self.assertTrue(harness.poll_until(lambda: records() == 0, 30),
                         "expired records were not swept")
 
     def test_readyz_and_healthz(self):
