@@ -2,8 +2,8 @@
 // One client request through the proxy: the per-request state machine (SPEC §1–3).
 //
 //   Received ──► Reserving ──► Forwarding ──► Recording ──► Responded
-//       │            │  ▲            │
-//       │            ▼  │            └──► Releasing ──► Responded
+//       │            │  ▲            │            └───► Streaming ──► Responded
+//       │            ▼  │            └──► Releasing ──► Responded (or Streaming)
 //       │         Waiting ──► Responded (replay / 409)
 //       └──► Responded (replay from a read, 4xx, pass-through answer)
 #include <chrono>
@@ -28,6 +28,7 @@ enum class RequestState {
   Forwarding,  // the exchange with the upstream is running
   Recording,   // the outcome is being written to the store
   Releasing,   // the reservation is being deleted (released status, nothing sent)
+  Streaming,   // an answer past max_response_body goes to the client as the upstream sends it
   Responded,   // the answer is sent (or the client is gone); nothing more to do
 };
 const char* toString(RequestState s);
@@ -69,6 +70,17 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   HttpAnswer recordedAnswer() const;
   void release(HttpAnswer clientAnswer, Outcome outcome, std::string_view detail);
   void ownerDone();
+  // The settled answer to the first client: sent whole, or streamed when the upstream's body
+  // passed max_response_body (rest_ holds the part not read yet).
+  void deliver(const HttpAnswer& answer, Outcome outcome, std::string_view detail = {});
+
+  // Streaming (request_stream.cpp): the head and the buffered part, then the rest as it comes,
+  // reading the upstream only while the client takes what is queued.
+  void streamAnswer(const HttpAnswer& answer, Outcome outcome, std::string_view detail);
+  void onStreamData(std::string_view piece);
+  void onStreamEnd(bool complete, std::string_view detail);
+  void onClientWritable();
+  void endStream(bool complete, std::string_view why);
 
   void replay(const Record& record);
   // Replays from the store's mapped memory; called inside the store's read transaction.
@@ -113,7 +125,8 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   HttpAnswer pending_answer_;
   Outcome pending_outcome_ = Outcome::Forwarded;
   uint32_t record_flags_ = kFlagNone;
-  HttpAnswer recorded_problem_;  // what is recorded when record_flags_ has kFlagProxyError
+  HttpAnswer recorded_problem_;         // what is recorded when record_flags_ has kFlagProxyError
+  std::unique_ptr<UpstreamBody> rest_;  // an answer past max_response_body: what is unread
   std::chrono::milliseconds record_retry_{50};
   EventPtr record_timer_;
   // A failing record is retried while the lease lasts, stopping this long before it ends.

@@ -140,9 +140,9 @@ Http1ResponseReader::Result Http1ResponseReader::feedHead(evbuffer* in, HttpAnsw
         return Result::Malformed;
       }
       if (n == 0) return Result::Done;
-      if (n > limit_) return Result::OverLimit;
       phase_ = Phase::Body;
       remaining_ = n;
+      if (n > limit_) return Result::OverLimit;  // known from the head: nothing is buffered
       answer.body.reserve(std::min<size_t>(n, 1 << 20));
       return Result::NeedMore;
     }

@@ -18,11 +18,15 @@ class Http1ResponseReader {
     NeedMore,   // every buffered byte was consumed; the answer is not complete yet
     Done,       // a complete answer; bytes after it (if any) stay in the buffer
     Malformed,  // not an acceptable HTTP/1.1 answer: `problem` says why
-    OverLimit,  // the body passed the limit; the head (status, fields) is complete
+    OverLimit,  // the body passed the limit; the head (status, fields) is complete and the
+                // body bytes that would pass it are left in the buffer
   };
 
   // Ready for the answer to a new request. `headRequest`: the answer has no body.
   void reset(bool headRequest, size_t bodyLimit);
+  // Past the limit the caller streams the rest: from now on every body byte is taken (the
+  // caller empties `answer.body` after each feed), where the answer left off.
+  void unlimit() { limit_ = static_cast<size_t>(-1); }
   // Consumes what `in` holds into `answer`.
   Result feed(evbuffer* in, HttpAnswer& answer, std::string& problem);
   // The body runs until the upstream closes the connection: EOF completes it.

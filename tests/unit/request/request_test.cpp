@@ -4,294 +4,14 @@
 
 #include <gtest/gtest.h>
 
-#include <deque>
-#include <optional>
-#include <stdexcept>
-
 #include "base/digest.h"
 #include "request/idempotency.h"
+#include "request/request_fixture.h"
 
 namespace idem {
 namespace {
 
-// ---- Fakes ----
-
-class FakeClient final : public Downstream {
- public:
-  struct Reply {
-    int status = 0;
-    Headers fields;
-    std::string body;
-    bool close = false;
-    std::string field(std::string_view name) const {
-      for (const auto& h : fields) {
-        if (iequals(h.name, name)) return h.value;
-      }
-      return {};
-    }
-    bool has(std::string_view name) const {
-      for (const auto& h : fields) {
-        if (iequals(h.name, name)) return true;
-      }
-      return false;
-    }
-  };
-
-  FakeClient(std::string method, std::string target, Headers fields, std::string body,
-             std::optional<Reply>* out)
-      : method_(std::move(method)),
-        target_(std::move(target)),
-        fields_(std::move(fields)),
-        body_(std::move(body)),
-        out_(out) {}
-
-  std::string_view method() const override { return method_; }
-  std::string_view target() const override { return target_; }
-  void forEachField(FieldVisitor fn) const override {
-    for (const auto& h : fields_) fn(h.name, h.value);
-  }
-  std::string_view body() const override { return body_; }
-  std::string_view peer() const override { return "192.0.2.7"; }
-  inline static bool gone = false;
-
-  void beginReply(int status) override {
-    if (gone) return;
-    ASSERT_FALSE(out_->has_value()) << "answered twice";
-    pending_.status = status;
-  }
-  void addField(std::string_view name, std::string_view value) override {
-    pending_.fields.push_back({std::string(name), std::string(value)});
-  }
-  void endReply(std::string_view body, bool close) override {
-    if (gone) return;  // the connection closed: nothing reaches anyone
-    pending_.body.assign(body);
-    pending_.close = close;
-    *out_ = pending_;
-  }
-
- private:
-  std::string method_, target_;
-  Headers fields_;
-  std::string body_;
-  Reply pending_;
-  std::optional<Reply>* out_;  // owned by the test: the client dies with the request
-};
-
-// A store whose operations complete only when the test says so, with the result it chooses.
-class FakeStore final : public Store {
- public:
-  std::deque<std::pair<ReserveRequest, std::function<void(ReserveResult)>>> reserves;
-  std::deque<std::pair<RecordRequest, std::function<void(RecordResult)>>> records;
-  std::deque<std::pair<std::string, std::function<void(WriteResult)>>> releases;
-  std::optional<Record> stored;  // what lookup() and visit() see
-  int lookups = 0;
-  bool throwOnReserve = false;
-  bool local = true;  // localReads()
-  bool localReads() const override { return local; }
-
-  void reserve(ReserveRequest req, std::function<void(ReserveResult)> done) override {
-    if (throwOnReserve) throw std::runtime_error("store exploded");
-    reserves.emplace_back(std::move(req), std::move(done));
-  }
-  void record(RecordRequest req, std::function<void(RecordResult)> done) override {
-    records.emplace_back(std::move(req), std::move(done));
-  }
-  void release(RecordId, std::string owner, std::function<void(WriteResult)> done) override {
-    releases.emplace_back(std::move(owner), std::move(done));
-  }
-  void forget(RecordId, std::function<void(WriteResult)> done) override { done({}); }
-  void sweep(size_t, std::function<void(WriteResult)> done) override { done({}); }
-  std::optional<Record> lookup(const RecordId&) override {
-    EXPECT_TRUE(local) << "a network store is never read directly by the core";
-    ++lookups;
-    return stored;
-  }
-  bool visit(const RecordId&, FunctionRef<void(const RecordView&)> fn) override {
-    EXPECT_TRUE(local) << "a network store is never read directly by the core";
-    if (!stored) return false;
-    const std::string bytes = encodeRecord(*stored);
-    RecordView view;
-    if (decodeRecordView(bytes, view) != DecodeError::None) return false;
-    fn(view);
-    return true;
-  }
-  std::vector<std::pair<RecordId, Record>> list() override { return {}; }
-  StoreStats stats() override { return {}; }
-  void flush() override {}
-  void setCommitObserver(CommitObserver) override {}
-};
-
-class FakeUpstream final : public Upstream {
- public:
-  explicit FakeUpstream(UpstreamConfig c) : config_(std::move(c)) {}
-  std::deque<std::pair<UpstreamRequest, std::function<void(UpstreamResult)>>> sent;
-  void send(UpstreamRequest request, std::function<void(UpstreamResult)> done) override {
-    sent.emplace_back(std::move(request), std::move(done));
-  }
-  size_t inFlight() const override { return sent.size(); }
-  const UpstreamConfig& config() const override { return config_; }
-
- private:
-  UpstreamConfig config_;
-};
-
-class Observer final : public ProxyObserver {
- public:
-  std::vector<std::pair<int, Outcome>> done;
-  std::vector<std::string> events;
-  void requestDone(const RequestReport& r) override { done.emplace_back(r.status, r.outcome); }
-  void upstreamDone(std::string_view, std::chrono::microseconds, bool) override {}
-  void event(std::string_view name, std::string_view, std::string_view) override {
-    events.emplace_back(name);
-  }
-  bool saw(std::string_view name) const {
-    return std::find(events.begin(), events.end(), name) != events.end();
-  }
-};
-
-class TestLoop final : public RequestLoop {
- public:
-  TestLoop(ConfigPtr config, RequestShared& shared, std::shared_ptr<Upstream> upstream)
-      : base_(event_base_new()),
-        config_(std::move(config)),
-        shared_(shared),
-        upstream_(std::move(upstream)) {}
-  ~TestLoop() override {
-    mailbox_.clear();
-    event_base_free(base_);
-  }
-  event_base* base() override { return base_; }
-  void post(std::function<void()> fn) override { mailbox_.push_back(std::move(fn)); }
-  const ConfigPtr& config() const override { return config_; }
-  std::shared_ptr<Upstream> upstream(const std::string& name) override {
-    return name == "backend" ? upstream_ : nullptr;
-  }
-  RequestShared& shared() override { return shared_; }
-
-  // Runs posted tasks and ready timers until `until` holds (bounded: a broken core fails the
-  // test instead of hanging it).
-  template <class F>
-  bool runUntil(F until) {
-    for (int i = 0; i < 100000 && !until(); ++i) {
-      std::deque<std::function<void()>> batch;
-      batch.swap(mailbox_);
-      for (auto& fn : batch) fn();
-      event_base_loop(base_, EVLOOP_NONBLOCK | EVLOOP_ONCE);
-      if (batch.empty() && !until()) event_base_loop(base_, EVLOOP_ONCE);
-    }
-    return until();
-  }
-  void drain() {
-    runUntil([&] { return mailbox_.empty(); });
-  }
-
- private:
-  event_base* base_;
-  std::deque<std::function<void()>> mailbox_;
-  ConfigPtr config_;
-  RequestShared& shared_;
-  std::shared_ptr<Upstream> upstream_;
-};
-
-// ---- Fixture ----
-
-class RequestCoreTest : public ::testing::Test {
- protected:
-  void SetUp() override { build(IdempotencyConfig{}); }
-  void TearDown() override {
-    // Requests still held by pending completions die here, before the fakes they point to;
-    // their last-resort 500s go nowhere.
-    FakeClient::gone = true;
-    store_.reserves.clear();
-    store_.records.clear();
-    store_.releases.clear();
-    upstream_->sent.clear();
-    shared_->waiters().clear();
-    loop_->drain();
-    FakeClient::gone = false;
-  }
-
-  void build(IdempotencyConfig ic) {
-    auto c = std::make_shared<Config>();
-    c->upstreams["backend"].url = "http://127.0.0.1:9";
-    RouteConfig pay;
-    pay.name = "payments";
-    pay.path = "/v1/payments";
-    pay.prefix = true;
-    pay.upstream = "backend";
-    pay.idempotency = ic;
-    RouteConfig rest;
-    rest.name = "rest";
-    rest.path = "";
-    rest.prefix = true;
-    rest.upstream = "backend";
-    c->routes = {pay, rest};
-    config_ = c;
-    loop_.reset();
-    shared_ = std::make_unique<RequestShared>(store_, observer_, clock_);
-    upstream_ = std::make_shared<FakeUpstream>(c->upstreams["backend"]);
-    loop_ = std::make_unique<TestLoop>(config_, *shared_, upstream_);
-  }
-
-  void start(std::string method = "POST", std::string target = "/v1/payments",
-             std::string key = "k1", std::string body = R"({"amount":1})",
-             std::string authorization = "Bearer A") {
-    Headers h{{"Host", "api.test"}};
-    if (!authorization.empty()) h.push_back({"Authorization", authorization});
-    if (!key.empty()) h.push_back({"Idempotency-Key", key});
-    ProxyRequest::start(*loop_, std::make_unique<FakeClient>(method, target, std::move(h),
-                                                             std::move(body), &reply_));
-  }
-
-  // The record this request's identity and fingerprint would have, completed with `answer`.
-  Record completed(HttpAnswer answer, std::string body = R"({"amount":1})") {
-    Record r;
-    r.state = RecordState::Completed;
-    r.expires_at_ms = clock_.wallMs() + 60'000;
-    r.fingerprint =
-        requestFingerprint(*config_->routes[0].idempotency, {"POST", "/v1/payments", "", body});
-    r.answer = std::move(answer);
-    return r;
-  }
-  Record inFlight(std::string owner) {
-    Record r = completed({});
-    r.state = RecordState::InFlight;
-    r.owner = std::move(owner);
-    r.lease_until_ms = clock_.wallMs() + 5'000;
-    return r;
-  }
-
-  void completeReserve(ReserveStatus status, Record rec = {}, StoreError err = StoreError::None) {
-    ASSERT_FALSE(store_.reserves.empty());
-    auto [req, done] = std::move(store_.reserves.front());
-    store_.reserves.pop_front();
-    done({err, status, std::move(rec)});
-    loop_->drain();
-  }
-  void completeUpstream(UpstreamResult r) {
-    ASSERT_FALSE(upstream_->sent.empty());
-    auto [req, done] = std::move(upstream_->sent.front());
-    upstream_->sent.pop_front();
-    done(std::move(r));
-    loop_->drain();
-  }
-  static UpstreamResult answer(int status, std::string body = "ok") {
-    UpstreamResult r;
-    r.answer.status = status;
-    r.answer.headers = {{"Content-Type", "application/json"}, {"Set-Cookie", "s=1"}};
-    r.answer.body = std::move(body);
-    return r;
-  }
-
-  FakeClock clock_;
-  FakeStore store_;
-  Observer observer_;
-  ConfigPtr config_;
-  std::unique_ptr<RequestShared> shared_;
-  std::shared_ptr<FakeUpstream> upstream_;
-  std::unique_ptr<TestLoop> loop_;
-  std::optional<FakeClient::Reply> reply_;
-};
+using namespace request_testing;
 
 // ---- Transitions ----
 
@@ -424,7 +144,7 @@ TEST_F(RequestCoreTest, NothingSentReleasesAndAnswers502Unavailable) {
   completeReserve(ReserveStatus::Won);
   UpstreamResult r;
   r.failure = UpstreamFailure::BeforeSend;
-  completeUpstream(r);
+  completeUpstream(std::move(r));
   ASSERT_EQ(store_.releases.size(), 1u);
   store_.releases[0].second({StoreError::Io, false, 0});  // the release fails
   loop_->drain();
@@ -439,7 +159,7 @@ TEST_F(RequestCoreTest, SentWithoutAnAnswerRecords504) {
   completeReserve(ReserveStatus::Won);
   UpstreamResult r;
   r.failure = UpstreamFailure::Timeout;
-  completeUpstream(r);
+  completeUpstream(std::move(r));
   ASSERT_EQ(store_.records.size(), 1u);
   EXPECT_EQ(store_.records[0].first.answer.status, 504);
   EXPECT_TRUE(store_.records[0].first.flags & kFlagProxyError);
@@ -507,14 +227,14 @@ TEST_F(RequestCoreTest, ClientGoneStillRecordsTheOutcome) {
   completeReserve(ReserveStatus::Won);
   // The exchange is running; the client's connection goes away (its reply calls are no-ops).
   // The outcome must still be recorded so a retry finds it, and the request freed.
-  FakeClient::gone = true;
+  FakeClient::closed = true;
   completeUpstream(answer(201, "paid"));
   ASSERT_EQ(store_.records.size(), 1u);
   EXPECT_EQ(store_.records[0].first.answer.body, "paid");
   store_.records[0].second({StoreError::None, RecordStatus::Recorded, {}});
   store_.records.clear();
   loop_->drain();
-  FakeClient::gone = false;
+  FakeClient::closed = false;
   EXPECT_FALSE(reply_);
   EXPECT_EQ(observer_.done.back().second, Outcome::Forwarded);
   EXPECT_EQ(shared_->active.load(), 0u);
@@ -610,7 +330,7 @@ TEST_F(RequestCoreTest, UpstreamReplayMarkerAndBadFieldNamesAreNotPassedOn) {
   UpstreamResult r = answer(201, "paid");
   r.answer.headers.push_back({"Idempotent-Replayed", "true"});
   r.answer.headers.push_back({"X Bad Name", "v"});
-  completeUpstream(r);
+  completeUpstream(std::move(r));
   ASSERT_EQ(store_.records.size(), 1u);
   for (const auto& h : store_.records[0].first.answer.headers) {
     EXPECT_FALSE(iequals(h.name, "Idempotent-Replayed"));
