@@ -125,13 +125,14 @@ void Worker::stopAccepting() {
       front_->closeIdleAndFinish();
       // With EPOLL_USE_CHANGELIST the listener's removal from epoll is applied at this loop's
       // next dispatch, not now: only after it may the last worker close the shared socket (a
-      // close first would let epoll_ctl act on a reused descriptor number). A zero timeout
-      // fires after that dispatch.
-      const timeval now{0, 0};
+      // close first would let epoll_ctl act on a reused descriptor number). A timer fires after
+      // that dispatch; not a zero one, which event_base_once activates at once, before it
+      // (tests/integration/test_listener_close.py sees the order in the system calls).
+      const timeval soon{0, 1};
       event_base_once(
           base_.get(), -1, EV_TIMEOUT,
           [](evutil_socket_t, short, void* arg) { static_cast<Proxy*>(arg)->listenerRemoved(); },
-          &proxy_, &now);
+          &proxy_, &soon);
     }
   });
 }
