@@ -150,7 +150,8 @@ void Worker::rebuildUpstreams() {
       const UpstreamConfig& old = it->second->config();
       if (old.url == uc.url && old.connect_timeout == uc.connect_timeout &&
           old.timeout == uc.timeout && old.max_connections == uc.max_connections &&
-          old.tls_ca_file == uc.tls_ca_file) {
+          old.tls_ca_file == uc.tls_ca_file && old.client == uc.client &&
+          old.idle_timeout == uc.idle_timeout && old.max_response_body == uc.max_response_body) {
         next.emplace(name, it->second);
         continue;
       }

@@ -4,8 +4,9 @@
 //                     connection (below the limit) or the FIFO queue. Nothing completes inside
 //                     send(): failures go through finish() → the delivery event.
 //   onWritable      → connected (or connect failed / timed out) → write the request;
-//   onReadable      → bytes → parse the response (status line, headers, body by
-//                     Content-Length / chunked / until close); EOF or error → fail the exchange.
+//   onReadable      → bytes → parse the response with libhttp-parser (http1_response.cpp:
+//                     status line, fields, body by Content-Length / chunked / until close);
+//                     EOF ends a body read until close, else it fails the exchange.
 // Plain events on a non-blocking socket rather than bufferevents: a bufferevent's teardown is
 // deferred to the next loop pass, and destroying an Upstream must leave no event behind.
 //   after a reply   → the connection takes the next queued exchange, or goes idle (read
@@ -621,10 +622,14 @@ void Http1Backend::streamStep(Conn* c) {
       continue;
     }
     if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) break;
-    if (n == 0 && c->reader.untilClose()) return endStream(c, true, {});
-    return endStream(c, false,
-                     n == 0 ? "upstream closed the connection before the end of the body"
-                            : std::string("recv: ") + std::strerror(err));
+    if (n == 0) {
+      std::string problem;
+      if (c->reader.finish(c->piece, problem) == Http1ResponseReader::Result::Done) {
+        return endStream(c, true, {});
+      }
+      return endStream(c, false, problem);
+    }
+    return endStream(c, false, std::string("recv: ") + std::strerror(err));
   }
   if (evbuffer_get_length(c->in.get()) != 0) {
     // The last read is not parsed yet: carry on at the next loop pass (the socket may have
@@ -677,10 +682,12 @@ Http1Backend::ReadStep Http1Backend::readOnce(Conn* c) {
     return ReadStep::Ended;
   }
   if (n == 0) {
-    if (c->reader.untilClose()) {
+    // The close ends a body without framing; anything else it cuts short.
+    std::string problem;
+    if (c->reader.finish(c->ex->answer, problem) == Http1ResponseReader::Result::Done) {
       completeOnConn(c, true);
     } else {
-      failOnConn(c, "upstream closed the connection before a complete answer", false);
+      failOnConn(c, std::move(problem), false);
     }
     return ReadStep::Ended;
   }

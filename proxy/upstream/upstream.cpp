@@ -735,8 +735,13 @@ int CurlBackend::onPrereq(void* userp, char*, char*, int, int) {
 
 PooledUpstream::PooledUpstream(event_base* base, const UpstreamConfig& config,
                                unsigned connectionLimit, UpstreamBackend backend) {
-  if (backend == UpstreamBackend::Auto) {
-    impl_ = makeHttp1Backend(base, config, connectionLimit);
+  const UpstreamClient client =
+      backend == UpstreamBackend::Curl ? UpstreamClient::Curl : config.client;
+  if (client != UpstreamClient::Curl) impl_ = makeHttp1Backend(base, config, connectionLimit);
+  if (client == UpstreamClient::Builtin && !impl_) {
+    // `check` refuses this combination; a hand-built configuration may still ask for it.
+    throw std::runtime_error("upstream '" + config.name + "': the built-in client cannot reach " +
+                             config.url);
   }
   if (!impl_) impl_ = std::make_unique<CurlBackend>(base, config, connectionLimit);
 }

@@ -1,7 +1,8 @@
 #pragma once
-// Forwarding to one upstream from a libevent loop (one Upstream per upstream per worker):
-// http:// upstreams at an IP literal use a built-in HTTP/1.1 client; https:// and host names
-// use libcurl's multi interface. Knows nothing of keys or the store.
+// Forwarding to one upstream from a libevent loop (one Upstream per upstream per worker),
+// through the client its configuration names (`client`: the built-in HTTP/1.1 client, for
+// http:// at an IP literal, or libcurl's multi interface, for anything). Knows nothing of keys
+// or the store.
 #include <event2/event.h>
 
 #include <chrono>
@@ -83,8 +84,9 @@ struct UpstreamResult {
 // seconds: it is given idle_timeout rounded down to a second, less one, so that it never
 // keeps a connection longer than asked (an idle_timeout under 2 s means "under 1 s" there).
 
-// Which client an Upstream uses. Auto: the built-in HTTP/1.1 client for http:// URLs whose
-// host is an IP literal, libcurl otherwise. Curl forces libcurl (tests compare the two).
+// Which client an Upstream uses. Auto: the configuration's `client` (UpstreamClient::Auto: the
+// built-in HTTP/1.1 client for http:// URLs whose host is an IP literal, libcurl otherwise).
+// Curl forces libcurl (tests compare the two).
 enum class UpstreamBackend { Auto, Curl };
 
 // One upstream as the request core sees it: start an exchange, get one result later. The
@@ -111,7 +113,8 @@ class Upstream {
 // worker), through the built-in HTTP/1.1 client or libcurl's multi interface.
 class PooledUpstream final : public Upstream {
  public:
-  // `base` must outlive the Upstream. Its sockets and timers live on `base`.
+  // `base` must outlive the Upstream. Its sockets and timers live on `base`. Throws when the
+  // configuration asks for the built-in client where it cannot go (https, a host name).
   PooledUpstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
                  UpstreamBackend backend = UpstreamBackend::Auto);
   ~PooledUpstream() override;

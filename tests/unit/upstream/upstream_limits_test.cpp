@@ -251,6 +251,23 @@ TEST_P(UpstreamLimitsTest, TransferCodingsOtherThanALoneChunkedAreRefused) {
   EXPECT_EQ(r.answer.body, "ok");
 }
 
+TEST_P(UpstreamLimitsTest, FieldNamesThatAreNotTokensAreDroppedNotTheAnswer) {
+  // libhttp-parser refuses a whole answer for one such line; both clients drop the field
+  // (a name with spaces around it loses them, RFC 9112 §5.1), in interim answers too.
+  TestHttpServer server([](const ReceivedRequest&) {
+    return Reply::bytes(
+        "HTTP/1.1 100 Continue\r\nX Early: 1\r\n\r\n"
+        "HTTP/1.1 201 Created\r\nX Bad Name: v\r\nX-Sp : s\r\n"
+        "X-Good: g\r\nContent-Length: 2\r\n\r\nok");
+  });
+  PooledUpstream up(base_.get(), config(server.url()), 4, GetParam());
+  UpstreamResult r = exchange(up, post(0));
+  ASSERT_EQ(r.failure, UpstreamFailure::None) << r.detail;
+  EXPECT_EQ(r.answer.status, 201);
+  EXPECT_EQ(r.answer.headers, (Headers{{"X-Sp", "s"}, {"X-Good", "g"}, {"Content-Length", "2"}}));
+  EXPECT_EQ(r.answer.body, "ok");
+}
+
 TEST_P(UpstreamLimitsTest, IdleTimeoutIsTheUpstreamsSetting) {
   // An upstream with a 1.2 s keep-alive: a request arriving on a connection idle longer finds
   // it closed (its timer fired as the request crossed), unanswered. idle_timeout 1 s keeps
