@@ -165,20 +165,13 @@ class Http1Backend final : public PooledUpstream::Impl {
   };
 
   // The rest of a body past the limit (UpstreamBody): owns nothing but its place on `conn`.
-  struct Stream final : UpstreamBody {
+  struct Stream final : StreamedRest {
     Http1Backend* owner = nullptr;
     Conn* conn = nullptr;  // null once ended, or once the backend is gone
-    DataFn data;
-    EndFn end;
-    bool started = false;
-    bool paused = false;
-    std::shared_ptr<bool> alive = std::make_shared<bool>(true);
 
     ~Stream() override;
-    void start(DataFn d, EndFn e) override;
-    void pause() override;
-    void resume() override;
-    void kick();
+    void kick() override;
+    void stopReading() override;
   };
 
   // What one read from a connection's socket led to.
@@ -249,23 +242,10 @@ Http1Backend::Stream::~Stream() {
   owner->pump();
 }
 
-void Http1Backend::Stream::start(DataFn d, EndFn e) {
-  data = std::move(d);
-  end = std::move(e);
-  started = true;
-  kick();
-}
-
-void Http1Backend::Stream::pause() {
-  paused = true;
+void Http1Backend::Stream::stopReading() {
   if (conn == nullptr) return;
   event_del(conn->readEv.get());
   event_del(conn->streamTimer.get());
-}
-
-void Http1Backend::Stream::resume() {
-  paused = false;
-  kick();
 }
 
 void Http1Backend::Stream::kick() {
@@ -611,7 +591,7 @@ void Http1Backend::streamStep(Conn* c) {
     }
     if (r == Http1ResponseReader::Result::Done) return endStream(c, true, {});
     if (r == Http1ResponseReader::Result::Malformed) return endStream(c, false, problem);
-    if (s->paused) return s->pause();
+    if (s->paused) return s->stopReading();
     evbuffer_iovec vec[2];
     const int nvec = evbuffer_reserve_space(c->in.get(), 16 * 1024, vec, 2);
     const ssize_t n = nvec > 0 ? ::recv(c->fd, vec[0].iov_base, vec[0].iov_len, 0) : -1;
@@ -623,7 +603,7 @@ void Http1Backend::streamStep(Conn* c) {
     }
     if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) break;
     if (n == 0) {
-      std::string problem;
+      problem.clear();
       if (c->reader.finish(c->piece, problem) == Http1ResponseReader::Result::Done) {
         return endStream(c, true, {});
       }

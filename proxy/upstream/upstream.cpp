@@ -80,21 +80,14 @@ class CurlBackend final : public PooledUpstream::Impl {
 
   // The rest of a body past the limit (UpstreamBody). Until the transfer ends the exchange
   // lives in `active_`; after, the stream owns it until the last piece is delivered.
-  struct Stream final : UpstreamBody {
+  struct Stream final : StreamedRest {
     CurlBackend* owner = nullptr;
     Exchange* ex = nullptr;  // null once the backend is gone
     std::unique_ptr<Exchange> owned;
-    DataFn data;
-    EndFn end;
-    bool started = false;
-    bool paused = false;
-    std::shared_ptr<bool> alive = std::make_shared<bool>(true);
 
     ~Stream() override;
-    void start(DataFn d, EndFn e) override;
-    void pause() override;
-    void resume() override;
-    void kick();
+    void kick() override;
+    void stopReading() override;
   };
 
   // One socket curl asked us to watch.
@@ -664,21 +657,9 @@ CurlBackend::Stream::~Stream() {
   owner->recycle(std::move(dead->easy));
 }
 
-void CurlBackend::Stream::start(DataFn d, EndFn e) {
-  data = std::move(d);
-  end = std::move(e);
-  started = true;
-  kick();
-}
-
-void CurlBackend::Stream::pause() {
-  paused = true;
+void CurlBackend::Stream::stopReading() {
+  // The next piece curl offers is refused (CURL_WRITEFUNC_PAUSE): curl stops reading.
   if (ex != nullptr && ex->timer) evtimer_del(ex->timer.get());
-}
-
-void CurlBackend::Stream::resume() {
-  paused = false;
-  kick();
 }
 
 void CurlBackend::Stream::kick() {

@@ -8,7 +8,8 @@ import socket
 import time
 import unittest
 
-from harness import ProxyTestCase, build_request, poll_until
+from harness import build_request, poll_until
+from test_upstream_limits import BothClients, vm_kib
 
 MIB = 1 << 20
 
@@ -18,26 +19,12 @@ def pattern(n):
     return (block * (n // 251 + 1))[:n]
 
 
-def vm_kib(pid, field):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s in /proc/%d/status" % (field, pid))
-
-
-class Streaming(ProxyTestCase):
-    CLIENTS = ("http1", "curl")
-
-    def url(self, client):
-        return self.up.url if client == "http1" else self.up.url.replace("127.0.0.1", "localhost")
+class Streaming(BothClients):
+    """Payments with a 1 MiB max_response_body, through either client."""
 
     def proxy(self, client, **kw):
         kw.setdefault("payments", {"max_response_body": "1MiB"})
-        kw.setdefault("server", {"drain_timeout": "15s"})
-        upstream = {"timeout": "4s"}
-        upstream.update(kw.pop("upstream", {}))
-        return self.start_proxy(upstream_url=self.url(client), upstream=upstream, **kw)
+        return super().proxy(client, **kw)
 
     def open_post(self, proxy, key):
         """Sends a payment request; returns the socket and an unread HTTPResponse."""
@@ -81,6 +68,26 @@ class Streaming(ProxyTestCase):
             self.assertEqual(r.status, 201, r)
             self.assertEqual(r.json()["object"], "payment")
             proxy.stop()
+
+    def test_an_http10_client_gets_a_body_ended_by_the_close(self):
+        size = 3 * MIB + 7
+        proxy = self.proxy("http1")
+        self.up.script(queue=[{"pattern_size": size, "chunked": True}])
+        body = b'{"amount": 100}'
+        data = (b"POST /v1/payments/charge HTTP/1.0\r\nHost: x\r\nAuthorization: "
+                + self.AUTH.encode() + b"\r\nIdempotency-Key: " + self.new_key().encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+            sock.sendall(data)
+            resp = http.client.HTTPResponse(sock, method="POST")
+            resp.begin()
+            self.assertEqual(resp.status, 201)
+            self.assertIsNone(resp.getheader("Transfer-Encoding"))  # not for HTTP/1.0
+            self.assertIsNone(resp.getheader("Content-Length"))
+            self.assertEqual(resp.getheader("Connection"), "close")
+            got = resp.read()
+        self.assertTrue(got == pattern(size), "%d bytes" % len(got))
 
     def test_a_slow_client_keeps_the_proxys_memory_bounded(self):
         size = 48 * MIB

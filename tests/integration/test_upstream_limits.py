@@ -18,7 +18,8 @@ def vm_kib(pid, field):
     raise AssertionError("no %s in /proc/%d/status" % (field, pid))
 
 
-class UpstreamLimits(ProxyTestCase):
+class BothClients(ProxyTestCase):
+    """A proxy through the built-in client (an IP literal URL) or libcurl (a host name)."""
     CLIENTS = ("http1", "curl")
 
     def url(self, client):
@@ -29,6 +30,9 @@ class UpstreamLimits(ProxyTestCase):
         upstream = {"timeout": "4s"}  # below the tests' 5 s lease
         upstream.update(kw.pop("upstream", {}))
         return self.start_proxy(upstream_url=self.url(client), upstream=upstream, **kw)
+
+
+class UpstreamLimits(BothClients):
 
     def warm(self, proxy):
         """One exchange so the worker's buffers exist; returns the proxy's peak RSS (KiB)."""
