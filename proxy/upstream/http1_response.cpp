@@ -70,7 +70,9 @@ bool Http1ResponseReader::countHead(size_t n) {
 }
 
 void Http1ResponseReader::endField() {
-  if (inValue_ && !headersDone_) {
+  // A name the parser took that is still not a token (its lenient table allows a space, and
+  // the pre-pass may see a line end where the parser does not) is dropped here too.
+  if (inValue_ && !headersDone_ && isToken(field_)) {
     answer_->headers.push_back({field_, std::string(trimOws(value_))});
   }
   field_.clear();
@@ -246,6 +248,7 @@ bool dropBadFieldLines(evbuffer* in, size_t maxHead) {
   // The head's end: the first empty line after the status line.
   size_t end = std::string_view::npos;
   bool bad = false;
+  bool lastWasStatus = false;
   for (size_t pos = 0; pos < buf.size();) {
     const size_t nl = buf.find('\n', pos);
     if (nl == std::string_view::npos) break;
@@ -258,29 +261,39 @@ bool dropBadFieldLines(evbuffer* in, size_t maxHead) {
     if (pos > 0 && line.front() != ' ' && line.front() != '\t') {
       const size_t colon = line.find(':');
       bad = bad || colon == std::string_view::npos || !isToken(line.substr(0, colon));
+    } else if (pos > 0 && lastWasStatus) {
+      bad = true;  // a continuation of the status line: no field to continue
     }
+    lastWasStatus = pos == 0;
     pos = nl + 1;
   }
   if (end == std::string_view::npos) return false;
   if (!bad) return true;
   // Rewrite the head without them. A name with spaces around it (RFC 9112 §5.1: a proxy
   // removes them) is kept, trimmed; one that is still not a token is dropped.
+  // A continuation line goes with its field: kept after a kept one, dropped otherwise.
   std::string head;
   head.reserve(end);
+  bool keptLast = false;  // the last field line was kept
   for (size_t pos = 0; pos < end;) {
     const size_t nl = buf.find('\n', pos);
     std::string_view line = buf.substr(pos, nl + 1 - pos);
     pos = nl + 1;
     std::string_view text = line;
     while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
-    if (head.empty() || text.empty() || text.front() == ' ' || text.front() == '\t') {
-      head.append(line);  // the status line, the blank line, an obs-fold continuation
+    if (head.empty() || text.empty()) {
+      head.append(line);  // the status line, the blank line
+      continue;
+    }
+    if (text.front() == ' ' || text.front() == '\t') {
+      if (keptLast) head.append(line);  // an obs-fold continuation
       continue;
     }
     const size_t colon = text.find(':');
-    if (colon == std::string_view::npos) continue;
-    const std::string_view name = trimOws(text.substr(0, colon));
-    if (!isToken(name)) continue;
+    const std::string_view name =
+        colon == std::string_view::npos ? std::string_view() : trimOws(text.substr(0, colon));
+    keptLast = isToken(name);
+    if (!keptLast) continue;
     head.append(name);
     head.append(":");
     head.append(text.substr(colon + 1));
