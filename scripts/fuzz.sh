@@ -11,7 +11,7 @@ cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(key path canonical_json record config upstream_head)
+  targets=(key path canonical_json record config upstream_head upstream_response)
 fi
 findings=build/fuzz/findings
 mkdir -p "$findings"

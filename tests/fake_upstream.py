@@ -31,6 +31,9 @@ A behaviour is an object; every field is optional:
   body        str            answer body (UTF-8)
   body_b64    str            answer body, base64
   body_size   int            answer body of N random bytes
+  pattern_size  int          answer body of N bytes of pattern(N) (bytes 0..250 repeated), so
+                             a test can check every byte that arrived
+  until_close bool           no Content-Length: write the body, then close (read-until-close)
   echo        bool           answer body = request body
   delay_ms    int            wait before answering
   gate        str            wait before answering until the test opens the gate of that name
@@ -81,6 +84,7 @@ class State:
         self.keepalive_ms = 0
         self.payment_seq = 0
         self.connection_seq = 0
+        self.cut_short = 0  # answers whose body could not be written whole (the peer left)
         self.stopping = threading.Event()
         self.gates = {}  # name -> threading.Event
 
@@ -93,6 +97,7 @@ class State:
             return {
                 "count": self.count,
                 "connections": len(self.connections),
+                "cut_short": self.cut_short,
                 "requests": list(self.requests),
             }
 
@@ -104,6 +109,7 @@ class State:
             self.queue = []
             self.default = None
             self.keepalive_ms = 0
+            self.cut_short = 0
             self.cond.notify_all()
 
     def script(self, doc):
@@ -307,6 +313,8 @@ class Handler(BaseHTTPRequestHandler):
             body = base64.b64decode(b["body_b64"])
         elif "body_size" in b:
             body = os.urandom(int(b["body_size"]))
+        elif "pattern_size" in b:
+            body = pattern(int(b["pattern_size"]))
         elif b.get("echo"):
             body = request_body
         else:
@@ -349,7 +357,12 @@ class Handler(BaseHTTPRequestHandler):
                 while not STATE.stopping.is_set():
                     self.wfile.write(block)
             except (OSError, ValueError):
-                pass
+                self.count_cut_short()
+            return
+        if b.get("until_close"):
+            self.close_connection = True
+            self.end_headers()
+            self.write_body(body)
             return
         if b.get("transfer_encoding"):
             te = b["transfer_encoding"]
@@ -375,7 +388,26 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(body)
+                self.write_body(body)
+
+    def write_body(self, body):
+        try:
+            self.wfile.write(body)
+        except (OSError, ValueError):
+            self.close_connection = True
+            self.count_cut_short()
+
+    @staticmethod
+    def count_cut_short():
+        with STATE.cond:
+            STATE.cut_short += 1
+            STATE.cond.notify_all()
+
+
+def pattern(n):
+    """n bytes: 0, 1, …, 250, 0, 1, … (a body whose every byte can be checked)."""
+    block = bytes(range(251))
+    return (block * (n // 251 + 1))[:n]
 
 
 class Server(ThreadingHTTPServer):

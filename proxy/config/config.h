@@ -70,6 +70,15 @@ struct StoreConfig {
   PostgresStoreConfig postgres;
 };
 
+// Which HTTP client forwards to an upstream (`upstreams.<name>.client`).
+enum class UpstreamClient {
+  Auto,     // not given: Builtin for http:// to an IP literal, Curl otherwise (the parser
+            // resolves it; only hand-built configurations keep it)
+  Builtin,  // the proxy's own HTTP/1.1 client on the worker's loop: http:// to an IP address
+  Curl,     // libcurl: https://, host names (resolved off the loop), or by choice
+};
+const char* toString(UpstreamClient c);
+
 struct UpstreamConfig {
   std::string name;
   std::string url;  // http:// or https://, optional path prefix, no query
@@ -83,6 +92,7 @@ struct UpstreamConfig {
   // (pass-through routes): past it the exchange fails (502 upstream-failed).
   uint64_t max_response_body = 64ull << 20;
   std::string tls_ca_file;  // https: CA bundle to verify the upstream with; "" = system CAs
+  UpstreamClient client = UpstreamClient::Auto;
 };
 
 enum class FingerprintPart { Method, Path, Query, Body, BodyJson };

@@ -64,6 +64,7 @@ struct Field {
 struct UpstreamMarks {
   YAML::Mark key;
   std::optional<YAML::Mark> timeout;  // set when given explicitly
+  std::optional<YAML::Mark> client;   // set when given explicitly
 };
 
 struct RouteMarks {

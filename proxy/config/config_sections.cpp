@@ -200,7 +200,7 @@ void Parser::parseUpstreams(const Field& f, std::map<std::string, UpstreamConfig
     }
     UpstreamConfig upstream;
     upstream.name = name;
-    UpstreamMarks marks{key.Mark(), std::nullopt};
+    UpstreamMarks marks{key.Mark(), std::nullopt, std::nullopt};
     auto seen =
         walk(field.value, field.path,
              {
@@ -236,9 +236,31 @@ void Parser::parseUpstreams(const Field& f, std::map<std::string, UpstreamConfig
                     }
                     upstream.tls_ca_file = path;
                   }},
+                 {"client",
+                  [&](const Field& k) {
+                    std::string client;
+                    if (!readText(k, client)) return;
+                    if (client == "builtin") {
+                      upstream.client = UpstreamClient::Builtin;
+                    } else if (client == "curl") {
+                      upstream.client = UpstreamClient::Curl;
+                    } else {
+                      error(k, "client must be builtin or curl, got '" + client + "'");
+                    }
+                    marks.client = k.mark();
+                  }},
              });
     if (seen.count("url") == 0) {
       error(field.value.Mark(), field.path + ": missing required key 'url'");
+    } else if (!upstream.url.empty()) {
+      // The built-in client unless it cannot reach the URL (https, a host name): then curl.
+      const std::string problem = builtinClientProblem(upstream.url);
+      if (upstream.client == UpstreamClient::Auto) {
+        upstream.client = problem.empty() ? UpstreamClient::Builtin : UpstreamClient::Curl;
+      } else if (upstream.client == UpstreamClient::Builtin && !problem.empty()) {
+        error(*marks.client,
+              "client builtin " + problem + "; use client: curl for '" + upstream.url + "'");
+      }
     }
     upstreamMarks_[name] = marks;
     out.emplace(name, std::move(upstream));

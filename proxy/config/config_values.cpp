@@ -172,9 +172,40 @@ std::string checkUpstreamUrl(std::string_view url, std::string& normalized) {
   return {};
 }
 
+std::string builtinClientProblem(std::string_view url) {
+  if (!url.starts_with("http://")) return "speaks plain http:// only (no TLS)";
+  std::string_view rest = url.substr(7);
+  std::string_view authority = rest.substr(0, rest.find('/'));
+  std::string host;
+  if (!authority.empty() && authority.front() == '[') {
+    host = std::string(authority.substr(1, authority.find(']') - 1));
+    if (host.find('%') != std::string::npos) return "takes no IPv6 zone ids";
+    return isIpv6(host) ? std::string() : "needs an IP address";
+  }
+  host = std::string(authority.substr(0, authority.find(':')));
+  in_addr addr{};
+  if (inet_pton(AF_INET, host.c_str(), &addr) != 1) {
+    return "needs an IP address: it does not resolve host names (curl resolves them off the "
+           "event loop)";
+  }
+  return {};
+}
+
 }  // namespace config_detail
 
 using namespace config_detail;  // this file's helpers, for the public parsers below
+
+const char* toString(UpstreamClient c) {
+  switch (c) {
+    case UpstreamClient::Auto:
+      return "auto";
+    case UpstreamClient::Builtin:
+      return "builtin";
+    case UpstreamClient::Curl:
+      return "curl";
+  }
+  return "?";
+}
 
 std::optional<Millis> parseDuration(std::string_view text) {
   auto [digits, unit] = splitAmount(text);

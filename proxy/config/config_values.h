@@ -26,5 +26,8 @@ std::optional<uint64_t> parseDigits(std::string_view s);
 // Validates an upstream URL. Returns an empty string and sets `normalized` (lower-case scheme,
 // no trailing '/' on the path) when valid, else the problem, phrased to follow "url '...' ".
 std::string checkUpstreamUrl(std::string_view url, std::string& normalized);
+// Why the built-in HTTP/1.1 client cannot reach a (valid, normalised) upstream URL, phrased to
+// follow "client builtin ", or "" when it can: it speaks plain http:// to an IP address only.
+std::string builtinClientProblem(std::string_view url);
 
 }  // namespace idem::config_detail

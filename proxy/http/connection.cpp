@@ -150,6 +150,10 @@ void FrontConnection::closeNow() {
   fd_ = -1;
   if (server_ != nullptr) server_->connectionClosed(this);
   server_ = nullptr;
+  if (writable_) {
+    auto writer = std::move(writable_);
+    writer();  // a streamed answer's writer learns the client is gone
+  }
   auto last = std::move(self_);  // may destroy *this on return: nothing may follow
 }
 
@@ -269,7 +273,8 @@ void FrontConnection::readInput() {
 
 void FrontConnection::process() {
   while (!closed()) {
-    if (phase_ == Phase::Dispatched || phase_ == Phase::Writing || phase_ == Phase::Lingering) {
+    if (phase_ == Phase::Dispatched || phase_ == Phase::Writing || phase_ == Phase::Streaming ||
+        phase_ == Phase::Lingering) {
       return;
     }
     if (parse_ == end_) {
@@ -554,7 +559,9 @@ void FrontConnection::endReply(uint64_t seq, std::string_view body, bool close) 
 }
 
 void FrontConnection::abandoned(uint64_t seq) {
-  if (!closed() && seq == seq_ && phase_ == Phase::Dispatched) closeNow();
+  if (closed() || seq != seq_) return;
+  writable_ = nullptr;  // its writer is the one going away
+  if (phase_ == Phase::Dispatched || phase_ == Phase::Streaming) closeNow();
 }
 
 // ---- Writing ----
@@ -620,6 +627,21 @@ void FrontConnection::finish(std::string_view body, bool close) {
   } else if (!noBody) {
     appendLength(body.size());
   }
+  endHead(close);
+  phase_ = Phase::Writing;
+  if (!send(head_, bodyless ? std::string_view() : body)) {
+    closeNow();
+    return;
+  }
+  if (out_off_ < out_.size()) {
+    wantWrite(true);
+    armTimer(server_->limits().client_timeout);
+  } else {
+    flushed();
+  }
+}
+
+void FrontConnection::endHead(bool close) {
   if (!has_date_ && server_ != nullptr) {
     head_.append("Date: ");
     head_.append(server_->httpDate());
@@ -634,17 +656,6 @@ void FrontConnection::finish(std::string_view body, bool close) {
   }
   head_.append("\r\n");
   close_after_ = close;
-  phase_ = Phase::Writing;
-  if (!send(head_, bodyless ? std::string_view() : body)) {
-    closeNow();
-    return;
-  }
-  if (out_off_ < out_.size()) {
-    wantWrite(true);
-    armTimer(server_->limits().client_timeout);
-  } else {
-    flushed();
-  }
 }
 
 bool FrontConnection::send(std::string_view head, std::string_view body) {
@@ -676,6 +687,10 @@ bool FrontConnection::send(std::string_view head, std::string_view body) {
 }
 
 void FrontConnection::flushed() {
+  if (phase_ == Phase::Streaming) {
+    if (auto writer = writable_) writer();  // a copy: the writer may end the body
+    return;
+  }
   if (phase_ != Phase::Writing) return;  // a 100 Continue went out; the body is still read
   if (close_after_) {
     lingerClose();

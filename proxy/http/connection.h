@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -51,6 +52,10 @@ class FrontConnection : public std::enable_shared_from_this<FrontConnection> {
   void beginReply(uint64_t seq, int status);
   void addField(uint64_t seq, std::string_view name, std::string_view value);
   void endReply(uint64_t seq, std::string_view body, bool close);
+  // A streamed answer (connection_stream.cpp; Downstream::startBody says how it behaves).
+  void startBody(uint64_t seq, int64_t length, bool close, std::function<void()> writable);
+  bool writeBody(uint64_t seq, std::string_view piece);
+  void endBody(uint64_t seq, bool complete);
   // The Downstream died without an answer: nothing sensible can be said on this connection.
   void abandoned(uint64_t seq);
 
@@ -68,6 +73,7 @@ class FrontConnection : public std::enable_shared_from_this<FrontConnection> {
     Body,        // reading the body (the same deadline)
     Dispatched,  // the handler has the request; waiting for endReply
     Writing,     // the answer is partly written; nothing else is parsed until it is out
+    Streaming,   // a streamed answer's head is out; its body comes piece by piece
     Lingering,   // answered and shut down for writing; discarding input until EOF, then close
   };
   struct Span {
@@ -108,6 +114,7 @@ class FrontConnection : public std::enable_shared_from_this<FrontConnection> {
   void startHead(int status);
   void putField(std::string_view name, std::string_view value);
   void finish(std::string_view body, bool close);
+  void endHead(bool close);  // Date, Connection and the blank line
   void appendLength(size_t n);
   bool send(std::string_view head, std::string_view body);  // false: the client is gone
   void flushed();
@@ -162,6 +169,10 @@ class FrontConnection : public std::enable_shared_from_this<FrontConnection> {
   size_t out_off_ = 0;
   bool close_after_ = false;
   size_t lingered_ = 0;
+  // A streamed answer: the writer's wake-up, and the framing of its body.
+  std::function<void()> writable_;
+  bool chunked_out_ = false;
+  bool first_chunk_ = true;
 };
 
 // The Downstream the handler gets: a handle on one request of one connection.
@@ -181,6 +192,10 @@ class FrontRequest final : public Downstream {
   void beginReply(int status) override;
   void addField(std::string_view name, std::string_view value) override;
   void endReply(std::string_view body, bool close) override;
+  void startBody(int64_t length, bool close, std::function<void()> writable) override;
+  bool writeBody(std::string_view piece) override;
+  void endBody(bool complete) override;
+  bool gone() const override { return replied_ || conn_->closed() || conn_->requestSeq() != seq_; }
 
  private:
   std::shared_ptr<FrontConnection> conn_;

@@ -125,13 +125,14 @@ void Worker::stopAccepting() {
       front_->closeIdleAndFinish();
       // With EPOLL_USE_CHANGELIST the listener's removal from epoll is applied at this loop's
       // next dispatch, not now: only after it may the last worker close the shared socket (a
-      // close first would let epoll_ctl act on a reused descriptor number). A zero timeout
-      // fires after that dispatch.
-      const timeval now{0, 0};
+      // close first would let epoll_ctl act on a reused descriptor number). A timer fires after
+      // that dispatch; not a zero one, which event_base_once activates at once, before it
+      // (tests/integration/test_listener_close.py sees the order in the system calls).
+      const timeval soon{0, 1};
       event_base_once(
           base_.get(), -1, EV_TIMEOUT,
           [](evutil_socket_t, short, void* arg) { static_cast<Proxy*>(arg)->listenerRemoved(); },
-          &proxy_, &now);
+          &proxy_, &soon);
     }
   });
 }
@@ -149,7 +150,8 @@ void Worker::rebuildUpstreams() {
       const UpstreamConfig& old = it->second->config();
       if (old.url == uc.url && old.connect_timeout == uc.connect_timeout &&
           old.timeout == uc.timeout && old.max_connections == uc.max_connections &&
-          old.tls_ca_file == uc.tls_ca_file) {
+          old.tls_ca_file == uc.tls_ca_file && old.client == uc.client &&
+          old.idle_timeout == uc.idle_timeout && old.max_response_body == uc.max_response_body) {
         next.emplace(name, it->second);
         continue;
       }

@@ -2,6 +2,8 @@
 // The client side of one request, as the request core sees it: the parsed request and a sink for
 // the one answer it gets. The front server implements it on its connections; unit tests
 // implement it with a recorder. The core never sees sockets, parsers or framing.
+#include <cstdint>
+#include <functional>
 #include <string_view>
 
 #include "base/function_ref.h"
@@ -33,6 +35,24 @@ class Downstream {
   virtual void beginReply(int status) = 0;
   virtual void addField(std::string_view name, std::string_view value) = 0;
   virtual void endReply(std::string_view body, bool close) = 0;
+
+  // ---- A streamed answer (a body too large to hold): beginReply, addField per field, then
+  // startBody instead of endReply, writeBody per piece as the body comes, endBody once. ----
+  static constexpr int64_t kUnknownLength = -1;
+  // Sends the head. `length`: the body's size when known (sent as Content-Length), else
+  // kUnknownLength (sent chunked; to an HTTP/1.0 client, ended by closing the connection).
+  // `writable` runs from the loop, never inside these calls: each time the client has taken
+  // what was queued after writeBody returned false, and once if the client goes away (gone()
+  // is true then). It is dropped by endBody.
+  virtual void startBody(int64_t length, bool close, std::function<void()> writable) = 0;
+  // Queues a piece. False: the client's queue is over its bound (memory stays bounded) or the
+  // client is gone; write again when `writable` runs.
+  virtual bool writeBody(std::string_view piece) = 0;
+  // The body is over. Not `complete` (cut short): the client must see it is incomplete, so the
+  // connection closes without the framing's end.
+  virtual void endBody(bool complete) = 0;
+  // The client's connection is closed: nothing written reaches anyone.
+  virtual bool gone() const = 0;
 };
 
 }  // namespace idem

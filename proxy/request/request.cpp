@@ -23,6 +23,8 @@ const char* toString(RequestState s) {
       return "recording";
     case RequestState::Releasing:
       return "releasing";
+    case RequestState::Streaming:
+      return "streaming";
     case RequestState::Responded:
       return "responded";
     case RequestState::Reconciling:
@@ -71,7 +73,9 @@ ProxyRequest::ProxyRequest(RequestLoop& loop, std::unique_ptr<Downstream> client
 
 ProxyRequest::~ProxyRequest() {
   if (own_reservation_) ownerDone();
-  if (state_ != RequestState::Responded) {
+  if (state_ == RequestState::Streaming) {
+    client_->endBody(false);  // cut short: the client must not take it for the whole answer
+  } else if (state_ != RequestState::Responded) {
     // Only an exception in a completion gets here (it dropped the last reference): the client
     // still gets an answer and its connection moves on.
     HttpAnswer a =
@@ -112,6 +116,9 @@ void ProxyRequest::setState(RequestState next) {
       break;
     case RequestState::Recording:
     case RequestState::Releasing:
+      ok = next == RequestState::Responded || next == RequestState::Streaming;
+      break;
+    case RequestState::Streaming:
       ok = next == RequestState::Responded;
       break;
     case RequestState::Responded:
@@ -557,18 +564,19 @@ void ProxyRequest::onUpstream(UpstreamResult r) {
   const bool released = std::find(ic.release_statuses.begin(), ic.release_statuses.end(),
                                   r.answer.status) != ic.release_statuses.end();
   if (r.body_over_limit) {
-    // Past max_response_body the body was not read (memory stays bounded whatever the
-    // upstream sends), so no client gets it: the first one gets the problem retries replay.
-    HttpAnswer p = problemAnswer(Problem::ResponseNotReplayable,
-                                 "the response was larger than max_response_body; it is not "
-                                 "passed on and the request is not executed again",
-                                 errorShape());
+    // Past max_response_body: what the upstream sends next is streamed to this client (memory
+    // stays bounded), after the compact outcome retries replay is durable. A released status
+    // is not recorded at all: the key is released first, then the answer streamed.
+    rest_ = std::move(r.rest);
     if (released) {
-      release(std::move(p), Outcome::Released, "released status");
+      release(std::move(r.answer), Outcome::Released, "released status");
       return;
     }
-    HttpAnswer forClient = p;
-    recordOutcome(std::move(forClient), std::move(p), kFlagProxyError | kFlagNotReplayable,
+    HttpAnswer p = problemAnswer(Problem::ResponseNotReplayable,
+                                 "the original response was larger than max_response_body; it "
+                                 "was delivered once and is not executed again",
+                                 errorShape());
+    recordOutcome(std::move(r.answer), std::move(p), kFlagProxyError | kFlagNotReplayable,
                   Outcome::Forwarded);
     return;
   }
@@ -671,10 +679,10 @@ void ProxyRequest::onRecorded(RecordResult res) {
       // Taken over under `abandoned: retry` and still in flight (or expired and reused by
       // another request): no outcome of this request stands, so this client gets what its own
       // exchange produced.
-      respond(pending_answer_, false, pending_outcome_);
+      deliver(pending_answer_, pending_outcome_);
     }
   } else {
-    respond(pending_answer_, false, pending_outcome_);
+    deliver(pending_answer_, pending_outcome_);
   }
   ownerDone();
 }
@@ -691,10 +699,18 @@ void ProxyRequest::release(HttpAnswer clientAnswer, Outcome outcome, std::string
                                 self->shared_.observer().event("release-failed", self->route_->name,
                                                                toString(res.error));
                               }
-                              self->respond(clientAnswer, false, outcome, detail);
+                              self->deliver(clientAnswer, outcome, detail);
                               self->ownerDone();
                             });
                           });
+}
+
+void ProxyRequest::deliver(const HttpAnswer& answer, Outcome outcome, std::string_view detail) {
+  if (rest_) {
+    streamAnswer(answer, outcome, detail);
+  } else {
+    respond(answer, false, outcome, detail);
+  }
 }
 
 void ProxyRequest::ownerDone() {
@@ -741,6 +757,13 @@ bool ProxyRequest::replayView(const RecordView& record) {
 void ProxyRequest::respond(const HttpAnswer& answer, bool replayed, Outcome outcome,
                            std::string_view detail) {
   if (state_ == RequestState::Responded) return;
+  rest_.reset();  // a body past the limit that is not streamed: its connection closes
+  if (state_ == RequestState::Streaming) {
+    // The head is out already (an exception mid-stream): all that can be said is "cut short".
+    setState(RequestState::Responded);
+    client_->endBody(false);
+    return;
+  }
   setState(RequestState::Responded);
   client_->beginReply(answer.status);
   for (const auto& h : answer.headers) {

@@ -2,14 +2,14 @@
 // One client request through the proxy: the per-request state machine (SPEC §1–3).
 //
 //   Received ──► Reserving ──► Forwarding ──► Recording ──► Responded
-//       │            │  ▲            │  ▲
-//       │            ▼  │            │  └──────────────────┐
-//       │         Waiting ──► Responded (replay / 409)     │ not found: forward
-//       │            ▲  │                                   │
-//       │            │  ▼                                   │
-//       ├──────► Reconciling ──► Responded (found / unsettled: replay)
-//       │                        (an uncertain outcome settled by a lookup, SPEC §1.6)
-//       │            └──► Releasing ──► Responded (from Forwarding)
+//       │            │  ▲            │            └───► Streaming ──► Responded
+//       │            │  │            └──► Releasing ──► Responded (or Streaming)
+//       │            ▼  │
+//       │         Waiting ──► Responded (replay / 409)
+//       │            │ (Reserving or Waiting found an uncertain outcome, SPEC §1.6)
+//       │            ▼
+//       │       Reconciling ──► Responded (found / unsettled: replay)
+//       │            └──► Forwarding (not found)
 //       └──► Responded (replay from a read, 4xx, pass-through answer)
 #include <chrono>
 #include <memory>
@@ -34,6 +34,7 @@ enum class RequestState {
   Forwarding,   // the exchange with the upstream is running
   Recording,    // the outcome is being written to the store
   Releasing,    // the reservation is being deleted (released status, nothing sent)
+  Streaming,    // an answer past max_response_body goes to the client as the upstream sends it
   Reconciling,  // an uncertain outcome is being settled: claim, lookup, settle (SPEC §1.6)
   Responded,    // the answer is sent (or the client is gone); nothing more to do
 };
@@ -80,6 +81,17 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   HttpAnswer recordedAnswer() const;
   void release(HttpAnswer clientAnswer, Outcome outcome, std::string_view detail);
   void ownerDone();
+  // The settled answer to the first client: sent whole, or streamed when the upstream's body
+  // passed max_response_body (rest_ holds the part not read yet).
+  void deliver(const HttpAnswer& answer, Outcome outcome, std::string_view detail = {});
+
+  // Streaming (request_stream.cpp): the head and the buffered part, then the rest as it comes,
+  // reading the upstream only while the client takes what is queued.
+  void streamAnswer(const HttpAnswer& answer, Outcome outcome, std::string_view detail);
+  void onStreamData(std::string_view piece);
+  void onStreamEnd(bool complete, std::string_view detail);
+  void onClientWritable();
+  void endStream(bool complete, std::string_view why);
 
   void replay(const Record& record);
   // replay(), unless the record is an uncertain outcome the route can reconcile.
@@ -135,7 +147,8 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   HttpAnswer pending_answer_;
   Outcome pending_outcome_ = Outcome::Forwarded;
   uint32_t record_flags_ = kFlagNone;
-  HttpAnswer recorded_problem_;  // what is recorded when record_flags_ has kFlagProxyError
+  HttpAnswer recorded_problem_;         // what is recorded when record_flags_ has kFlagProxyError
+  std::unique_ptr<UpstreamBody> rest_;  // an answer past max_response_body: what is unread
   std::chrono::milliseconds record_retry_{50};
   EventPtr record_timer_;
   // A failing record is retried while the lease lasts, stopping this long before it ends.

@@ -4,12 +4,17 @@
 //                     connection (below the limit) or the FIFO queue. Nothing completes inside
 //                     send(): failures go through finish() → the delivery event.
 //   onWritable      → connected (or connect failed / timed out) → write the request;
-//   onReadable      → bytes → parse the response (status line, headers, body by
-//                     Content-Length / chunked / until close); EOF or error → fail the exchange.
+//   onReadable      → bytes → parse the response with libhttp-parser (http1_response.cpp:
+//                     status line, fields, body by Content-Length / chunked / until close);
+//                     EOF ends a body read until close, else it fails the exchange.
 // Plain events on a non-blocking socket rather than bufferevents: a bufferevent's teardown is
 // deferred to the next loop pass, and destroying an Upstream must leave no event behind.
 //   after a reply   → the connection takes the next queued exchange, or goes idle (read
 //                     still enabled, so a close by the upstream is noticed and it is dropped).
+//   past the limit  → (an idempotent route's `max_response_body`) the head and the body so far
+//                     are delivered with a Stream (UpstreamBody) holding the connection; it
+//                     reads the rest only while its consumer is not paused, then the
+//                     connection is closed (never pooled after a streamed body).
 // A request is never sent twice: whatever fails after a byte of it reached the socket is
 // AfterSend (or Timeout), and nothing is retried.
 #include <arpa/inet.h>
@@ -122,6 +127,7 @@ class Http1Backend final : public PooledUpstream::Impl {
 
  private:
   struct Conn;
+  struct Stream;
 
   struct Exchange {
     Http1Backend* owner = nullptr;
@@ -133,8 +139,7 @@ class Http1Backend final : public PooledUpstream::Impl {
     bool head = false;   // HEAD: the response has no body
     bool wrote = false;  // a byte of the request reached the socket
     size_t bodyLimit = 0;
-    bool overLimitIsAnswer = false;  // the caller set the limit: past it, a truncated answer
-    bool answerOverLimit = false;    // it did pass: the head alone is the result
+    bool overLimitIsAnswer = false;  // the caller set the limit: past it, the rest is streamed
     HttpAnswer answer;
   };
 
@@ -149,12 +154,24 @@ class Http1Backend final : public PooledUpstream::Impl {
     bool connecting = true;
     Http1ResponseReader reader;
     SteadyClock::time_point idleSince;
+    // Streaming the rest of a body past the limit: the consumer, its wake-up (start, resume)
+    // and the upstream's `timeout` between bytes; `piece` carries each part read.
+    Stream* stream = nullptr;
+    EventPtr kickEv;
+    EventPtr streamTimer;
+    HttpAnswer piece;
 
-    ~Conn() {
-      readEv.reset();  // event_free deletes the events first
-      writeEv.reset();
-      if (fd >= 0) ::close(fd);
-    }
+    ~Conn();
+  };
+
+  // The rest of a body past the limit (UpstreamBody): owns nothing but its place on `conn`.
+  struct Stream final : StreamedRest {
+    Http1Backend* owner = nullptr;
+    Conn* conn = nullptr;  // null once ended, or once the backend is gone
+
+    ~Stream() override;
+    void kick() override;
+    void stopReading() override;
   };
 
   // What one read from a connection's socket led to.
@@ -178,8 +195,12 @@ class Http1Backend final : public PooledUpstream::Impl {
   // Exchange on `c` failed: close the connection, fail the exchange, serve the queue.
   void failOnConn(Conn* c, std::string detail, bool timedOut);
   void completeOnConn(Conn* c, bool closeAfter);
-  // The answer's body passed the exchange's limit: a truncated answer, or AfterSend.
+  // The answer's body passed the exchange's limit: the head and a Stream, or AfterSend.
   void overLimitOnConn(Conn* c);
+  // Delivers what the streamed connection has or can read now, while not paused.
+  void streamStep(Conn* c);
+  // The streamed body ended (complete, or cut short): closes `c`, then tells the consumer.
+  void endStream(Conn* c, bool complete, std::string detail);
   ReadStep readOnce(Conn* c);
   // Opens connections for queued exchanges while below the limit.
   void pump();
@@ -189,6 +210,8 @@ class Http1Backend final : public PooledUpstream::Impl {
   static void onReadable(evutil_socket_t fd, short what, void* arg) noexcept;
   static void onWritable(evutil_socket_t fd, short what, void* arg) noexcept;
   static void onTimeout(evutil_socket_t fd, short what, void* arg) noexcept;
+  static void onStreamKick(evutil_socket_t fd, short what, void* arg) noexcept;
+  static void onStreamTimeout(evutil_socket_t fd, short what, void* arg) noexcept;
 
   Target target_;
   size_t limit_;
@@ -199,6 +222,35 @@ class Http1Backend final : public PooledUpstream::Impl {
   std::deque<std::unique_ptr<Exchange>> queue_;
   size_t active_ = 0;
 };
+
+Http1Backend::Conn::~Conn() {
+  if (stream != nullptr) stream->conn = nullptr;  // the backend is going: the stream ends mute
+  readEv.reset();                                 // event_free deletes the events first
+  writeEv.reset();
+  kickEv.reset();
+  streamTimer.reset();
+  if (fd >= 0) ::close(fd);
+}
+
+Http1Backend::Stream::~Stream() {
+  alive.reset();
+  if (conn == nullptr) return;
+  // Abandoned mid-body: the connection is closed, never pooled.
+  Conn* c = conn;
+  c->stream = nullptr;
+  owner->closeConn(c);
+  owner->pump();
+}
+
+void Http1Backend::Stream::stopReading() {
+  if (conn == nullptr) return;
+  event_del(conn->readEv.get());
+  event_del(conn->streamTimer.get());
+}
+
+void Http1Backend::Stream::kick() {
+  if (conn != nullptr && started && !paused) event_active(conn->kickEv.get(), EV_TIMEOUT, 0);
+}
 
 Http1Backend::Http1Backend(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
                            Target target)
@@ -470,7 +522,6 @@ void Http1Backend::completeOnConn(Conn* c, bool closeAfter) {
                   [](const Header& h) { return iequals(h.name, "Content-Length"); });
   }
   result.answer = std::move(answer);
-  result.body_over_limit = ex->answerOverLimit;
   // Bytes beyond the answer, or a request not fully written (an early answer): not reusable.
   const bool reusable = !closeAfter && !c->reader.closeAfter() &&
                         evbuffer_get_length(c->in.get()) == 0 &&
@@ -491,17 +542,107 @@ void Http1Backend::completeOnConn(Conn* c, bool closeAfter) {
 }
 
 void Http1Backend::overLimitOnConn(Conn* c) {
-  Exchange& ex = *c->ex;
-  if (!ex.overLimitIsAnswer) {
+  if (!c->ex->overLimitIsAnswer) {
     return failOnConn(c,
                       "upstream response body over the upstream's max_response_body (" +
-                          std::to_string(ex.bodyLimit) + " bytes)",
+                          std::to_string(c->ex->bodyLimit) + " bytes)",
                       false);
   }
-  // The head is the upstream's answer; the body is dropped and the rest never read.
-  ex.answer.body = std::string();
-  ex.answerOverLimit = true;
-  completeOnConn(c, true);
+  // The head and the body so far are the result; the rest is read through a Stream, which
+  // keeps the connection (out of the pool) until it ends or is dropped.
+  c->kickEv.reset(event_new(base_, -1, 0, &Http1Backend::onStreamKick, c));
+  c->streamTimer.reset(evtimer_new(base_, &Http1Backend::onStreamTimeout, c));
+  if (!c->kickEv || !c->streamTimer) return failOnConn(c, "out of memory", false);
+  event_del(c->readEv.get());  // nothing more is read until the stream starts
+  std::unique_ptr<Exchange> ex = std::move(c->ex);
+  UpstreamResult result;
+  result.answer = std::move(ex->answer);
+  removeHopByHopFields(result.answer.headers);
+  if (c->reader.chunked()) {
+    std::erase_if(result.answer.headers,
+                  [](const Header& h) { return iequals(h.name, "Content-Length"); });
+  }
+  c->reader.unlimit();
+  auto stream = std::make_unique<Stream>();
+  stream->owner = this;
+  stream->conn = c;
+  c->stream = stream.get();
+  result.body_over_limit = true;
+  result.rest = std::move(stream);
+  finish(std::move(ex), std::move(result));
+}
+
+void Http1Backend::streamStep(Conn* c) {
+  Stream* s = c->stream;
+  if (s == nullptr || !s->started || s->paused) return;
+  std::weak_ptr<bool> alive = s->alive;
+  // A few reads per loop pass (16 KiB each), so one stream cannot starve the loop.
+  for (int round = 0; round < 4; ++round) {
+    std::string problem;
+    const Http1ResponseReader::Result r = c->reader.feed(c->in.get(), c->piece, problem);
+    if (!c->piece.body.empty()) {
+      std::string piece;
+      piece.swap(c->piece.body);
+      UpstreamBody::DataFn data = s->data;  // a copy: the consumer may destroy `s` inside
+      data(piece);
+      if (alive.expired()) return;  // the consumer dropped the stream: `c` is closed
+      piece.clear();
+      c->piece.body.swap(piece);  // keeps the capacity for the next piece
+    }
+    if (r == Http1ResponseReader::Result::Done) return endStream(c, true, {});
+    if (r == Http1ResponseReader::Result::Malformed) return endStream(c, false, problem);
+    if (s->paused) return s->stopReading();
+    evbuffer_iovec vec[2];
+    const int nvec = evbuffer_reserve_space(c->in.get(), 16 * 1024, vec, 2);
+    const ssize_t n = nvec > 0 ? ::recv(c->fd, vec[0].iov_base, vec[0].iov_len, 0) : -1;
+    const int err = nvec > 0 ? errno : ENOMEM;
+    if (n > 0) {
+      vec[0].iov_len = static_cast<size_t>(n);
+      evbuffer_commit_space(c->in.get(), vec, 1);
+      continue;
+    }
+    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) break;
+    if (n == 0) {
+      problem.clear();
+      if (c->reader.finish(c->piece, problem) == Http1ResponseReader::Result::Done) {
+        return endStream(c, true, {});
+      }
+      return endStream(c, false, problem);
+    }
+    return endStream(c, false, std::string("recv: ") + std::strerror(err));
+  }
+  if (evbuffer_get_length(c->in.get()) != 0) {
+    // The last read is not parsed yet: carry on at the next loop pass (the socket may have
+    // nothing more to say, so its read event would not come).
+    event_active(c->kickEv.get(), EV_TIMEOUT, 0);
+    return;
+  }
+  // Waiting for the upstream: at most `timeout` between bytes.
+  event_add(c->readEv.get(), nullptr);
+  event_add(c->streamTimer.get(), timeout_);
+}
+
+void Http1Backend::endStream(Conn* c, bool complete, std::string detail) {
+  Stream* s = c->stream;
+  s->conn = nullptr;
+  c->stream = nullptr;
+  closeConn(c);
+  pump();
+  UpstreamBody::EndFn end = std::move(s->end);
+  end(complete, detail);  // may destroy `s`
+}
+
+void Http1Backend::onStreamKick(evutil_socket_t, short, void* arg) noexcept {
+  auto* c = static_cast<Conn*>(arg);
+  c->owner->streamStep(c);
+}
+
+void Http1Backend::onStreamTimeout(evutil_socket_t, short, void* arg) noexcept {
+  auto* c = static_cast<Conn*>(arg);
+  Http1Backend* self = c->owner;
+  self->endStream(c, false,
+                  "no byte of the body from upstream in " +
+                      std::to_string(self->config_.timeout.count()) + " milliseconds");
 }
 
 Http1Backend::ReadStep Http1Backend::readOnce(Conn* c) {
@@ -521,10 +662,12 @@ Http1Backend::ReadStep Http1Backend::readOnce(Conn* c) {
     return ReadStep::Ended;
   }
   if (n == 0) {
-    if (c->reader.untilClose()) {
+    // The close ends a body without framing; anything else it cuts short.
+    std::string problem;
+    if (c->reader.finish(c->ex->answer, problem) == Http1ResponseReader::Result::Done) {
       completeOnConn(c, true);
     } else {
-      failOnConn(c, "upstream closed the connection before a complete answer", false);
+      failOnConn(c, std::move(problem), false);
     }
     return ReadStep::Ended;
   }
@@ -551,6 +694,7 @@ Http1Backend::ReadStep Http1Backend::readOnce(Conn* c) {
 
 void Http1Backend::onReadable(evutil_socket_t, short, void* arg) noexcept {
   auto* c = static_cast<Conn*>(arg);
+  if (c->stream != nullptr) return c->owner->streamStep(c);
   c->owner->readOnce(c);
 }
 

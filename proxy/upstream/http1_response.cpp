@@ -1,7 +1,6 @@
 #include "upstream/http1_response.h"
 
 #include <algorithm>
-#include <charconv>
 #include <string_view>
 
 #include "upstream/upstream_backend.h"
@@ -10,235 +9,298 @@ namespace idem::upstream_detail {
 namespace {
 
 constexpr size_t kMaxHeaderBytes = 64 * 1024;  // a response header block (and trailers)
-constexpr size_t kMaxChunkLine = 4096;         // a chunk-size line with extensions
 
-// True when a comma-separated header value lists `token` (case-insensitive).
-bool listsToken(std::string_view value, std::string_view token) {
-  while (!value.empty()) {
-    size_t comma = value.find(',');
-    if (iequals(trimOws(value.substr(0, comma)), token)) return true;
-    value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
-  }
-  return false;
+Http1ResponseReader* readerOf(http_parser* p) {
+  return static_cast<Http1ResponseReader*>(p->data);
 }
 
 }  // namespace
 
+Http1ResponseReader::Http1ResponseReader() {
+  reset(false, 0);
+}
+
 void Http1ResponseReader::reset(bool headRequest, size_t bodyLimit) {
-  phase_ = Phase::Head;
+  http_parser_init(&parser_, HTTP_RESPONSE);
+  parser_.data = this;
+  // RFC 9112 §6.3: with both, chunked wins (the Content-Length is dropped from the answer).
+  parser_.allow_chunked_length = 1;
+  answer_ = nullptr;
   head_ = headRequest;
   limit_ = bodyLimit;
-  remaining_ = 0;
-  trailerBytes_ = 0;
+  headBytes_ = 0;
+  field_.clear();
+  value_.clear();
+  inValue_ = false;
+  headersDone_ = false;
+  done_ = false;
+  overLimit_ = false;
+  spill_.clear();
+  problem_.clear();
   closeAfter_ = false;
   chunked_ = false;
 }
 
-Http1ResponseReader::Result Http1ResponseReader::feedHead(evbuffer* in, HttpAnswer& answer,
-                                                          std::string& problem) {
-  for (;;) {
-    size_t len = evbuffer_get_length(in);
-    if (len == 0) return Result::NeedMore;
-    size_t look = std::min(len, kMaxHeaderBytes);
-    const char* data =
-        reinterpret_cast<const char*>(evbuffer_pullup(in, static_cast<ev_ssize_t>(look)));
-    if (!data) {
-      problem = "out of memory";
-      return Result::Malformed;
-    }
-    std::string_view buf(data, look);
-    constexpr std::string_view kHttp = "HTTP/";
-    const size_t prefix = std::min(look, kHttp.size());
-    if (buf.substr(0, prefix) != kHttp.substr(0, prefix)) {
-      problem = "malformed status line from upstream";
-      return Result::Malformed;
-    }
-    // Find the blank line ending the block.
-    size_t pos = 0;
-    size_t end = std::string_view::npos;
-    while (pos < buf.size()) {
-      size_t nl = buf.find('\n', pos);
-      if (nl == std::string_view::npos) break;
-      std::string_view line = buf.substr(pos, nl - pos);
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      if (line.empty() && pos > 0) {
-        end = nl + 1;
-        break;
-      }
-      pos = nl + 1;
-    }
-    if (end == std::string_view::npos) {
-      if (len >= kMaxHeaderBytes) {
-        problem = "upstream response header block over 64 KiB";
-        return Result::Malformed;
-      }
-      return Result::NeedMore;
-    }
-    // Parse the block: status line, then fields (obs-fold continues the previous value).
-    answer.headers.clear();
-    std::string_view block = buf.substr(0, end);
-    size_t nl = block.find('\n');
-    std::string_view statusLine = block.substr(0, nl);
-    if (!statusLine.empty() && statusLine.back() == '\r') statusLine.remove_suffix(1);
-    int status = statusLine.starts_with("HTTP/1.") ? parseStatusLine(statusLine) : 0;
-    if (status < 100 || (statusLine.size() > 12 && statusLine[12] != ' ')) {
-      problem = "malformed status line from upstream";
-      return Result::Malformed;
-    }
-    const bool http10 = statusLine.starts_with("HTTP/1.0");
-    pos = nl + 1;
-    while (pos < block.size()) {
-      size_t e = block.find('\n', pos);
-      std::string_view line = block.substr(pos, e - pos);
-      pos = e + 1;
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      if (line.empty()) break;
-      appendHeaderLine(answer.headers, line);
-    }
-    evbuffer_drain(in, end);
-    if (status < 200) {
-      if (status == 101) {
-        problem = "unexpected 101 Switching Protocols from upstream";
-        return Result::Malformed;
-      }
-      continue;  // an interim response: the final one follows
-    }
-    answer.status = status;
-
-    // Framing.
-    bool keepAlive = false;
-    const std::string* cl = nullptr;
-    bool transferCoded = false;
-    for (const Header& h : answer.headers) {
-      if (iequals(h.name, "Connection")) {
-        if (listsToken(h.value, "close")) closeAfter_ = true;
-        if (listsToken(h.value, "keep-alive")) keepAlive = true;
-      } else if (iequals(h.name, "Transfer-Encoding")) {
-        transferCoded = true;
-      } else if (iequals(h.name, "Content-Length")) {
-        if (cl && *cl != h.value) {
-          problem = "conflicting Content-Length from upstream";
-          return Result::Malformed;
-        }
-        cl = &h.value;
-      }
-    }
-    if (http10 && !keepAlive) closeAfter_ = true;
-    if (head_ || status == 204 || status == 304) return Result::Done;
-    if (transferCoded) {
-      problem = unsupportedTransferCoding(answer.headers);
-      if (!problem.empty()) return Result::Malformed;
-      chunked_ = true;
-      phase_ = Phase::ChunkSize;
-      return Result::NeedMore;
-    }
-    if (cl) {
-      size_t n = 0;
-      auto [p, ec] = std::from_chars(cl->data(), cl->data() + cl->size(), n);
-      if (cl->empty() || ec != std::errc() || p != cl->data() + cl->size()) {
-        problem = "invalid Content-Length from upstream";
-        return Result::Malformed;
-      }
-      if (n == 0) return Result::Done;
-      if (n > limit_) return Result::OverLimit;
-      phase_ = Phase::Body;
-      remaining_ = n;
-      answer.body.reserve(std::min<size_t>(n, 1 << 20));
-      return Result::NeedMore;
-    }
-    phase_ = Phase::UntilClose;
-    closeAfter_ = true;
-    return Result::NeedMore;
-  }
+void Http1ResponseReader::unlimit() {
+  limit_ = static_cast<size_t>(-1);
+  overLimit_ = false;
+  http_parser_pause(&parser_, 0);
 }
 
-bool Http1ResponseReader::takeBody(evbuffer* in, std::string& body, size_t max, size_t& taken) {
-  taken = std::min(max, evbuffer_get_length(in));
-  if (taken == 0) return true;
-  if (body.size() + taken > limit_) return false;
-  size_t old = body.size();
-  body.resize(old + taken);
-  evbuffer_remove(in, body.data() + old, taken);
-  return true;
+const http_parser_settings& Http1ResponseReader::settings() {
+  static const http_parser_settings s = [] {
+    http_parser_settings v{};
+    v.on_message_begin = &onMessageBegin;
+    v.on_header_field = &onHeaderField;
+    v.on_header_value = &onHeaderValue;
+    v.on_headers_complete = &onHeadersComplete;
+    v.on_body = &onBody;
+    v.on_message_complete = &onMessageComplete;
+    return v;
+  }();
+  return s;
+}
+
+bool Http1ResponseReader::countHead(size_t n) {
+  headBytes_ += n;
+  if (headBytes_ <= kMaxHeaderBytes) return true;
+  problem_ =
+      headersDone_ ? "upstream trailers over 64 KiB" : "upstream response header block over 64 KiB";
+  return false;
+}
+
+void Http1ResponseReader::endField() {
+  // A name the parser took that is still not a token (its lenient table allows a space, and
+  // the pre-pass may see a line end where the parser does not) is dropped here too.
+  if (inValue_ && !headersDone_ && isToken(field_)) {
+    answer_->headers.push_back({field_, std::string(trimOws(value_))});
+  }
+  field_.clear();
+  value_.clear();
+  inValue_ = false;
+}
+
+int Http1ResponseReader::onMessageBegin(http_parser* p) {
+  Http1ResponseReader* r = readerOf(p);
+  r->answer_->headers.clear();  // a new answer (after a 1xx): start over
+  r->headBytes_ = 0;
+  return 0;
+}
+
+int Http1ResponseReader::onHeaderField(http_parser* p, const char* at, size_t n) {
+  Http1ResponseReader* r = readerOf(p);
+  if (r->inValue_) r->endField();
+  // ": " and CRLF count too, so many tiny fields cannot pass the cap either.
+  if (!r->countHead(n + (r->field_.empty() ? 4 : 0))) return 1;
+  if (!r->headersDone_) r->field_.append(at, n);
+  return 0;
+}
+
+int Http1ResponseReader::onHeaderValue(http_parser* p, const char* at, size_t n) {
+  Http1ResponseReader* r = readerOf(p);
+  if (!r->countHead(n)) return 1;
+  r->inValue_ = true;
+  if (!r->headersDone_) {
+    // The head is parsed from one contiguous buffer, so a second piece of a value is an
+    // obs-fold continuation (RFC 9112 §5.2): joined with one space, as libcurl's are here.
+    std::string_view piece(at, n);
+    if (!r->value_.empty()) {
+      piece = trimOws(piece);
+      while (!r->value_.empty() && (r->value_.back() == ' ' || r->value_.back() == '\t')) {
+        r->value_.pop_back();
+      }
+      if (!piece.empty() && !r->value_.empty()) r->value_ += ' ';
+    }
+    r->value_.append(piece);
+  }
+  return 0;
+}
+
+int Http1ResponseReader::onHeadersComplete(http_parser* p) {
+  Http1ResponseReader* r = readerOf(p);
+  r->endField();
+  const int status = static_cast<int>(p->status_code);
+  if (p->http_major != 1 || status < 100) {
+    r->problem_ = "malformed status line from upstream";
+    return -1;
+  }
+  if (status < 200) {
+    if (status == 101) {
+      r->problem_ = "unexpected 101 Switching Protocols from upstream";
+      return -1;
+    }
+    return 0;  // an interim answer: the final one follows (onMessageComplete skips it)
+  }
+  HttpAnswer& answer = *r->answer_;
+  answer.status = status;
+  r->headersDone_ = true;
+  r->chunked_ = (p->flags & F_CHUNKED) != 0;
+  if (r->head_ || status == 204 || status == 304) return 1;  // no body, whatever is announced
+  if (std::string refusal = unsupportedTransferCoding(answer.headers); !refusal.empty()) {
+    r->problem_ = std::move(refusal);
+    return -1;
+  }
+  if ((p->flags & F_CONTENTLENGTH) && !r->chunked_ && p->content_length > r->limit_) {
+    r->overLimit_ = true;  // known from the head: not a byte of the body is buffered
+    http_parser_pause(p, 1);
+    return 0;
+  }
+  if ((p->flags & F_CONTENTLENGTH) && !r->chunked_) {
+    answer.body.reserve(std::min<uint64_t>(p->content_length, 1 << 20));
+  }
+  return 0;
+}
+
+int Http1ResponseReader::onBody(http_parser* p, const char* at, size_t n) {
+  Http1ResponseReader* r = readerOf(p);
+  std::string& body = r->answer_->body;
+  if (body.size() + n > r->limit_) {
+    // Keep what passed the limit for the caller's stream, stop here; the rest stays unread.
+    r->spill_.assign(at, n);
+    r->overLimit_ = true;
+    http_parser_pause(p, 1);
+    return 0;
+  }
+  body.append(at, n);
+  return 0;
+}
+
+int Http1ResponseReader::onMessageComplete(http_parser* p) {
+  Http1ResponseReader* r = readerOf(p);
+  // Paused either way: after an interim answer, feed checks the next head before parsing it;
+  // after the final one, what follows belongs to no request of ours.
+  http_parser_pause(p, 1);
+  if (!r->headersDone_) return 0;
+  r->done_ = true;
+  r->closeAfter_ = http_should_keep_alive(p) == 0;
+  return 0;
+}
+
+size_t Http1ResponseReader::execute(const char* data, size_t n) {
+  return http_parser_execute(&parser_, &settings(), data, n);
+}
+
+Http1ResponseReader::Result Http1ResponseReader::outcome(std::string& problem) {
+  const http_errno err = HTTP_PARSER_ERRNO(&parser_);
+  if (err != HPE_OK && err != HPE_PAUSED) {
+    problem = !problem_.empty()
+                  ? problem_
+                  : std::string("malformed answer from upstream: ") + http_errno_description(err);
+    return Result::Malformed;
+  }
+  if (done_) return Result::Done;
+  if (overLimit_) return Result::OverLimit;
+  return Result::NeedMore;
 }
 
 Http1ResponseReader::Result Http1ResponseReader::feed(evbuffer* in, HttpAnswer& answer,
                                                       std::string& problem) {
-  size_t taken = 0;
-  for (;;) {
-    switch (phase_) {
-      case Phase::Head: {
-        Result r = feedHead(in, answer, problem);
-        if (r != Result::NeedMore || phase_ == Phase::Head) return r;
-        break;
-      }
-      case Phase::Body:
-        if (!takeBody(in, answer.body, remaining_, taken)) return Result::OverLimit;
-        remaining_ -= taken;
-        return remaining_ == 0 ? Result::Done : Result::NeedMore;
-      case Phase::UntilClose:
-        if (!takeBody(in, answer.body, evbuffer_get_length(in), taken)) return Result::OverLimit;
-        return Result::NeedMore;
-      case Phase::ChunkData:
-        if (!takeBody(in, answer.body, remaining_, taken)) return Result::OverLimit;
-        remaining_ -= taken;
-        if (remaining_ != 0) return Result::NeedMore;
-        phase_ = Phase::ChunkEnd;
-        break;
-      case Phase::ChunkSize:
-      case Phase::ChunkEnd:
-      case Phase::Trailers: {
-        size_t eolLen = 0;
-        evbuffer_ptr eol = evbuffer_search_eol(in, nullptr, &eolLen, EVBUFFER_EOL_CRLF);
-        if (eol.pos < 0) {
-          size_t len = evbuffer_get_length(in);
-          if ((phase_ == Phase::Trailers && trailerBytes_ + len > kMaxHeaderBytes) ||
-              (phase_ != Phase::Trailers && len > kMaxChunkLine)) {
-            problem = "malformed chunked body from upstream";
-            return Result::Malformed;
-          }
-          return Result::NeedMore;
-        }
-        size_t lineLen = static_cast<size_t>(eol.pos);
-        const char* data = reinterpret_cast<const char*>(
-            evbuffer_pullup(in, static_cast<ev_ssize_t>(lineLen + eolLen)));
-        std::string_view line(data, lineLen);
-        if (phase_ == Phase::ChunkEnd) {
-          if (!line.empty()) {
-            problem = "malformed chunked body from upstream";
-            return Result::Malformed;
-          }
-          phase_ = Phase::ChunkSize;
-        } else if (phase_ == Phase::Trailers) {
-          trailerBytes_ += lineLen + eolLen;
-          if (trailerBytes_ > kMaxHeaderBytes) {
-            problem = "upstream trailers over 64 KiB";
-            return Result::Malformed;
-          }
-          if (line.empty()) {
-            evbuffer_drain(in, lineLen + eolLen);
-            return Result::Done;  // trailer fields are not part of the recorded header block
-          }
-        } else {
-          std::string_view hex = trimOws(line.substr(0, line.find(';')));
-          size_t size = 0;
-          auto [p, ec] = std::from_chars(hex.data(), hex.data() + hex.size(), size, 16);
-          if (hex.empty() || ec != std::errc() || p != hex.data() + hex.size()) {
-            problem = "malformed chunk size from upstream";
-            return Result::Malformed;
-          }
-          if (size == 0) {
-            phase_ = Phase::Trailers;
-          } else {
-            phase_ = Phase::ChunkData;
-            remaining_ = size;
-          }
-        }
-        evbuffer_drain(in, lineLen + eolLen);
-        break;
-      }
-    }
+  answer_ = &answer;
+  if (!spill_.empty()) {
+    answer.body.append(spill_);  // the first piece of the streamed rest
+    spill_.clear();
   }
+  if (!headersDone_ && !dropBadFieldLines(in, kMaxHeaderBytes)) {
+    if (evbuffer_get_length(in) < kMaxHeaderBytes) return Result::NeedMore;
+    problem = "upstream response header block over 64 KiB";
+    return Result::Malformed;
+  }
+  while (evbuffer_get_length(in) > 0 && !done_ && !overLimit_) {
+    evbuffer_iovec v;
+    if (evbuffer_peek(in, -1, nullptr, &v, 1) < 1) break;
+    const size_t n = execute(static_cast<const char*>(v.iov_base), v.iov_len);
+    evbuffer_drain(in, n);
+    const http_errno err = HTTP_PARSER_ERRNO(&parser_);
+    if (err == HPE_PAUSED && !done_ && !overLimit_) {
+      // An interim answer ended: the next head is checked for bad field lines first.
+      http_parser_pause(&parser_, 0);
+      if (!dropBadFieldLines(in, kMaxHeaderBytes)) break;
+      continue;
+    }
+    if (err != HPE_OK) break;
+  }
+  const Result r = outcome(problem);
+  if (r == Result::NeedMore && !headersDone_ && evbuffer_get_length(in) >= kMaxHeaderBytes) {
+    problem = "upstream response header block over 64 KiB";
+    return Result::Malformed;
+  }
+  return r;
+}
+
+Http1ResponseReader::Result Http1ResponseReader::finish(HttpAnswer& answer, std::string& problem) {
+  answer_ = &answer;
+  if (done_) return Result::Done;
+  execute(nullptr, 0);  // EOF: ends a body that runs until close, else an error
+  const Result r = outcome(problem);
+  if (r == Result::Done) return r;
+  if (r != Result::Malformed) problem = "upstream closed the connection before a complete answer";
+  return Result::Malformed;
+}
+
+bool dropBadFieldLines(evbuffer* in, size_t maxHead) {
+  const size_t len = evbuffer_get_length(in);
+  if (len == 0) return false;
+  const size_t look = std::min(len, maxHead);
+  const char* data =
+      reinterpret_cast<const char*>(evbuffer_pullup(in, static_cast<ev_ssize_t>(look)));
+  if (data == nullptr) return false;
+  const std::string_view buf(data, look);
+  // The head's end: the first empty line after the status line.
+  size_t end = std::string_view::npos;
+  bool bad = false;
+  bool lastWasStatus = false;
+  for (size_t pos = 0; pos < buf.size();) {
+    const size_t nl = buf.find('\n', pos);
+    if (nl == std::string_view::npos) break;
+    std::string_view line = buf.substr(pos, nl - pos);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (pos > 0 && line.empty()) {
+      end = nl + 1;
+      break;
+    }
+    if (pos > 0 && line.front() != ' ' && line.front() != '\t') {
+      const size_t colon = line.find(':');
+      bad = bad || colon == std::string_view::npos || !isToken(line.substr(0, colon));
+    } else if (pos > 0 && lastWasStatus) {
+      bad = true;  // a continuation of the status line: no field to continue
+    }
+    lastWasStatus = pos == 0;
+    pos = nl + 1;
+  }
+  if (end == std::string_view::npos) return false;
+  if (!bad) return true;
+  // Rewrite the head without them. A name with spaces around it (RFC 9112 §5.1: a proxy
+  // removes them) is kept, trimmed; one that is still not a token is dropped.
+  // A continuation line goes with its field: kept after a kept one, dropped otherwise.
+  std::string head;
+  head.reserve(end);
+  bool keptLast = false;  // the last field line was kept
+  for (size_t pos = 0; pos < end;) {
+    const size_t nl = buf.find('\n', pos);
+    std::string_view line = buf.substr(pos, nl + 1 - pos);
+    pos = nl + 1;
+    std::string_view text = line;
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
+    if (head.empty() || text.empty()) {
+      head.append(line);  // the status line, the blank line
+      continue;
+    }
+    if (text.front() == ' ' || text.front() == '\t') {
+      if (keptLast) head.append(line);  // an obs-fold continuation
+      continue;
+    }
+    const size_t colon = text.find(':');
+    const std::string_view name =
+        colon == std::string_view::npos ? std::string_view() : trimOws(text.substr(0, colon));
+    keptLast = isToken(name);
+    if (!keptLast) continue;
+    head.append(name);
+    head.append(":");
+    head.append(text.substr(colon + 1));
+    head.append("\r\n");
+  }
+  evbuffer_drain(in, end);
+  return evbuffer_prepend(in, head.data(), head.size()) == 0;
 }
 
 }  // namespace idem::upstream_detail

@@ -8,7 +8,10 @@
 //   onExchangeTimeout → each exchange's own `timeout` timer: lets curl read what arrived,
 //                       then fails the exchange if it is still running.
 //   onHeader/onWrite  → build the answer; stop the transfer on a refused transfer coding or
-//                       a body past the exchange's limit.
+//                       a body past the upstream's cap. Past an idempotent route's limit the
+//                       head and the body so far are delivered with a Stream (UpstreamBody):
+//                       the rest goes to it one piece at a time, curl paused in between
+//                       (CURL_WRITEFUNC_PAUSE, resumed with curl_easy_pause from onStreamKick).
 //   onDeliver         → runs the `done` callbacks from the top of the event loop, never inside
 //                       a curl call, so a callback may send() again or destroy the Upstream.
 // http:// upstreams whose host is an IP literal use the built-in HTTP/1.1 client instead
@@ -33,99 +36,6 @@
 #include "upstream/upstream_backend.h"
 
 namespace idem {
-namespace upstream_detail {
-
-std::string_view trimOws(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
-void appendHeaderLine(Headers& headers, std::string_view line) {
-  if (line.empty()) return;
-  if (line.front() == ' ' || line.front() == '\t') {
-    // obs-fold: continues the previous field's value (RFC 9112 §5.2)
-    std::string_view more = trimOws(line);
-    if (!headers.empty() && !more.empty()) {
-      std::string& value = headers.back().value;
-      if (!value.empty()) value += ' ';
-      value += more;
-    }
-  } else if (size_t colon = line.find(':'); colon != std::string_view::npos && colon > 0) {
-    // A name that is not a token (NUL, CR, spaces inside …) is not a field: ignored, like a
-    // line without a colon, so it never reaches a record or a client (found by
-    // tests/fuzz/fuzz_upstream_head).
-    const std::string_view name = trimOws(line.substr(0, colon));
-    if (!isToken(name)) return;
-    headers.push_back({std::string(name), std::string(trimOws(line.substr(colon + 1)))});
-  }
-}
-
-namespace {
-
-// RFC 9110 tchar.
-bool isTokenChar(char c) {
-  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
-  return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != '\0';
-}
-
-}  // namespace
-
-bool isToken(std::string_view s) {
-  if (s.empty()) return false;
-  for (char c : s) {
-    if (!isTokenChar(c)) return false;
-  }
-  return true;
-}
-
-bool isSafeFieldValue(std::string_view v) {
-  return v.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
-}
-
-bool hasHeader(const Headers& headers, std::string_view name) {
-  for (const Header& h : headers) {
-    if (iequals(h.name, name)) return true;
-  }
-  return false;
-}
-
-int parseStatusLine(std::string_view line) {
-  size_t sp = line.find(' ');
-  if (sp == std::string_view::npos || line.size() < sp + 4) return 0;
-  int status = 0;
-  for (size_t i = sp + 1; i < sp + 4; ++i) {
-    char c = line[i];
-    if (c < '0' || c > '9') return 0;
-    status = status * 10 + (c - '0');
-  }
-  // Three digits, then the end or a space; a first digit of 0 is no status (found by
-  // tests/fuzz/fuzz_upstream_head: "0 098" read as 98).
-  if (status < 100 || (line.size() > sp + 4 && line[sp + 4] != ' ')) return 0;
-  return status;
-}
-
-std::string unsupportedTransferCoding(const Headers& headers) {
-  std::string codings;
-  int fields = 0;
-  for (const Header& h : headers) {
-    if (!iequals(h.name, "Transfer-Encoding")) continue;
-    if (fields++ != 0) codings += ", ";
-    codings += h.value;
-  }
-  if (fields == 0 || (fields == 1 && iequals(trimOws(codings), "chunked"))) return {};
-  return "unsupported Transfer-Encoding from upstream: " + codings.substr(0, 200);
-}
-
-std::string baseUrlOf(const std::string& url) {
-  std::string base = url;
-  size_t scheme = base.find("://");
-  size_t minSize = scheme == std::string::npos ? 0 : scheme + 3;
-  while (base.size() > minSize && base.back() == '/') base.pop_back();
-  return base;
-}
-
-}  // namespace upstream_detail
 
 using namespace upstream_detail;
 
@@ -133,115 +43,13 @@ namespace {
 
 constexpr size_t kMaxPooledEasyHandles = 64;
 
-}  // namespace
-
-bool isHopByHop(std::string_view name) {
-  static constexpr std::string_view kNames[] = {"Connection",
-                                                "Keep-Alive",
-                                                "Proxy-Connection",
-                                                "TE",
-                                                "Trailer",
-                                                "Transfer-Encoding",
-                                                "Upgrade",
-                                                "Proxy-Authenticate",
-                                                "Proxy-Authorization"};
-  for (std::string_view n : kNames) {
-    if (iequals(n, name)) return true;
-  }
-  return false;
-}
-
-void removeHopByHopFields(Headers& headers) {
-  // Linear in the size of the fields: at most kMaxConnectionTokens distinct names are taken
-  // from Connection values (further ones are ignored: no real sender lists that many), so the
-  // check per field is bounded, whatever a peer sends (16,000 tokens × 7,000 fields would
-  // otherwise cost a worker's loop most of a second).
-  constexpr size_t kMaxConnectionTokens = 32;
-  std::string_view named[kMaxConnectionTokens];
-  size_t count = 0;
-  for (const Header& h : headers) {
-    if (count == kMaxConnectionTokens) break;
-    if (!iequals(h.name, "Connection")) continue;
-    std::string_view rest = h.value;
-    while (!rest.empty() && count < kMaxConnectionTokens) {
-      size_t comma = rest.find(',');
-      std::string_view token = trimOws(rest.substr(0, comma));
-      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
-      if (token.empty() || isHopByHop(token)) continue;
-      bool seen = false;
-      for (size_t i = 0; i < count && !seen; ++i) seen = iequals(named[i], token);
-      if (!seen) named[count++] = token;
-    }
-  }
-  // The views above point into Connection values, which are themselves removed: decide for
-  // every field first, then compact.
-  std::vector<bool> drop(headers.size());
-  for (size_t i = 0; i < headers.size(); ++i) {
-    const std::string& name = headers[i].name;
-    bool hop = isHopByHop(name);
-    for (size_t j = 0; j < count && !hop; ++j) {
-      hop = named[j].size() == name.size() && iequals(named[j], name);
-    }
-    drop[i] = hop;
-  }
-  size_t out = 0;
-  for (size_t i = 0; i < headers.size(); ++i) {
-    if (drop[i]) continue;
-    if (out != i) headers[out] = std::move(headers[i]);
-    ++out;
-  }
-  headers.resize(out);
-}
-
-void upstreamGlobalInit() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-      throw std::runtime_error("curl_global_init failed");
-    }
-  });
-}
-
-PooledUpstream::Impl::Impl(event_base* base, const UpstreamConfig& config)
-    : base_(base), config_(config) {
-  deliver_.reset(event_new(base_, -1, 0, &Impl::onDeliver, this));
-  if (!deliver_) throw std::runtime_error("upstream: out of memory");
-}
-
-PooledUpstream::Impl::~Impl() {
-  alive_.reset();
-  finished_.clear();
-  deliver_.reset();
-}
-
-void PooledUpstream::Impl::scheduleDelivery() {
-  event_active(deliver_.get(), EV_TIMEOUT, 0);
-}
-
-void PooledUpstream::Impl::onDeliver(evutil_socket_t, short, void* arg) noexcept {
-  auto* self = static_cast<Impl*>(arg);
-  std::weak_ptr<bool> alive = self->alive_;
-  // Only what is queued now: a callback that keeps failing new sends cannot starve the loop.
-  size_t n = self->finished_.size();
-  for (size_t i = 0; i < n; ++i) {
-    {
-      Finished f = std::move(self->finished_.front());
-      self->finished_.pop_front();
-      f.done(std::move(f.result));
-      // `f` dies here: its callback may hold the last reference to this Upstream (a request
-      // that outlived a reload), so nothing of `self` is touched before `alive` is checked.
-    }
-    if (alive.expired()) return;  // the callback (or its destruction) destroyed the Upstream
-  }
-  if (!self->finished_.empty()) self->scheduleDelivery();
-}
-
-namespace {
-
 class CurlBackend final : public PooledUpstream::Impl {
  public:
+  struct Stream;
+
   // One forwarded request. Lives in `active_` (keyed by its easy handle) while curl owns it.
   struct Exchange {
+    ~Exchange();
     CurlBackend* owner = nullptr;
     CurlPtr easy;
     CurlSlistPtr headerList;
@@ -259,6 +67,27 @@ class CurlBackend final : public PooledUpstream::Impl {
     std::string refusal;             // why the answer's head was refused (transfer coding)
     EventPtr timer;                  // the whole-exchange `timeout` (not curl's: see start)
     char error[CURL_ERROR_SIZE] = {};
+    // Past the limit: the rest of the body goes to `stream`, one `piece` at a time.
+    bool streaming = false;
+    Stream* stream = nullptr;
+    std::string piece;        // read, not yet delivered
+    bool curlPaused = false;  // onWrite returned CURL_WRITEFUNC_PAUSE
+    bool ended = false;       // the transfer is over (curl is done with the handle)
+    bool endComplete = false;
+    std::string endDetail;
+    EventPtr kick;  // delivers `piece`, unpauses curl, ends the stream
+  };
+
+  // The rest of a body past the limit (UpstreamBody). Until the transfer ends the exchange
+  // lives in `active_`; after, the stream owns it until the last piece is delivered.
+  struct Stream final : StreamedRest {
+    CurlBackend* owner = nullptr;
+    Exchange* ex = nullptr;  // null once the backend is gone
+    std::unique_ptr<Exchange> owned;
+
+    ~Stream() override;
+    void kick() override;
+    void stopReading() override;
   };
 
   // One socket curl asked us to watch.
@@ -285,6 +114,11 @@ class CurlBackend final : public PooledUpstream::Impl {
   UpstreamResult complete(Exchange& ex, CURLcode code);
   // The exchange on `easy` ran out of time: fails it (Timeout, or BeforeSend if unsent).
   void timeOut(CURL* easy);
+  // The body passed the exchange's limit: delivers the head and a Stream for the rest.
+  bool handOver(Exchange& ex);
+  // A streamed transfer is over: curl lets go of the handle, the stream keeps the exchange.
+  void endTransfer(CURL* easy, bool complete, std::string detail);
+  static void onStreamKick(evutil_socket_t fd, short what, void* arg) noexcept;
 
   static int onSocket(CURL* easy, curl_socket_t fd, int what, void* userp, void* socketp);
   static int onTimer(CURLM* multi, long timeoutMs, void* userp);
@@ -527,6 +361,11 @@ void CurlBackend::collectFinished() {
     CURLcode code = msg->data.result;
     auto it = active_.find(easy);
     if (it == active_.end()) std::abort();  // a handle we never added: broken invariant
+    if (it->second->streaming) {
+      const char* why = it->second->error[0] != '\0' ? it->second->error : curl_easy_strerror(code);
+      endTransfer(easy, code == CURLE_OK, code == CURLE_OK ? std::string() : std::string(why));
+      continue;
+    }
     std::unique_ptr<Exchange> ex = std::move(it->second);
     active_.erase(it);
     UpstreamResult result = complete(*ex, code);
@@ -552,14 +391,6 @@ UpstreamResult CurlBackend::complete(Exchange& ex, CURLcode code) {
     result.failure = UpstreamFailure::AfterSend;
     result.detail = "upstream response body over the upstream's max_response_body (" +
                     std::to_string(ex.bodyLimit) + " bytes)";
-    return result;
-  }
-  if (ex.overLimit) {
-    // The head is the upstream's answer; the body is dropped and the rest never read.
-    ex.answer.body = std::string();
-    removeHopByHopFields(ex.answer.headers);
-    result.answer = std::move(ex.answer);
-    result.body_over_limit = true;
     return result;
   }
   if (code == CURLE_OK && status >= 200 && status <= 999) {
@@ -653,6 +484,11 @@ void CurlBackend::onExchangeTimeout(evutil_socket_t, short, void* arg) noexcept 
   auto* ex = static_cast<Exchange*>(arg);
   CurlBackend* self = ex->owner;
   CURL* easy = ex->easy.get();
+  if (ex->streaming) {  // streaming: `timeout` between bytes while not paused
+    return self->endTransfer(easy, false,
+                             "no byte of the body from upstream in " +
+                                 std::to_string(self->config_.timeout.count()) + " milliseconds");
+  }
   // An answer that arrived as the timer fired is taken, not timed out: let curl read every
   // socket it watches first (a socket with nothing to read costs one EAGAIN).
   std::vector<curl_socket_t> fds;
@@ -691,8 +527,8 @@ bool CurlBackend::headAcceptable(Exchange& ex) {
     size_t n = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
     if (ec == std::errc() && p == v.data() + v.size() && n > ex.bodyLimit) {
-      ex.overLimit = true;  // known from the head: not a byte of the body is read
-      return false;
+      ex.overLimit = true;  // known from the head: not a byte of the body is buffered
+      return ex.overLimitIsAnswer && ex.owner->handOver(ex);
     }
   }
   return true;
@@ -726,9 +562,26 @@ size_t CurlBackend::onHeader(char* data, size_t size, size_t count, void* userp)
 size_t CurlBackend::onWrite(char* data, size_t size, size_t count, void* userp) {
   auto* ex = static_cast<Exchange*>(userp);
   const size_t total = size * count;
-  if (ex->answer.body.size() + total > ex->bodyLimit) {
+  if (!ex->streaming && ex->answer.body.size() + total > ex->bodyLimit) {
     ex->overLimit = true;
-    return 0;  // curl stops the transfer (CURLE_WRITE_ERROR); the connection is closed
+    // Past an upstream's cap: curl stops the transfer (CURLE_WRITE_ERROR), the connection is
+    // closed. Past a route's limit: the rest is streamed, starting with this piece.
+    if (!ex->overLimitIsAnswer || !ex->owner->handOver(*ex)) return 0;
+  }
+  if (ex->streaming) {
+    Stream* s = ex->stream;
+    // One piece waits at a time; curl keeps the next one (and stops reading) until asked.
+    if (s == nullptr || !s->started || s->paused || !ex->piece.empty()) {
+      ex->curlPaused = true;
+      return CURL_WRITEFUNC_PAUSE;
+    }
+    try {
+      ex->piece.assign(data, total);
+    } catch (...) {
+      return 0;
+    }
+    event_active(ex->kick.get(), EV_TIMEOUT, 0);
+    return total;
   }
   try {
     ex->answer.body.append(data, total);
@@ -736,6 +589,116 @@ size_t CurlBackend::onWrite(char* data, size_t size, size_t count, void* userp) 
     return 0;
   }
   return total;
+}
+
+CurlBackend::Exchange::~Exchange() {
+  if (stream != nullptr) stream->ex = nullptr;  // the backend is going: the stream ends mute
+}
+
+bool CurlBackend::handOver(Exchange& ex) {
+  // Inside a curl callback: the result is queued for the delivery event, nothing is called.
+  try {
+    ex.kick.reset(event_new(base_, -1, 0, &CurlBackend::onStreamKick, &ex));
+    if (!ex.kick) return false;
+    UpstreamResult result;
+    result.latency = since(ex.started);
+    result.answer = std::move(ex.answer);
+    const bool chunked = hasHeader(result.answer.headers, "Transfer-Encoding");
+    removeHopByHopFields(result.answer.headers);
+    if (chunked) {
+      std::erase_if(result.answer.headers,
+                    [](const Header& h) { return iequals(h.name, "Content-Length"); });
+    }
+    auto stream = std::make_unique<Stream>();
+    stream->owner = this;
+    stream->ex = &ex;
+    ex.stream = stream.get();
+    result.body_over_limit = true;
+    result.rest = std::move(stream);
+    ex.streaming = true;
+    evtimer_del(ex.timer.get());  // nothing is read until the stream starts
+    finished_.push_back({std::move(ex.done), std::move(result)});
+    scheduleDelivery();
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+void CurlBackend::endTransfer(CURL* easy, bool complete, std::string detail) {
+  auto it = active_.find(easy);
+  if (it == active_.end()) std::abort();  // a streamed exchange stays active until it ends
+  std::unique_ptr<Exchange> ex = std::move(it->second);
+  active_.erase(it);
+  curl_multi_remove_handle(multi_.get(), easy);  // mid-body: curl closes the connection
+  recycle(std::move(ex->easy));
+  evtimer_del(ex->timer.get());
+  ex->ended = true;
+  ex->endComplete = complete;
+  ex->endDetail = std::move(detail);
+  Exchange* raw = ex.get();
+  if (raw->stream != nullptr) {
+    raw->stream->owned = std::move(ex);
+    raw->stream->kick();
+  }
+}
+
+CurlBackend::Stream::~Stream() {
+  alive.reset();
+  if (ex == nullptr || ex->ended) return;  // `owned` (if any) dies with us
+  // Abandoned mid-body: curl lets go of the handle and closes the connection.
+  ex->stream = nullptr;
+  CURL* easy = ex->easy.get();
+  auto it = owner->active_.find(easy);
+  if (it == owner->active_.end()) std::abort();
+  std::unique_ptr<Exchange> dead = std::move(it->second);
+  owner->active_.erase(it);
+  curl_multi_remove_handle(owner->multi_.get(), easy);
+  owner->recycle(std::move(dead->easy));
+}
+
+void CurlBackend::Stream::stopReading() {
+  // The next piece curl offers is refused (CURL_WRITEFUNC_PAUSE): curl stops reading.
+  if (ex != nullptr && ex->timer) evtimer_del(ex->timer.get());
+}
+
+void CurlBackend::Stream::kick() {
+  if (ex != nullptr && started && !paused) event_active(ex->kick.get(), EV_TIMEOUT, 0);
+}
+
+void CurlBackend::onStreamKick(evutil_socket_t, short, void* arg) noexcept {
+  auto* ex = static_cast<Exchange*>(arg);
+  Stream* s = ex->stream;
+  if (s == nullptr || !s->started || s->paused) return;
+  std::weak_ptr<bool> alive = s->alive;
+  if (!ex->piece.empty()) {
+    std::string piece;
+    piece.swap(ex->piece);
+    UpstreamBody::DataFn data = s->data;  // a copy: the consumer may destroy `s` (and `ex`) inside
+    data(piece);
+    if (alive.expired()) return;  // the consumer dropped the stream (and the exchange)
+    piece.clear();
+    ex->piece.swap(piece);  // keeps the capacity for the next piece
+  }
+  if (ex->ended) {
+    UpstreamBody::EndFn end = std::move(s->end);
+    const bool complete = ex->endComplete;
+    const std::string detail = std::move(ex->endDetail);
+    end(complete, detail);  // may destroy `s` and, with it, `ex`
+    return;
+  }
+  if (s->paused) return;
+  // Waiting for the upstream: at most `timeout` between bytes.
+  CurlBackend* self = ex->owner;
+  long ms = static_cast<long>(self->config_.timeout.count());
+  timeval tv{ms / 1000, static_cast<suseconds_t>((ms % 1000) * 1000)};
+  evtimer_add(ex->timer.get(), &tv);
+  if (ex->curlPaused) {
+    // May call onWrite at once with what curl kept (a new piece, and another kick); curl then
+    // asks for a 0 ms timer to carry on reading.
+    ex->curlPaused = false;
+    curl_easy_pause(ex->easy.get(), CURLPAUSE_CONT);
+  }
 }
 
 int CurlBackend::onPrereq(void* userp, char*, char*, int, int) {
@@ -753,8 +716,13 @@ int CurlBackend::onPrereq(void* userp, char*, char*, int, int) {
 
 PooledUpstream::PooledUpstream(event_base* base, const UpstreamConfig& config,
                                unsigned connectionLimit, UpstreamBackend backend) {
-  if (backend == UpstreamBackend::Auto) {
-    impl_ = makeHttp1Backend(base, config, connectionLimit);
+  const UpstreamClient client =
+      backend == UpstreamBackend::Curl ? UpstreamClient::Curl : config.client;
+  if (client != UpstreamClient::Curl) impl_ = makeHttp1Backend(base, config, connectionLimit);
+  if (client == UpstreamClient::Builtin && !impl_) {
+    // `check` refuses this combination; a hand-built configuration may still ask for it.
+    throw std::runtime_error("upstream '" + config.name + "': the built-in client cannot reach " +
+                             config.url);
   }
   if (!impl_) impl_ = std::make_unique<CurlBackend>(base, config, connectionLimit);
 }

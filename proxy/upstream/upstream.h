@@ -1,7 +1,8 @@
 #pragma once
-// Forwarding to one upstream from a libevent loop (one Upstream per upstream per worker):
-// http:// upstreams at an IP literal use a built-in HTTP/1.1 client; https:// and host names
-// use libcurl's multi interface. Knows nothing of keys or the store.
+// Forwarding to one upstream from a libevent loop (one Upstream per upstream per worker),
+// through the client its configuration names (`client`: the built-in HTTP/1.1 client, for
+// http:// at an IP literal, or libcurl's multi interface, for anything). Knows nothing of keys
+// or the store.
 #include <event2/event.h>
 
 #include <chrono>
@@ -23,8 +24,30 @@ struct UpstreamRequest {
   // 0: the body of the answer may be as large as the upstream's `max_response_body`; past it
   // the exchange fails as AfterSend (a pass-through answer is never buffered without bound).
   // Otherwise (an idempotent route's `max_response_body`): past this many body bytes the
-  // client stops reading and the exchange ends with `body_over_limit` (see UpstreamResult).
+  // client stops buffering and hands the rest over as a stream (UpstreamResult::rest).
   size_t max_response_body = 0;
+};
+
+// The rest of an answer whose body passed the request's `max_response_body`, read from the
+// upstream only as fast as it is taken (memory stays bounded however large the body is).
+// Nothing is read until start(); the connection it reads from is never pooled again.
+class UpstreamBody {
+ public:
+  // Abandons what is not read yet: the connection is closed (never pooled mid-body). May be
+  // called from inside `data` or `end`.
+  virtual ~UpstreamBody() = default;
+  using DataFn = std::function<void(std::string_view piece)>;
+  // complete: the body ended as its framing says; otherwise `detail` says why it was cut
+  // short (reset, malformed framing, or `timeout` passed without a byte while not paused).
+  using EndFn = std::function<void(bool complete, std::string_view detail)>;
+  // Delivers each piece of the body as it is read, then `end` once. The callbacks run on the
+  // loop's thread from the backend's own events, never inside start(), pause() or resume(),
+  // and may call pause() or destroy this object. Called once.
+  virtual void start(DataFn data, EndFn end) = 0;
+  // No `data` call follows pause() until resume(): the upstream is not read meanwhile (its
+  // `timeout` does not run either).
+  virtual void pause() = 0;
+  virtual void resume() = 0;
 };
 
 // How an exchange failed, typed so the caller never compares strings.
@@ -40,9 +63,12 @@ struct UpstreamResult {
   std::string detail;  // curl's message, for logs only
   HttpAnswer answer;   // when failure == None; hop-by-hop fields already removed
   // failure == None: the body passed the request's `max_response_body`. The status and
-  // fields are the upstream's, the body is empty (what came was dropped, the rest was never
-  // read: the connection is closed). The answer arrived, so the request took effect.
+  // fields are the upstream's; `answer.body` holds the part read so far (at most the limit)
+  // and `rest` the remainder, unread until started. The framing's Content-Length (when the
+  // upstream sent one and no transfer coding) stays in the fields. The head arrived, so the
+  // request took effect.
   bool body_over_limit = false;
+  std::unique_ptr<UpstreamBody> rest;  // set exactly when body_over_limit
   std::chrono::microseconds latency{0};
 };
 
@@ -58,8 +84,9 @@ struct UpstreamResult {
 // seconds: it is given idle_timeout rounded down to a second, less one, so that it never
 // keeps a connection longer than asked (an idle_timeout under 2 s means "under 1 s" there).
 
-// Which client an Upstream uses. Auto: the built-in HTTP/1.1 client for http:// URLs whose
-// host is an IP literal, libcurl otherwise. Curl forces libcurl (tests compare the two).
+// Which client an Upstream uses. Auto: the configuration's `client` (UpstreamClient::Auto: the
+// built-in HTTP/1.1 client for http:// URLs whose host is an IP literal, libcurl otherwise).
+// Curl forces libcurl (tests compare the two).
 enum class UpstreamBackend { Auto, Curl };
 
 // One upstream as the request core sees it: start an exchange, get one result later. The
@@ -86,7 +113,8 @@ class Upstream {
 // worker), through the built-in HTTP/1.1 client or libcurl's multi interface.
 class PooledUpstream final : public Upstream {
  public:
-  // `base` must outlive the Upstream. Its sockets and timers live on `base`.
+  // `base` must outlive the Upstream. Its sockets and timers live on `base`. Throws when the
+  // configuration asks for the built-in client where it cannot go (https, a host name).
   PooledUpstream(event_base* base, const UpstreamConfig& config, unsigned connectionLimit,
                  UpstreamBackend backend = UpstreamBackend::Auto);
   ~PooledUpstream() override;

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "base/c_handles.h"
 #include "upstream/upstream.h"
@@ -53,6 +54,36 @@ struct PooledUpstream::Impl {
 namespace upstream_detail {
 
 using SteadyClock = std::chrono::steady_clock;
+
+// What both clients' streamed rests (UpstreamBody) share: the consumer's callbacks, whether it
+// takes pieces now, and a token that dies with the rest (a backend checks it after calling the
+// consumer, who may have dropped the rest). The backend supplies the wake-up and the stop.
+struct StreamedRest : UpstreamBody {
+  DataFn data;
+  EndFn end;
+  bool started = false;
+  bool paused = false;
+  std::shared_ptr<bool> alive = std::make_shared<bool>(true);
+
+  void start(DataFn d, EndFn e) final {
+    data = std::move(d);
+    end = std::move(e);
+    started = true;
+    kick();
+  }
+  void pause() final {
+    paused = true;
+    stopReading();
+  }
+  void resume() final {
+    paused = false;
+    kick();
+  }
+  // Schedules the backend's delivery event when started and not paused.
+  virtual void kick() = 0;
+  // Nothing is read from the upstream (and its `timeout` does not run) until kick().
+  virtual void stopReading() = 0;
+};
 
 std::string_view trimOws(std::string_view s);
 // Adds one response header line (without CRLF) to `headers`: "name: value", or an obs-fold

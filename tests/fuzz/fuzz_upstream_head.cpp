@@ -1,7 +1,7 @@
 // The upstream answer's head as both backends read it: the status line, then header lines
-// (with obs-fold continuations). The input is split at "\r\n" (or '\n'). The built-in
-// client's framing (Http1Backend::parseHead/parse) reads from a connection's evbuffer and is
-// not reachable as a function; it is being replaced by libhttp-parser.
+// (with obs-fold continuations), as libcurl's header callback hands them over. The input is
+// split at "\r\n" (or '\n'). The built-in client's reader has its own target,
+// fuzz_upstream_response.
 #include <cstdint>
 #include <string_view>
 

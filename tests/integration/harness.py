@@ -19,6 +19,10 @@ Base class
   ProxyTestCase              temp dir, one upstream, start_proxy(), post(), assertProblem() ...
 
 Every wait in here polls an external process with a bounded deadline; nothing sleeps blind.
+
+IDEMPROXY_TEST_CLIENT=curl (or builtin) in the environment: every upstream of every config
+built here names that client (`client: curl`), so the whole suite runs through libcurl; unset,
+each upstream gets the default (the built-in client for http:// to an IP address).
 """
 import base64
 import http.client
@@ -39,6 +43,7 @@ import urllib.parse
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAKE_UPSTREAM = os.path.join(os.path.dirname(HERE), "fake_upstream.py")
 IDEMPROXY_BIN = os.environ.get("IDEMPROXY_BIN") or ""
+TEST_CLIENT = os.environ.get("IDEMPROXY_TEST_CLIENT") or ""
 
 requires_proxy = unittest.skipUnless(IDEMPROXY_BIN, "IDEMPROXY_BIN is not set")
 
@@ -485,6 +490,9 @@ def make_config(listen_port, store_path, upstream_url, routes=None, server=None,
         },
         "routes": routes if routes is not None else default_routes(),
     }
+    if TEST_CLIENT:
+        cfg["upstreams"] = {name: dict({"client": TEST_CLIENT}, **u)
+                            for name, u in cfg["upstreams"].items()}
     cfg["server"].update(server or {})
     cfg["store"].update(store_settings(store_path))
     cfg["store"].update(store or {})

@@ -117,13 +117,14 @@ class Trace:
                 return c
         return None
 
-    def durable_before(self, token, deadline_line):
+    def durable_before(self, token, deadline_line, also=None):
         """Whether the last store write carrying `token` before `deadline_line` was made durable
         before `deadline_line`: a sync of the store completed after it, then a store write
         started (LMDB's meta page, which makes the transaction visible) and was itself durable
         (written on an O_DSYNC descriptor, or followed by a completed sync) before the deadline.
-        Returns (ok, explanation)."""
-        writes = [c for c in self.store_writes if token in c.text and c.end < deadline_line]
+        `also`: a second token the same write must carry. Returns (ok, explanation)."""
+        writes = [c for c in self.store_writes if token in c.text and c.end < deadline_line
+                  and (also is None or also in c.text)]
         if not writes:
             return False, "no store write carrying %r before line %d" % (token, deadline_line)
         w = writes[-1]

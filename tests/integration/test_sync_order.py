@@ -33,10 +33,10 @@ def child_pid(pid):
 @unittest.skipUnless(STRACE, "strace is not installed")
 @lmdb_only("traces the embedded store's fsyncs")
 class SyncOrderTest(ProxyTestCase):
-    def traced_run(self, plant=None):
+    def traced_run(self, plant=None, keys=KEYS, payments=None, behaviour=None):
         store = os.path.join(self.tmp, "store-%s" % (plant or "clean"))
         log = os.path.join(self.tmp, "strace-%s.log" % (plant or "clean"))
-        cfg = self.config(store_path=store, store={"durability": "full"})
+        cfg = self.config(store_path=store, store={"durability": "full"}, payments=payments)
         p = Proxy(self.tmp, cfg)
         p.command = lambda: strace_command(log, [IDEMPROXY_BIN, "run", "--config", p.config_path])
         p.env = dict(os.environ)
@@ -50,7 +50,9 @@ class SyncOrderTest(ProxyTestCase):
         p.start(timeout=30)
         self.addCleanup(p.kill)
         sent = []
-        for i in range(KEYS):
+        if behaviour:
+            self.up.script(default=behaviour)
+        for i in range(keys):
             k = self.new_key("sync%d" % i)
             r = self.post(p, key=k)
             self.assertEqual(r.status, 201, r)
@@ -60,7 +62,7 @@ class SyncOrderTest(ProxyTestCase):
         self.assertIsNotNone(pid)
         os.kill(pid, signal.SIGTERM)
         self.assertEqual(p.proc.wait(30), 0, p.stderr_tail())
-        self.assertCount(KEYS)
+        self.assertCount(keys)
         return Trace(log, os.path.join(store, "data.mdb"), p.port, self.up.port), sent
 
     def violations(self, trace, sent):
@@ -89,6 +91,33 @@ class SyncOrderTest(ProxyTestCase):
         self.assertTrue(trace.store_writes, "no store writes traced")
         self.assertTrue(trace.durable_points, "no store syncs traced")
         self.assertEqual(self.violations(trace, sent), [])
+
+    def test_a_streamed_answer_follows_its_durable_compact_record(self):
+        # Past max_response_body the answer is streamed, recorded as response-not-replayable:
+        # that record (the store write carrying the key and the problem) is durable before the
+        # first byte of the answer reaches the client.
+        trace, sent = self.traced_run(keys=4, payments={"max_response_body": "1KiB"},
+                                      behaviour={"pattern_size": 256 * 1024})
+        self.assertEqual(self.streamed_violations(trace, sent), [])
+
+    def test_planted_bug_is_caught_for_a_streamed_answer(self):
+        trace, sent = self.traced_run(plant="answer-before-commit", keys=4,
+                                      payments={"max_response_body": "1KiB"},
+                                      behaviour={"pattern_size": 256 * 1024})
+        self.assertNotEqual(self.streamed_violations(trace, sent), [])
+
+    def streamed_violations(self, trace, sent):
+        found = []
+        for key, pay_id in sent:
+            down = trace.first_send(trace.client_sends, pay_id)
+            if down is None:
+                found.append("%s: no client write carries %s" % (key, pay_id))
+                continue
+            ok, why = trace.durable_before(key, down.start, also="response-not-replayable")
+            if not ok:
+                found.append("%s: compact record not durable before the client write (line "
+                             "%d): %s" % (key, down.start, why))
+        return found
 
     def test_planted_answer_before_commit_is_caught(self):
         trace, sent = self.traced_run(plant="answer-before-commit")

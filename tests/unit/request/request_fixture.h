@@ -1,7 +1,7 @@
 #pragma once
-// The request core's test seams: fakes of its neighbours (Downstream, Upstream, Store, Clock) on
-// a real libevent loop, and the fixture that drives ProxyRequest with them (request_test.cpp,
-// request_reconcile_test.cpp).
+// The fakes at the request core's seams (Downstream, Upstream, Store, Clock) and the fixture
+// that drives ProxyRequest with them on a real libevent loop (request_test.cpp,
+// request_stream_test.cpp, request_reconcile_test.cpp).
 #include <gtest/gtest.h>
 
 #include <deque>
@@ -23,6 +23,10 @@ class FakeClient final : public Downstream {
     Headers fields;
     std::string body;
     bool close = false;
+    bool streamed = false;  // startBody, not endReply
+    int64_t length = 0;     // streamed: the length given (kUnknownLength: none)
+    bool ended = false;     // streamed: endBody was called
+    bool complete = false;  // … with complete = true
     std::string field(std::string_view name) const {
       for (const auto& h : fields) {
         if (iequals(h.name, name)) return h.value;
@@ -43,7 +47,9 @@ class FakeClient final : public Downstream {
         target_(std::move(target)),
         fields_(std::move(fields)),
         body_(std::move(body)),
-        out_(out) {}
+        out_(out) {
+    current = this;
+  }
 
   std::string_view method() const override { return method_; }
   std::string_view target() const override { return target_; }
@@ -52,10 +58,14 @@ class FakeClient final : public Downstream {
   }
   std::string_view body() const override { return body_; }
   std::string_view peer() const override { return "192.0.2.7"; }
-  inline static bool gone = false;
+  inline static bool closed = false;            // the connection is gone: nothing reaches anyone
+  inline static FakeClient* current = nullptr;  // the newest client, for streaming tests
+  ~FakeClient() override {
+    if (current == this) current = nullptr;
+  }
 
   void beginReply(int status) override {
-    if (gone) return;
+    if (closed) return;
     ASSERT_FALSE(out_->has_value()) << "answered twice";
     pending_.status = status;
   }
@@ -63,11 +73,41 @@ class FakeClient final : public Downstream {
     pending_.fields.push_back({std::string(name), std::string(value)});
   }
   void endReply(std::string_view body, bool close) override {
-    if (gone) return;  // the connection closed: nothing reaches anyone
+    if (closed) return;  // the connection closed: nothing reaches anyone
     pending_.body.assign(body);
     pending_.close = close;
     *out_ = pending_;
   }
+
+  // Streaming: the head is "out" at startBody; pieces are queued until drain().
+  void startBody(int64_t length, bool close, std::function<void()> writable) override {
+    if (closed) return;
+    ASSERT_FALSE(out_->has_value()) << "answered twice";
+    pending_.streamed = true;
+    pending_.length = length;
+    pending_.close = close;
+    *out_ = pending_;
+    writable_ = std::move(writable);
+  }
+  bool writeBody(std::string_view piece) override {
+    if (closed || !out_->has_value() || (*out_)->ended) return false;
+    (*out_)->body.append(piece);
+    queued_ += piece.size();
+    return queued_ < bound;
+  }
+  void endBody(bool complete) override {
+    writable_ = nullptr;
+    if (closed || !out_->has_value() || (*out_)->ended) return;
+    (*out_)->ended = true;
+    (*out_)->complete = complete;
+  }
+  bool gone() const override { return closed; }
+  // The client took what was queued (or went away): the writer is woken, as the loop would.
+  void drain() {
+    queued_ = 0;
+    if (auto w = writable_) w();
+  }
+  size_t bound = 1 << 20;  // queued bytes past which writeBody says "wait"
 
  private:
   std::string method_, target_;
@@ -75,6 +115,57 @@ class FakeClient final : public Downstream {
   std::string body_;
   Reply pending_;
   std::optional<Reply>* out_;  // owned by the test: the client dies with the request
+  std::function<void()> writable_;
+  size_t queued_ = 0;
+};
+
+// The rest of a body past the limit, fed by the test through its State.
+class FakeBody final : public UpstreamBody {
+ public:
+  struct State {
+    FakeBody* body = nullptr;  // null once the consumer let go of it
+    bool started = false;
+    bool paused = false;
+    bool destroyed = false;  // the upstream connection was let go
+    int pauses = 0;
+    // As a backend does: a copy of the callback runs (the consumer may drop the body inside).
+    void push(std::string_view piece) {
+      if (body == nullptr || !body->data_) return;
+      DataFn data = body->data_;
+      data(piece);
+    }
+    void finish(bool complete, std::string_view why = {}) {
+      if (body == nullptr || !body->end_) return;
+      EndFn end = std::move(body->end_);
+      end(complete, why);
+    }
+  };
+  explicit FakeBody(std::shared_ptr<State> s) : s_(std::move(s)) { s_->body = this; }
+  ~FakeBody() override {
+    s_->destroyed = true;
+    s_->body = nullptr;
+  }
+  void start(DataFn d, EndFn e) override {
+    data_ = std::move(d);
+    end_ = std::move(e);
+    s_->started = true;
+  }
+  void pause() override {
+    s_->paused = true;
+    ++s_->pauses;
+  }
+  void resume() override { s_->paused = false; }
+  // A stream still running holds its request through these: the test's teardown drops them.
+  void drop() {
+    DataFn data = std::move(data_);
+    EndFn end = std::move(end_);
+    // Both die here, perhaps with the request, which owns this body: nothing of it is touched.
+  }
+
+ private:
+  std::shared_ptr<State> s_;
+  DataFn data_;
+  EndFn end_;
 };
 
 // A store whose operations complete only when the test says so, with the result it chooses.
@@ -88,6 +179,7 @@ class FakeStore final : public Store {
   bool throwOnReserve = false;
   bool local = true;  // localReads()
   bool localReads() const override { return local; }
+
   bool notify = false;  // notifies(): watch() records the watch, the test fires it
   struct Watch {
     uint64_t since;
@@ -228,7 +320,7 @@ class RequestCoreTest : public ::testing::Test {
   void TearDown() override {
     // Requests still held by pending completions die here, before the fakes they point to;
     // their last-resort 500s go nowhere.
-    FakeClient::gone = true;
+    FakeClient::closed = true;
     store_.reserves.clear();
     store_.records.clear();
     store_.releases.clear();
@@ -237,7 +329,7 @@ class RequestCoreTest : public ::testing::Test {
     upstream_->sent.clear();
     shared_->waiters().clear();
     loop_->drain();
-    FakeClient::gone = false;
+    FakeClient::closed = false;
   }
 
   void build(IdempotencyConfig ic) {

@@ -116,7 +116,7 @@ TEST_F(ReconcileCoreTest, AFailedLookupLeavesTheRecordAndReplaysIt) {
   UpstreamResult failed;
   failed.failure = UpstreamFailure::Timeout;
   failed.detail = "timed out";
-  completeUpstream(failed);
+  completeUpstream(std::move(failed));
   ASSERT_EQ(store_.settles.size(), 1u);
   EXPECT_EQ(store_.settles[0].first.kind, SettleKind::Unsettled);
   completeSettle(SettleStatus::Settled, timedOut());

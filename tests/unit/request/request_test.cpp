@@ -1,11 +1,16 @@
 // The request core alone: ProxyRequest driven through every transition with fakes at its seams
-// (Downstream, Upstream, Store, Clock) on a real libevent loop (request_fixture.h).
+// (Downstream, Upstream, Store, Clock) on a real libevent loop.
 #include "request/request.h"
 
-#include "request_fixture.h"
+#include <gtest/gtest.h>
+
+#include "base/digest.h"
+#include "request/idempotency.h"
+#include "request/request_fixture.h"
 
 namespace idem {
 namespace {
+
 using namespace testing_request;  // NOLINT: the fixture and its fakes
 
 // ---- Transitions ----
@@ -139,7 +144,7 @@ TEST_F(RequestCoreTest, NothingSentReleasesAndAnswers502Unavailable) {
   completeReserve(ReserveStatus::Won);
   UpstreamResult r;
   r.failure = UpstreamFailure::BeforeSend;
-  completeUpstream(r);
+  completeUpstream(std::move(r));
   ASSERT_EQ(store_.releases.size(), 1u);
   store_.releases[0].second({StoreError::Io, false, 0});  // the release fails
   loop_->drain();
@@ -154,7 +159,7 @@ TEST_F(RequestCoreTest, SentWithoutAnAnswerRecords504) {
   completeReserve(ReserveStatus::Won);
   UpstreamResult r;
   r.failure = UpstreamFailure::Timeout;
-  completeUpstream(r);
+  completeUpstream(std::move(r));
   ASSERT_EQ(store_.records.size(), 1u);
   EXPECT_EQ(store_.records[0].first.answer.status, 504);
   EXPECT_TRUE(store_.records[0].first.flags & kFlagProxyError);
@@ -222,14 +227,14 @@ TEST_F(RequestCoreTest, ClientGoneStillRecordsTheOutcome) {
   completeReserve(ReserveStatus::Won);
   // The exchange is running; the client's connection goes away (its reply calls are no-ops).
   // The outcome must still be recorded so a retry finds it, and the request freed.
-  FakeClient::gone = true;
+  FakeClient::closed = true;
   completeUpstream(answer(201, "paid"));
   ASSERT_EQ(store_.records.size(), 1u);
   EXPECT_EQ(store_.records[0].first.answer.body, "paid");
   store_.records[0].second({StoreError::None, RecordStatus::Recorded, {}});
   store_.records.clear();
   loop_->drain();
-  FakeClient::gone = false;
+  FakeClient::closed = false;
   EXPECT_FALSE(reply_);
   EXPECT_EQ(observer_.done.back().second, Outcome::Forwarded);
   EXPECT_EQ(shared_->active.load(), 0u);
@@ -325,7 +330,7 @@ TEST_F(RequestCoreTest, UpstreamReplayMarkerAndBadFieldNamesAreNotPassedOn) {
   UpstreamResult r = answer(201, "paid");
   r.answer.headers.push_back({"Idempotent-Replayed", "true"});
   r.answer.headers.push_back({"X Bad Name", "v"});
-  completeUpstream(r);
+  completeUpstream(std::move(r));
   ASSERT_EQ(store_.records.size(), 1u);
   for (const auto& h : store_.records[0].first.answer.headers) {
     EXPECT_FALSE(iequals(h.name, "Idempotent-Replayed"));

@@ -46,7 +46,7 @@ class UpstreamFixture : public ::testing::TestWithParam<UpstreamBackend> {
     std::optional<UpstreamResult> result;
     up.send(std::move(req), [&](UpstreamResult r) { result = std::move(r); });
     EXPECT_TRUE(runUntil([&] { return result.has_value(); }));
-    return result.value_or(UpstreamResult{});
+    return result ? std::move(*result) : UpstreamResult{};
   }
 
   EventBasePtr base_{event_base_new()};
