@@ -32,6 +32,8 @@ const char* toString(RequestState s) {
 namespace {
 
 using Steady = std::chrono::steady_clock;
+// Waiting on the store's wake-ups (another host owns the key): how often to look anyway.
+constexpr std::chrono::milliseconds kWatchedPoll{1'000};
 
 std::string joinNames(const std::vector<std::string>& names) {
   std::string out;
@@ -317,7 +319,7 @@ void ProxyRequest::onReserved(ReserveResult r) {
                        Outcome::Conflict);
         return;
       }
-      waitForOwner(r.record);
+      waitForOwner(r.record, r.wake_token);
       return;
   }
 }
@@ -328,7 +330,7 @@ namespace {
 void onWaitTimer(evutil_socket_t, short, void* arg);
 }
 
-void ProxyRequest::waitForOwner(const Record& inFlight) {
+void ProxyRequest::waitForOwner(const Record& inFlight, uint64_t wakeToken) {
   const auto now = Steady::now();
   if (state_ != RequestState::Waiting) setState(RequestState::Waiting);
   if (!wait_timer_) {
@@ -344,20 +346,29 @@ void ProxyRequest::waitForOwner(const Record& inFlight) {
     return;
   }
   const uint64_t ticket = wait_ticket_ = shared_.newWaitTicket();
-  // Called on the owner's thread; the reference moves into the posted task so that the last
-  // reference to this request is always dropped on its own worker.
-  auto wake = [w = &loop_, self = shared_from_this(), ticket]() mutable {
-    w->post([self = std::move(self), ticket] {
-      if (self->wait_ticket_ == ticket && self->parked_) {
-        self->parked_ = false;
-        self->onWaitWake();
-      }
-    });
+  // Called on the owner's (or the store's) thread; the reference moves into the posted task so
+  // that the last reference to this request is always dropped on its own worker.
+  auto wake = [this, ticket] {
+    return [w = &loop_, self = shared_from_this(), ticket]() mutable {
+      w->post([self = std::move(self), ticket] {
+        if (self->wait_ticket_ == ticket && self->parked_) {
+          self->parked_ = false;
+          self->watch_handle_ = 0;
+          self->onWaitWake();
+        }
+      });
+    };
   };
   std::chrono::steady_clock::duration until;
-  if (shared_.ownsToken(inFlight.owner) && shared_.waiters().park(id_, ticket, std::move(wake))) {
+  if (shared_.ownsToken(inFlight.owner) && shared_.waiters().park(id_, ticket, wake())) {
     parked_ = true;
     until = wait_deadline_ - now;  // woken by the owner; the timer only bounds the wait
+  } else if (!shared_.store().localReads() &&
+             (watch_handle_ = shared_.store().watch(id_, wakeToken, wake())) != 0) {
+    // Another host owns the key: woken by its completion through the store; the timer is a
+    // slow fallback poll (a wake-up lost with the store's subscription).
+    parked_ = true;
+    until = std::min<std::chrono::steady_clock::duration>(kWatchedPoll, wait_deadline_ - now);
   } else {
     // Another process owns the key (or our own owner has just finished, or left the record in
     // flight after a failed write): look at the store again, backing off.
@@ -378,10 +389,13 @@ void onWaitTimer(evutil_socket_t, short, void* arg) {
 
 void ProxyRequest::onWaitTimerFired() {
   auto self = std::move(keepalive_);
-  if (parked_) {
+  if (parked_ && watch_handle_ != 0) {
+    shared_.store().unwatch(watch_handle_);
+  } else if (parked_) {
     shared_.waiters().cancel(id_, wait_ticket_);
-    parked_ = false;
   }
+  parked_ = false;
+  watch_handle_ = 0;
   // Poll tick or deadline: either way look at the store once more before answering 409.
   onWaitWake();
 }

@@ -51,6 +51,9 @@ struct ReserveResult {
   StoreError error = StoreError::None;  // when not None, status is meaningless
   ReserveStatus status = ReserveStatus::Won;
   Record record;  // the record as it stands after the operation
+  // InFlight from a store with cross-host wake-ups: pass to Store::watch (no wake-up published
+  // after this reserve was sent can be missed).
+  uint64_t wake_token = 0;
 };
 
 struct RecordRequest {
@@ -124,6 +127,18 @@ class Store {
   virtual bool localReads() const { return true; }
   // False while the store cannot serve (a network store with no connection): /readyz.
   virtual bool ready() const { return true; }
+
+  // Wake-ups across hosts (a network store): calls `wake` once, from the store's thread, when
+  // record `id` may have changed since the reserve that returned `since` (its wake_token) —
+  // completed, released or forgotten by any process — or when the store may have missed such a
+  // change. Returns a handle for unwatch(), or 0 when the store cannot (then poll). A wake may
+  // be spurious: the caller looks again (reserve) either way.
+  virtual uint64_t watch(const RecordId& id, uint64_t since, std::function<void()> wake) {
+    (void)id, (void)since, (void)wake;
+    return 0;
+  }
+  // Drops a watch that has not fired (its `wake` is destroyed here, on the caller's thread).
+  virtual void unwatch(uint64_t handle) { (void)handle; }
 
   // Read the record; an expired record reads as absent. Safe from any thread; never blocks on
   // the writer.
