@@ -135,6 +135,10 @@ class Daemon {
         metrics_.gaugeCallback(metric::kStoreBytes, metric::kStoreBytesHelp, {},
                                [this] { return static_cast<double>(store_->stats().bytes_used); }));
     gauges_.push_back(metrics_.gaugeCallback(
+        "idemproxy_store_wakeups_received",
+        "Wake-up messages received from proxies on other hosts (network stores).", {},
+        [this] { return static_cast<double>(store_->stats().wakeups); }));
+    gauges_.push_back(metrics_.gaugeCallback(
         "idemproxy_upstream_in_flight", "Exchanges with an upstream in progress.", {},
         [this] { return static_cast<double>(proxy_->upstreamInFlight()); }));
     gauges_.push_back(metrics_.gaugeCallback(

@@ -88,6 +88,7 @@ struct StoreStats {
   uint64_t commits = 0;        // write transactions committed by this process
   uint64_t operations = 0;     // write operations applied by this process
   uint64_t decode_errors = 0;  // stored values that failed to decode (read as absent)
+  uint64_t wakeups = 0;        // wake-up messages received from other processes (Store::watch)
 };
 
 // Called after every commit with the commit's duration and how many operations it carried.

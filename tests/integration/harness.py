@@ -344,7 +344,8 @@ def _scalar(v):
     if isinstance(v, (int, float)):
         return str(v)
     s = str(v)
-    if _PLAIN.match(s) and not s.startswith(("[", "-", ":")) and s.lower() not in (
+    plain = _PLAIN.match(s) and not s.startswith(("[", "-", ":")) and not s.endswith(":")
+    if plain and s.lower() not in (
             "true", "false", "null", "yes", "no", "on", "off", "~"):
         return s
     return json.dumps(s)  # a JSON string is a valid YAML double-quoted scalar

@@ -699,6 +699,7 @@ StoreStats RedisStore::stats() {
   StoreStats s;
   s.operations = impl_->operations.load();
   s.commits = s.operations;  // every script is its own atomic step
+  s.wakeups = impl_->messages.load();
   return s;
 }
 
