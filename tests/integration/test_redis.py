@@ -1,6 +1,7 @@
 """Several proxies ("hosts") on one Redis (SPEC §5 store.backend: redis, §7): one key space,
 forwarded once, waiters woken across hosts; a killed, hung, forgetful or full Redis is never
 bypassed, and recorded answers survive a restart from the append-only file."""
+import json
 import re
 import time
 import unittest
@@ -189,6 +190,20 @@ class RedisStoreTest(ProxyTestCase):
         self.assertEqual(r.status, 201, r)
         self.assertFalse(r.replayed)
         self.assertCount(2)
+
+    def test_start_up_warns_about_settings_that_can_lose_records(self):
+        (good,) = self.hosts(1)
+        self.assertNotIn("store-setting-can-lose-records", good.stderr_tail())
+        server = redis_support.Server.start()
+        self.addCleanup(server.destroy)
+        server.cli("CONFIG", "SET", "appendfsync", "everysec")
+        server.cli("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        h = self.start_proxy(store=redis_support.redis_store(server.url, self.prefix))
+        warned = [json.loads(l) for l in h.stderr_tail(100000).splitlines()
+                  if "store-setting-can-lose-records" in l]
+        self.assertEqual(sorted(w["setting"] for w in warned),
+                         ["appendfsync", "maxmemory-policy"], warned)
+        self.assertEqual(self.post(h, key=self.new_key()).status, 201)  # a warning, not a refusal
 
     def test_check_refuses_rediss_and_names_the_way_around(self):
         cfg = self.config(store=redis_support.redis_store("rediss://cache:6380/0", "p:"))

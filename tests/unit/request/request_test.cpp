@@ -88,6 +88,21 @@ class FakeStore final : public Store {
   bool throwOnReserve = false;
   bool local = true;  // localReads()
   bool localReads() const override { return local; }
+  // Cross-host wake-ups (Store::watch), when `watches` is set.
+  struct Watch {
+    RecordId id;
+    uint64_t since;
+    std::function<void()> wake;
+  };
+  bool watches = false;
+  std::vector<Watch> watched;
+  std::vector<uint64_t> unwatched;
+  uint64_t watch(const RecordId& id, uint64_t since, std::function<void()> wake) override {
+    if (!watches) return 0;
+    watched.push_back({id, since, std::move(wake)});
+    return watched.size();
+  }
+  void unwatch(uint64_t handle) override { unwatched.push_back(handle); }
 
   void reserve(ReserveRequest req, std::function<void(ReserveResult)> done) override {
     if (throwOnReserve) throw std::runtime_error("store exploded");
@@ -715,6 +730,47 @@ TEST_F(RequestCoreTest, WithANetworkStoreAWokenWaiterReservesAgain) {
   ASSERT_TRUE(reply_);
   EXPECT_EQ(reply_->status, 201);
   EXPECT_EQ(store_.lookups, 0);
+}
+
+TEST_F(RequestCoreTest, AWaiterOnAnotherHostsKeyIsWokenThroughTheStore) {
+  store_.local = false;
+  store_.watches = true;
+  start();
+  ReserveResult inflight{StoreError::None, ReserveStatus::InFlight, inFlight("host-b:1:1"), 7};
+  auto [req, done] = std::move(store_.reserves.front());
+  store_.reserves.pop_front();
+  done(inflight);
+  loop_->drain();
+  ASSERT_EQ(store_.watched.size(), 1u);
+  EXPECT_EQ(store_.watched[0].id, req.id);
+  EXPECT_EQ(store_.watched[0].since, 7u) << "the reserve's token: no wake-up after it is lost";
+  EXPECT_TRUE(store_.reserves.empty()) << "parked, not polling";
+  store_.watched[0].wake();  // the owner on the other host recorded
+  ASSERT_TRUE(loop_->runUntil([&] { return !store_.reserves.empty(); }));
+  completeReserve(ReserveStatus::Completed, completed({201, {}, "paid"}));
+  ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 201);
+  EXPECT_TRUE(store_.unwatched.empty());
+}
+
+TEST_F(RequestCoreTest, AWatchedWaiterStillTimesOutAndDropsItsWatch) {
+  IdempotencyConfig ic;
+  ic.wait_timeout = std::chrono::milliseconds(20);
+  build(ic);
+  store_.local = false;
+  store_.watches = true;
+  start();
+  completeReserve(ReserveStatus::InFlight, inFlight("host-b:1:1"));
+  ASSERT_EQ(store_.watched.size(), 1u);
+  // The wait's deadline passes: the watch is dropped, the store is asked once more.
+  ASSERT_TRUE(loop_->runUntil([&] { return !store_.reserves.empty(); }));
+  EXPECT_EQ(store_.unwatched, std::vector<uint64_t>{1});
+  completeReserve(ReserveStatus::InFlight, inFlight("host-b:1:1"));
+  ASSERT_TRUE(reply_);
+  EXPECT_EQ(reply_->status, 409);
+  store_.watched[0].wake();  // late: ignored
+  loop_->drain();
+  EXPECT_TRUE(store_.reserves.empty());
 }
 
 TEST_F(RequestCoreTest, TheKeyMayComeFromTheBodyAndMustAgreeWithTheHeader) {
