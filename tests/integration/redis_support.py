@@ -94,3 +94,18 @@ def redis_store(url, key_prefix, **overrides):
 
 
 available = bool(harness.IDEMPROXY_BIN) and shutil.which("redis-server") is not None
+
+
+_suite_server = None
+
+
+def suite_store(store_path):
+    """The store: block that runs a test written for LMDB against Redis (the suite-wide store
+    switch): the fixture's server, one key space per LMDB store path, so proxies that share a
+    path share a key space, as on LMDB."""
+    global _suite_server
+    if _suite_server is None:
+        _suite_server = Server.shared()
+    import hashlib
+    prefix = "suite:" + hashlib.sha256(store_path.encode()).hexdigest()[:16] + ":"
+    return redis_store(_suite_server.url, prefix)

@@ -101,6 +101,8 @@ struct RedisStore::Impl {
   // I/O thread only.
   std::deque<std::unique_ptr<Op>> pending;
   std::vector<std::pair<RecordId, std::string>> lost;
+  Steady::time_point lost_retry_at;  // a release failed: not again before this
+  Steady::time_point next_probe;     // out of memory: when to try a write again
   std::atomic<size_t> lost_count{0};
 
   std::atomic<bool> up{false};

@@ -178,6 +178,11 @@ const Script& forgetScript() {
   return s;
 }
 
+const Script& probeScript() {
+  static const Script s = make("probe", "#!lua\nreturn 1\n");
+  return s;
+}
+
 std::string hexId(const RecordId& id) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;

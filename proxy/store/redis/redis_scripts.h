@@ -34,6 +34,8 @@ const Script& reserveScript();
 const Script& recordScript();
 const Script& releaseScript();
 const Script& forgetScript();
+// A write script that writes nothing: refused while Redis is out of memory (a probe).
+const Script& probeScript();
 
 std::string hexId(const RecordId& id);
 [[nodiscard]] bool parseHexId(std::string_view hex, RecordId& out);

@@ -84,6 +84,10 @@ struct RecordOp final : OpWith<RecordResult> {
   }
 };
 
+struct ProbeOp final : OpWith<WriteResult> {
+  bool parse(const redisReply*) override { return true; }
+};
+
 struct DeleteOp final : OpWith<WriteResult> {
   bool parse(const redisReply* r) override {
     if (r->type != REDIS_REPLY_INTEGER) return false;
@@ -163,7 +167,8 @@ std::unique_ptr<RedisStore::Impl::Op> RedisStore::Impl::releaseLost(RecordId id,
   op->deadline = now + opts.timeout;
   op->done = [this, id, owner = std::move(owner)](WriteResult r) {
     if (r.error != StoreError::None) {
-      lost.emplace_back(id, owner);  // try again on the next connection
+      lost.emplace_back(id, owner);  // try again later, or on the next connection
+      lost_retry_at = Steady::now() + std::chrono::milliseconds(250);
     } else if (r.changed) {
       log::info("store-lost-reservation-released", {{"owner", owner}});
     }
@@ -357,7 +362,9 @@ void RedisStore::Impl::onScriptReply(Link& l, std::unique_ptr<Op> op, const redi
     // Acknowledged by enough replicas before anyone acts on it (forwarding, answering).
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(op->deadline - now);
     const std::string n = std::to_string(opts.min_replicas);
-    const std::string ms = std::to_string(std::max<int64_t>(1, left.count() - 10));
+    // Redis answers WAIT by its own timeout, before ours would take the link for hung.
+    const int64_t margin = std::max<int64_t>(50, left.count() / 5);
+    const std::string ms = std::to_string(std::max<int64_t>(1, left.count() - margin));
     l.conn->append({"WAIT", n, ms});
     l.expects.push_back({Expect::Kind::Wait, std::move(op)});
     return;
@@ -382,7 +389,7 @@ void RedisStore::Impl::onWaitReply(std::unique_ptr<Op> op, const redisReply* r,
 
 void RedisStore::Impl::complete(std::unique_ptr<Op> op, Steady::time_point now) {
   operations.fetch_add(1, std::memory_order_relaxed);
-  {
+  if (!op->internal) {
     std::lock_guard lock(observer_mu);
     if (observer) {
       observer(std::chrono::duration_cast<std::chrono::microseconds>(now - op->started), 1);
@@ -397,7 +404,7 @@ void RedisStore::Impl::send(Link& l, std::unique_ptr<Op> op) {
   argv.reserve(op->args.size() + 3);
   argv.push_back(op->full_body ? "EVAL" : "EVALSHA");
   argv.push_back(op->full_body ? op->script->body : op->script->sha1);
-  argv.push_back("1");
+  argv.push_back(op->args.empty() ? "0" : "1");  // KEYS[1], when there are arguments
   for (const auto& a : op->args) argv.push_back(a);
   l.conn->append(argv);
   if (op->started == Steady::time_point{}) op->started = Steady::now();
@@ -502,7 +509,17 @@ void RedisStore::Impl::run() {
       }
     }
     if (cmd.state == Link::State::Up) {
-      while (!lost.empty() && cmd.expects.size() < kMaxPipelined) {
+      if (oom && now >= next_probe) {
+        // Nobody may be sending writes (not ready: the balancer sent traffic elsewhere): probe.
+        auto probe = std::make_unique<ProbeOp>();
+        probe->script = &redis::probeScript();
+        probe->full_body = true;
+        probe->internal = true;
+        probe->deadline = now + opts.timeout;
+        send(cmd, std::move(probe));
+        next_probe = now + std::chrono::seconds(1);
+      }
+      while (!lost.empty() && now >= lost_retry_at && cmd.expects.size() < kMaxPipelined) {
         auto [id, owner] = std::move(lost.back());
         lost.pop_back();
         send(cmd, releaseLost(id, std::move(owner), now));
@@ -540,6 +557,8 @@ void RedisStore::Impl::run() {
       wake_at = std::min(wake_at, cmd.expects.front().op->deadline);
     }
     for (const auto& op : pending) wake_at = std::min(wake_at, op->deadline);
+    if (!lost.empty()) wake_at = std::min(wake_at, std::max(now, lost_retry_at));
+    if (oom) wake_at = std::min(wake_at, std::max(now, next_probe));
     const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake_at - now);
     ::poll(fds.data(), fds.size(), static_cast<int>(std::max<int64_t>(0, wait.count()) + 1));
     if (fds[0].revents != 0) {
@@ -553,14 +572,14 @@ void RedisStore::Impl::run() {
       }
     }
   }
-  const auto now = Steady::now();
   for (Link* l : links) {
-    for (Expect& e : l->expects) {
-      if (e.op) e.op->internal = true;  // abandoned internal releases: nothing to complete
-    }
-    l->expects.clear();
-    if (l->state != Link::State::Down) drop(*l, now, "store closed");
+    l->expects.clear();  // only internal releases are left: abandoned, nothing to complete
+    l->conn.reset();
+    l->resolution.reset();
+    l->state = Link::State::Down;
   }
+  up = false;
+  setSubscribed(false);
 }
 
 // ---------------------------------------------------------------------------------------------
