@@ -184,14 +184,7 @@ const Script& probeScript() {
 }
 
 std::string hexId(const RecordId& id) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(id.size() * 2);
-  for (uint8_t b : id) {
-    out.push_back(kHex[b >> 4]);
-    out.push_back(kHex[b & 15]);
-  }
-  return out;
+  return toHex(id);
 }
 
 bool parseHexId(std::string_view hex, RecordId& out) {
