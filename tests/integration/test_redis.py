@@ -3,6 +3,7 @@ forwarded once, waiters woken across hosts; a killed, hung, forgetful or full Re
 bypassed, and recorded answers survive a restart from the append-only file."""
 import json
 import re
+import threading
 import time
 import unittest
 
@@ -126,6 +127,76 @@ class RedisStoreTest(ProxyTestCase):
         self.assertReplayOf(r, first)  # the record came back from the append-only file
         self.assertEqual(self.post(h, key=self.new_key()).status, 201)
         self.assertCount(2)
+
+    def _mid_run(self, break_it, mend_it):
+        """Four clients keep sending new keys; Redis breaks after a few and is mended after a
+        few 503s. No key reaches the upstream twice, every first answer was 201 or 503, and
+        afterwards every key answers: a 201 is replayed; a 503's key is free, or replays what
+        was recorded for it (outcome-unknown when its record never made it)."""
+        server = redis_support.Server.start()
+        self.addCleanup(server.destroy)
+        h = self.start_proxy(store=redis_support.redis_store(server.url, self.prefix,
+                                                             timeout="700ms"), admin_port=0)
+        self.up.script(default={"status": 201, "body": '{"ok": true}', "delay_ms": 20})
+        keys = [self.new_key() for _ in range(40)]
+        first = {}
+        lock = threading.Lock()
+        broken = threading.Event()
+        mended = threading.Event()
+
+        def client(mine):
+            for k in mine:
+                r = self.post(h, key=k, timeout=20)
+                with lock:
+                    first[k] = r
+                    if r.status == 503 and sum(x.status == 503 for x in first.values()) >= 4:
+                        mended.set()
+
+        threads = [threading.Thread(target=client, args=(keys[i::4],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        self.assertTrue(self.up.wait_for_count(5, 10))
+        break_it(server)
+        broken.set()
+        mended.wait(20)
+        mend_it(server)
+        for t in threads:
+            t.join()
+        for k, r in first.items():
+            self.assertIn(r.status, (201, 503), r)
+        self.assertIn(503, [r.status for r in first.values()])
+        self.assertTrue(poll_until(lambda: self.ready(h), 10), "not ready after mending")
+        def forwarded():
+            per_key = {}
+            for req in self.up.requests():
+                for name, value in req["headers"]:
+                    if name.lower() == "idempotency-key":
+                        per_key[value] = per_key.get(value, 0) + 1
+            return per_key
+
+        before = forwarded()
+        for k in keys:
+            again = poll_until(lambda: (lambda x: x if x.status != 503 else None)(
+                self.post(h, key=k)), 10)
+            self.assertIsNotNone(again, k)
+            if first[k].status == 201:
+                self.assertReplayOf(again, first[k])
+            elif again.status == 502:
+                # Forwarded, then its record could not be written within the lease: the
+                # outcome is unknown, and the key is never forwarded again.
+                self.assertProblem(again, 502, "outcome-unknown")
+                self.assertIn(k, before, "outcome-unknown for a key never forwarded")
+            else:
+                self.assertEqual(again.status, 201, again)
+        per_key = forwarded()
+        self.assertEqual(max(per_key.values()), 1, per_key)
+        self.assertEqual(sorted(per_key), sorted(keys))
+
+    def test_redis_killed_mid_run(self):
+        self._mid_run(lambda s: s.kill(), lambda s: s.restart())
+
+    def test_redis_stopped_mid_run(self):
+        self._mid_run(lambda s: s.freeze(True), lambda s: s.freeze(False))
 
     def test_hung_redis_answers_503_and_recovers(self):
         server = redis_support.Server.start()
