@@ -140,6 +140,9 @@ class Store {
   }
   // Drops a watch that has not fired (its `wake` is destroyed here, on the caller's thread).
   virtual void unwatch(uint64_t handle) { (void)handle; }
+  // Shutdown: drops every watch without waking it (the wakes are destroyed on the caller's
+  // thread, while the loops they point to still exist).
+  virtual void clearWatches() {}
 
   // Read the record; an expired record reads as absent. Safe from any thread; never blocks on
   // the writer.

@@ -701,6 +701,16 @@ void RedisStore::unwatch(uint64_t handle) {
   // `gone` is destroyed here, outside the lock, on the caller's thread.
 }
 
+void RedisStore::clearWatches() {
+  std::unordered_map<RecordId, std::vector<Impl::Watcher>, DigestHash> gone;
+  {
+    std::lock_guard lock(impl_->wmu);
+    gone.swap(impl_->watchers);
+    impl_->watch_ids.clear();
+  }
+  // Destroyed here, outside the lock.
+}
+
 size_t RedisStore::pendingReleases() const {
   return impl_->lost_count.load();
 }

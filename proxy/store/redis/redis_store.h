@@ -52,6 +52,7 @@ class RedisStore : public Store {
   bool ready() const override;
   uint64_t watch(const RecordId& id, uint64_t since, std::function<void()> wake) override;
   void unwatch(uint64_t handle) override;
+  void clearWatches() override;
   // Blocking reads on a connection of their own (the command line; never an event loop).
   std::optional<Record> lookup(const RecordId& id) override;
   bool visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) override;

@@ -327,6 +327,16 @@ TEST_F(RedisStoreTest, WakeUpsCrossProcessesAndAreNeverLost) {
   ASSERT_TRUE(releaseSync(*store_, idFor("dropped"), "A").changed);
   ASSERT_TRUE(eventually([&] { return other->wakeMessages() == 3; }));
   EXPECT_FALSE(fired);
+  // Shutdown drops every watch without waking it.
+  ASSERT_EQ(reserveSync(*store_, reserveReq("shutdown", "A")).status, ReserveStatus::Won);
+  ReserveResult w4 = reserveSync(*other, reserveReq("shutdown", "B"));
+  auto held = std::make_shared<int>(0);
+  other->watch(idFor("shutdown"), w4.wake_token, [held, &fired] { fired = true; });
+  other->clearWatches();
+  EXPECT_EQ(held.use_count(), 1) << "the wake was destroyed";
+  ASSERT_TRUE(releaseSync(*store_, idFor("shutdown"), "A").changed);
+  ASSERT_TRUE(eventually([&] { return other->wakeMessages() == 4; }));
+  EXPECT_FALSE(fired);
 }
 
 TEST(RedisStoreOpen, ErrorsNeverHoldThePassword) {
