@@ -184,6 +184,8 @@ class Daemon {
     proxy_->stop();
     gauges_.clear();
     const size_t unfinished = proxy_->active();
+    // Requests parked on the store's cross-host wake-ups die here, while their loops exist.
+    store_->clearWatches();
     store_.reset();
     proxy_.reset();
     log::info("stopped", {{"unfinished", static_cast<uint64_t>(unfinished)}});

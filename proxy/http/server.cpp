@@ -61,7 +61,6 @@ Proxy::~Proxy() {
   // Parked waiters and queued completions are dropped without running; each worker clears its
   // mailbox while its loop's base is still alive.
   shared_.waiters().clear();
-  shared_.store().clearWatches();
   workers_.clear();
   closeListener();
 }
