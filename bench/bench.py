@@ -23,6 +23,8 @@ import sys
 import time
 import http.client
 
+import bench_pg
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -32,7 +34,8 @@ PAY_PATH = "/pay/charges"
 PASS_PATH = "/pass/charges"
 
 NGINX_SCENARIOS = ["direct", "proxy_pass"]
-IDEM_SCENARIOS = ["passthrough", "new-full", "new-relaxed", "replay", "c1000"]
+IDEM_SCENARIOS = ["passthrough", "new-full", "new-relaxed", "replay", "c1000", "pg-new",
+                  "pg-replay"]
 ALL = NGINX_SCENARIOS + IDEM_SCENARIOS + ["scale"]
 GROUPS = {"nginx": NGINX_SCENARIOS, "idemproxy": IDEM_SCENARIOS, "all": NGINX_SCENARIOS + IDEM_SCENARIOS}
 
@@ -43,10 +46,13 @@ TITLES = {
     "new-full": "idemproxy new keys, durability full",
     "new-relaxed": "idemproxy new keys, durability relaxed",
     "replay": "idemproxy replay",
+    "pg-new": "idemproxy new keys, PostgreSQL",
+    "pg-replay": "idemproxy replay, PostgreSQL",
 }
 # Reference row for the ratio columns.
 REFERENCE = {"proxy_pass": "direct", "passthrough": "proxy_pass", "new-full": "proxy_pass",
-             "new-relaxed": "proxy_pass", "replay": "direct"}
+             "new-relaxed": "proxy_pass", "replay": "direct", "pg-new": "proxy_pass",
+             "pg-replay": "direct"}
 
 
 def log(msg):
@@ -345,6 +351,7 @@ class Bench:
         self.scale = []
         self.env = {}
         self.backend = None
+        self.pg = None          # bench_pg.Cluster, started by the first PostgreSQL scenario
         self.wrk_env = dict(os.environ, LUA_PATH=os.path.join(BENCH_DIR, "?.lua") + ";;")
 
     def pin(self, cpu):
@@ -378,7 +385,7 @@ class Bench:
             raise Fail(f"nginx {name}: no worker process found")
         return Server(name, p, port, workers)
 
-    def start_idemproxy(self, tag, durability, max_size="4GiB"):
+    def start_idemproxy(self, tag, durability, max_size="4GiB", store_block=None):
         d = os.path.join(self.out, "idemproxy", tag)
         store = os.path.join(self.a.store_root, tag, "store")
         shutil.rmtree(os.path.dirname(store), ignore_errors=True)
@@ -386,8 +393,9 @@ class Bench:
         os.makedirs(d, exist_ok=True)
         port, admin = self.a.port_base + 1, self.a.port_base + 1101
         conf = render("idemproxy.yaml.in", os.path.join(d, "idemproxy.yaml"),
-                      dict(PORT=port, ADMIN_PORT=admin, STORE=store, MAX_SIZE=max_size,
-                           DURABILITY=durability, BACKEND_PORT=self.backend.port,
+                      dict(PORT=port, ADMIN_PORT=admin,
+                           STORE_BLOCK=store_block or '{path: "%s", max_size: %s, durability: %s}'
+                           % (store, max_size, durability), BACKEND_PORT=self.backend.port,
                            LOG_LEVEL=self.a.log_level))
         for pp in (port, admin):
             if port_open(pp):
@@ -588,8 +596,25 @@ class Bench:
         recs = sum(self.results[(scenario, c)]["requests"] for c in self.a.conns)
         self.env[f"store after {scenario}"] = f"{alloc / 2**20:.1f} MiB allocated after ~{recs} new keys"
 
-    def sc_replay(self):
-        srv = self.start_idemproxy("replay", "full")
+    def pg_store(self, name):
+        """A store: block on the run's PostgreSQL (started on first use), a schema per scenario."""
+        if self.pg is None:
+            self.pg = bench_pg.Cluster(os.path.join(self.out, "postgres")).start()
+            self.env["PostgreSQL"] = ("same machine, unix socket, fsync/full_page_writes/"
+                                      "synchronous_commit on, no synchronous standby")
+        return self.pg.store_block(name)
+
+    def sc_pg_new(self):
+        srv = self.start_idemproxy("pg-new", "full", store_block=self.pg_store("pg-new"))
+        try:
+            self.check_idempotent(srv, "pg-new")
+            self.run_rows("pg-new", srv, "newkeys.lua",
+                          lambda: [f"r{random.randrange(1 << 48):x}", PAY_PATH])
+        finally:
+            self.stop(srv)
+
+    def sc_replay(self, scenario="replay", store_block=None):
+        srv = self.start_idemproxy(scenario, "full", store_block=store_block)
         try:
             n = self.a.replay_keys
             log(f"preloading {n} keys for replay")
@@ -600,13 +625,13 @@ class Bench:
                        and b == RESPONSE_BODY.encode(),
                        f"replay: preloaded key answered {st}, replayed={h.get('idempotent-replayed')}")
             m0 = metrics(srv.admin_port)
-            rows = self.a.conns if "replay" in self.a.only else []
+            rows = self.a.conns if scenario in self.a.only else []
             for c in rows:
-                label = f"replay c{c}"
+                label = f"{scenario} c{c}"
                 log(f"measuring {label}")
-                self.results[("replay", c)] = self.measure(srv, "replay.lua",
+                self.results[(scenario, c)] = self.measure(srv, "replay.lua",
                                                            lambda: ["replay", n, PAY_PATH, 1], c, label)
-            if "c1000" in self.a.only:
+            if "c1000" in self.a.only and scenario == "replay":
                 log(f"measuring replay c{self.a.c_many}")
                 self.results[("replay", self.a.c_many)] = self.measure(
                     srv, "replay.lua", lambda: ["replay", n, PAY_PATH, 1], self.a.c_many,
@@ -615,7 +640,7 @@ class Bench:
             fwd = metric_sum(m1, "idemproxy_requests_total", 'outcome="forwarded"') - \
                 metric_sum(m0, "idemproxy_requests_total", 'outcome="forwarded"')
             if m1:
-                self.check(fwd <= 10, f"replay: /metrics shows {fwd:.0f} forwarded requests during replay")
+                self.check(fwd <= 10, f"{scenario}: /metrics shows {fwd:.0f} forwarded requests during replay")
         finally:
             self.stop(srv)
 
@@ -716,6 +741,14 @@ class Bench:
                       ("new-relaxed", lambda: self.sc_new("relaxed"))]
             if "replay" in a.only or "c1000" in a.only:
                 steps.append(("replay", self.sc_replay))
+            want_pg = [s for s in ("pg-new", "pg-replay") if s in a.only]
+            if want_pg and not bench_pg.available():
+                msg = f"SKIPPED {', '.join(want_pg)}: PostgreSQL (postgresql, psql) is not installed"
+                log(msg)
+                self.notes.append(msg)
+            elif want_pg:
+                steps += [("pg-new", self.sc_pg_new),
+                          ("pg-replay", lambda: self.sc_replay("pg-replay", self.pg_store("pg-replay")))]
         if "c1000" in a.only:
             steps.append(("c1000", self.sc_direct_many))
         if have_bin and "scale" in a.only:
@@ -749,7 +782,8 @@ class Bench:
         L.append("| scenario | conns | req/s | req/s × ref | p50 µs | p99 µs | +p50 µs vs direct "
                  "| proxy CPU µs/req | CPU × ref | backend CPU µs/req | peak RSS MiB | errors |")
         L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-        order = ["direct", "proxy_pass", "passthrough", "new-full", "new-relaxed", "replay"]
+        order = ["direct", "proxy_pass", "passthrough", "new-full", "new-relaxed", "replay", "pg-new",
+                 "pg-replay"]
         conns_all = sorted({c for (_, c) in self.results})
         for sc in order:
             for c in conns_all:
@@ -932,6 +966,8 @@ def main():
         rc = 130
     finally:
         b.procs.stop_all()
+        if b.pg is not None:
+            b.pg.stop()
         if not a.keep_stores:
             shutil.rmtree(a.store_root, ignore_errors=True)
     if b.results or b.scale or b.notes:

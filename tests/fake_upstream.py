@@ -11,6 +11,7 @@ Control API on the same port (never counted, never recorded):
   GET  /__control/wait?count=N&timeout_ms=T  blocks until count >= N (or T passes); same JSON
                                              plus "reached": true|false
   POST /__control/reset                      forget calls, queue and default behaviour
+  POST /__control/open?gate=NAME             let requests held by {"gate": NAME} go on
   POST /__control/script                     JSON body, one of:
          [b1, b2, ...]                         queue: behaviours for the next requests, in order
          {"queue": [...], "default": b}        both (either key optional)
@@ -32,6 +33,7 @@ A behaviour is an object; every field is optional:
   body_size   int            answer body of N random bytes
   echo        bool           answer body = request body
   delay_ms    int            wait before answering
+  gate        str            wait before answering until the test opens the gate of that name
   hang        bool           read the request, never answer, keep the socket open
   reset       bool           read the request, then close with RST (SO_LINGER 0)
   malformed   bool           read the request, write garbage, close
@@ -80,6 +82,11 @@ class State:
         self.payment_seq = 0
         self.connection_seq = 0
         self.stopping = threading.Event()
+        self.gates = {}  # name -> threading.Event
+
+    def gate(self, name):
+        with self.cond:
+            return self.gates.setdefault(name, threading.Event())
 
     def snapshot(self):
         with self.cond:
@@ -253,6 +260,9 @@ class Handler(BaseHTTPRequestHandler):
             elif what == "reset" and self.command == "POST":
                 STATE.reset()
                 self.send_json(200, {"ok": True})
+            elif what == "open" and self.command == "POST":
+                STATE.gate(parse_qs(url.query)["gate"][0]).set()
+                self.send_json(200, {"ok": True})
             elif what == "script" and self.command == "POST":
                 STATE.script(json.loads(body.decode() or "null"))
                 self.send_json(200, {"ok": True})
@@ -263,6 +273,11 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- the fake payment API ----------------------------------------------------------
     def behave(self, b, seq, request_body):
+        if b.get("gate"):
+            gate = STATE.gate(b["gate"])
+            while not gate.wait(0.05):
+                if STATE.stopping.is_set():
+                    return
         if b.get("delay_ms"):
             if STATE.stopping.wait(b["delay_ms"] / 1000.0):
                 return

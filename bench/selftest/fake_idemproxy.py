@@ -7,6 +7,7 @@ import http.client
 import http.server
 import os
 import re
+import tempfile
 import sys
 import threading
 
@@ -16,7 +17,9 @@ if "--version" in sys.argv:
 conf = open(sys.argv[sys.argv.index("--config") + 1]).read()
 port = int(re.search(r'server: \{listen: "127\.0\.0\.1:(\d+)"', conf).group(1))
 admin = int(re.search(r'admin: \{listen: "127\.0\.0\.1:(\d+)"', conf).group(1))
-store = re.search(r'store: \{path: "([^"]+)"', conf).group(1)
+m = re.search(r'store: \{path: "([^"]+)"', conf)
+# A PostgreSQL store block (pg-* scenarios): the stand-in keeps its log in a temp dir instead.
+store = m.group(1) if m else tempfile.mkdtemp(prefix="fake-idemproxy-")
 durable = "durability: full" in conf
 up_port = int(re.search(r'url: "http://127\.0\.0\.1:(\d+)"', conf).group(1))
 records, lock, local = {}, threading.Lock(), threading.local()

@@ -5,7 +5,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdio>
+#include <iterator>
 #include <memory>
 
 #include "base/log.h"
@@ -17,6 +19,7 @@
 #include "ops/metrics.h"
 #include "ops/telemetry.h"
 #include "store/lmdb/lmdb_store.h"
+#include "store/metered_store.h"
 #include "store/postgres/postgres_sql.h"
 #include "store/postgres/postgres_store.h"
 #include "store/redis/redis_store.h"
@@ -90,7 +93,13 @@ class Daemon {
       po.conninfo = sc.postgres.url;
       po.connections = sc.postgres.connections;
       po.timeout = sc.postgres.timeout;
+      // A database that is down at start is not fatal: serve 503 (not ready) until it answers,
+      // so a proxy restarted during a database outage comes back by itself.
+      po.start_unreachable = true;
       store_ = openPostgresStore(po, error);
+      if (store_ && !error.empty()) {
+        log::warn("store-unavailable-at-start", {{"store", where}, {"error", error}});
+      }
     } else {
       LmdbOptions so;
       so.path = sc.path;
@@ -123,7 +132,8 @@ class Daemon {
     cb.reload = [this] { reload(); };
     signals_ = SignalHandlers::install(base_.get(), std::move(cb));
 
-    proxy_ = std::make_unique<Proxy>(config_, *store_, telemetry_);
+    meterStore(sc.backend);
+    proxy_ = std::make_unique<Proxy>(config_, *metered_, telemetry_);
     if (!proxy_->start(error)) {
       log::error("listen-failed", {{"listen", config_->server.listen.text}, {"error", error}});
       return kExitFailure;
@@ -135,12 +145,13 @@ class Daemon {
         metrics_.gaugeCallback(metric::kStoreBytes, metric::kStoreBytesHelp, {},
                                [this] { return static_cast<double>(store_->stats().bytes_used); }));
     gauges_.push_back(metrics_.gaugeCallback(
-        "idemproxy_store_wakeups_received",
-        "Wake-up messages received from proxies on other hosts (network stores).", {},
-        [this] { return static_cast<double>(store_->stats().wakeups); }));
-    gauges_.push_back(metrics_.gaugeCallback(
         "idemproxy_upstream_in_flight", "Exchanges with an upstream in progress.", {},
         [this] { return static_cast<double>(proxy_->upstreamInFlight()); }));
+    gauges_.push_back(metrics_.gaugeCallback(
+        "idemproxy_store_notifies",
+        "1 while the store delivers wake-ups from other processes' owners (PostgreSQL: the "
+        "LISTEN connection is up), else 0: waiters then only poll.",
+        {}, [this] { return store_->notifies() ? 1.0 : 0.0; }));
     gauges_.push_back(metrics_.gaugeCallback(
         "idemproxy_waiters", "Requests parked waiting for a key's owner to finish.", {},
         [this] { return static_cast<double>(proxy_->parkedWaiters()); }));
@@ -184,8 +195,6 @@ class Daemon {
     proxy_->stop();
     gauges_.clear();
     const size_t unfinished = proxy_->active();
-    // Requests parked on the store's cross-host wake-ups die here, while their loops exist.
-    store_->clearWatches();
     store_.reset();
     proxy_.reset();
     log::info("stopped", {{"unfinished", static_cast<uint64_t>(unfinished)}});
@@ -242,6 +251,28 @@ class Daemon {
     notifier_.ready();
   }
 
+  // Every store operation timed and its errors counted, by backend and operation.
+  void meterStore(const std::string& backend) {
+    for (StoreOp op : kAllStoreOps) {
+      OpMetrics& m = op_metrics_[static_cast<size_t>(op)];
+      const Labels labels{{"backend", backend}, {"op", toString(op)}};
+      m.latency = &metrics_.histogram(metric::kStoreOperation, metric::kStoreOperationHelp,
+                                      metric::commitLatencyBuckets(), labels);
+      for (StoreError e : {StoreError::Full, StoreError::Io, StoreError::Closed}) {
+        Labels el = labels;
+        el.emplace_back("error", errorLabel(e));
+        m.errors[static_cast<size_t>(e)] =
+            &metrics_.counter(metric::kStoreErrors, metric::kStoreErrorsHelp, std::move(el));
+      }
+    }
+    metered_ = std::make_unique<MeteredStore>(
+        *store_, [this](StoreOp op, std::chrono::microseconds took, StoreError e) {
+          OpMetrics& m = op_metrics_[static_cast<size_t>(op)];
+          m.latency->observe(static_cast<double>(took.count()) / 1e6);
+          if (e != StoreError::None) m.errors[static_cast<size_t>(e)]->inc();
+        });
+  }
+
   void armSweep(std::chrono::milliseconds after) {
     const auto ms = after.count();
     timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
@@ -252,7 +283,7 @@ class Daemon {
     auto* self = static_cast<Daemon*>(arg);
     constexpr size_t kSlice = 1000;
     event* timer = self->sweep_timer_.get();
-    self->store_->sweep(kSlice, [timer](WriteResult r) {
+    self->metered_->sweep(kSlice, [timer](WriteResult r) {
       // A full slice means more expired records wait: sweep the next slice right away.
       if (r.error == StoreError::None && r.removed == kSlice) event_active(timer, EV_TIMEOUT, 0);
     });
@@ -263,6 +294,13 @@ class Daemon {
   ConfigPtr config_;
   MetricsRegistry metrics_;
   Telemetry telemetry_;
+  struct OpMetrics {
+    Histogram* latency = nullptr;
+    std::array<Counter*, 4> errors{};  // by StoreError (None unused)
+  };
+  std::array<OpMetrics, std::size(kAllStoreOps)> op_metrics_{};
+  // Declared before store_: the store's last completions (at store_.reset()) go through it.
+  std::unique_ptr<MeteredStore> metered_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<Proxy> proxy_;
   EventBasePtr base_;

@@ -165,12 +165,25 @@ inline constexpr std::string_view kStoreCommitLatencyHelp =
 inline constexpr std::string_view kStoreCommitBatch = "idemproxy_store_commit_batch_size";
 inline constexpr std::string_view kStoreCommitBatchHelp =
     "Write operations committed together in one store transaction.";
+inline constexpr std::string_view kStoreOperation = "idemproxy_store_operation_seconds";
+inline constexpr std::string_view kStoreOperationHelp =
+    "Duration of one store operation (reserve, record, release, forget, sweep) by backend, from "
+    "the call to its completion: queueing, commit or round trip, failures included.";
+inline constexpr std::string_view kStoreErrors = "idemproxy_store_errors_total";
+inline constexpr std::string_view kStoreErrorsHelp =
+    "Store operations that failed, by backend, operation and error (full, io, closed).";
 inline constexpr std::string_view kRecordsHeld = "idemproxy_store_records";
 inline constexpr std::string_view kRecordsHeldHelp = "Records held in the store.";
 inline constexpr std::string_view kStoreBytes = "idemproxy_store_bytes_used";
 inline constexpr std::string_view kStoreBytesHelp =
     "Bytes of the store's map used so far (high-water mark: freed pages are reused, not "
     "returned).";
+
+inline constexpr std::string_view kWaitWakeups = "idemproxy_wait_wakeups_total";
+inline constexpr std::string_view kWaitWakeupsHelp =
+    "Times a request waiting for a key's owner looked at the store again, by why: owner (the "
+    "owner in this process finished), notify (the store reported that an owner elsewhere "
+    "settled the key), poll (the fallback poll interval passed).";
 
 // 0.5ms … 60s: payment backends are slow; a few buckets below 1ms show local hops.
 std::vector<double> latencyBuckets();

@@ -11,7 +11,14 @@ constexpr Outcome kAllOutcomes[] = {Outcome::Forwarded, Outcome::Replayed, Outco
                                     Outcome::Released,  Outcome::Error};
 }
 
-Telemetry::Telemetry(MetricsRegistry& metrics) : metrics_(metrics) {
+Telemetry::Telemetry(MetricsRegistry& metrics)
+    : metrics_(metrics),
+      woken_owner_(
+          metrics.counter(metric::kWaitWakeups, metric::kWaitWakeupsHelp, {{"by", "owner"}})),
+      woken_notify_(
+          metrics.counter(metric::kWaitWakeups, metric::kWaitWakeupsHelp, {{"by", "notify"}})),
+      woken_poll_(
+          metrics.counter(metric::kWaitWakeups, metric::kWaitWakeupsHelp, {{"by", "poll"}})) {
   table_.store(std::make_shared<const Table>());
 }
 
@@ -67,6 +74,16 @@ void Telemetry::upstreamDone(std::string_view upstream, std::chrono::microsecond
     if (auto it = t->upstream_failures.find(upstream); it != t->upstream_failures.end()) {
       it->second->inc();
     }
+  }
+}
+
+void Telemetry::waitWoken(std::string_view how) {
+  if (how == "owner") {
+    woken_owner_.inc();
+  } else if (how == "notify") {
+    woken_notify_.inc();
+  } else {
+    woken_poll_.inc();
   }
 }
 

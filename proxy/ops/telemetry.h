@@ -25,6 +25,7 @@ class Telemetry final : public ProxyObserver {
   void upstreamDone(std::string_view upstream, std::chrono::microseconds latency,
                     bool failed) override;
   void event(std::string_view name, std::string_view route, std::string_view detail) override;
+  void waitWoken(std::string_view how) override;
 
  private:
   static constexpr size_t kOutcomes = 8;
@@ -37,6 +38,9 @@ class Telemetry final : public ProxyObserver {
 
   MetricsRegistry& metrics_;
   Snapshot<Table> table_;
+  Counter& woken_owner_;
+  Counter& woken_notify_;
+  Counter& woken_poll_;
 };
 
 }  // namespace idem

@@ -41,6 +41,10 @@ class ProxyObserver {
   virtual void upstreamDone(std::string_view upstream, std::chrono::microseconds latency,
                             bool failed) = 0;
   virtual void event(std::string_view name, std::string_view route, std::string_view detail) = 0;
+  // A request waiting for a key's owner looked at the store again, because: "owner" (the owner
+  // in this process finished), "notify" (the store reported an owner elsewhere settled the key)
+  // or "poll" (its poll interval passed).
+  virtual void waitWoken(std::string_view /*how*/) {}
 };
 
 }  // namespace idem

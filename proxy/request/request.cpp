@@ -32,8 +32,6 @@ const char* toString(RequestState s) {
 namespace {
 
 using Steady = std::chrono::steady_clock;
-// Waiting on the store's wake-ups (another host owns the key): how often to look anyway.
-constexpr std::chrono::milliseconds kWatchedPoll{1'000};
 
 std::string joinNames(const std::vector<std::string>& names) {
   std::string out;
@@ -312,6 +310,7 @@ void ProxyRequest::onReserved(ReserveResult r) {
                      Outcome::Mismatch);
       return;
     case ReserveStatus::InFlight:
+      wake_seq_ = r.wake_seq;
       if (route_->idempotency->concurrent == ConcurrentMode::Reject) {
         const int64_t left = r.record.lease_until_ms - shared_.clock().wallMs();
         retry_after_s_ = static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
@@ -319,7 +318,7 @@ void ProxyRequest::onReserved(ReserveResult r) {
                        Outcome::Conflict);
         return;
       }
-      waitForOwner(r.record, r.wake_token);
+      waitForOwner(r.record);
       return;
   }
 }
@@ -330,7 +329,7 @@ namespace {
 void onWaitTimer(evutil_socket_t, short, void* arg);
 }
 
-void ProxyRequest::waitForOwner(const Record& inFlight, uint64_t wakeToken) {
+void ProxyRequest::waitForOwner(const Record& inFlight) {
   const auto now = Steady::now();
   if (state_ != RequestState::Waiting) setState(RequestState::Waiting);
   if (!wait_timer_) {
@@ -346,34 +345,46 @@ void ProxyRequest::waitForOwner(const Record& inFlight, uint64_t wakeToken) {
     return;
   }
   const uint64_t ticket = wait_ticket_ = shared_.newWaitTicket();
-  // Called on the owner's (or the store's) thread; the reference moves into the posted task so
-  // that the last reference to this request is always dropped on its own worker.
-  auto wake = [this, ticket] {
-    return [w = &loop_, self = shared_from_this(), ticket]() mutable {
-      w->post([self = std::move(self), ticket] {
-        if (self->wait_ticket_ == ticket && self->parked_) {
-          self->parked_ = false;
-          self->watch_handle_ = 0;
-          self->onWaitWake();
-        }
-      });
-    };
+  // Called on the owner's thread; the reference moves into the posted task so that the last
+  // reference to this request is always dropped on its own worker.
+  auto wake = [w = &loop_, self = shared_from_this(), ticket]() mutable {
+    w->post([self = std::move(self), ticket] {
+      if (self->wait_ticket_ == ticket && self->parked_) {
+        self->parked_ = false;
+        self->shared_.observer().waitWoken("owner");
+        self->onWaitWake();
+      }
+    });
   };
   std::chrono::steady_clock::duration until;
-  if (shared_.ownsToken(inFlight.owner) && shared_.waiters().park(id_, ticket, wake())) {
+  if (shared_.ownsToken(inFlight.owner) && shared_.waiters().park(id_, ticket, std::move(wake))) {
     parked_ = true;
     until = wait_deadline_ - now;  // woken by the owner; the timer only bounds the wait
-  } else if (!shared_.store().localReads() &&
-             (watch_handle_ = shared_.store().watch(id_, wakeToken, wake())) != 0) {
-    // Another host owns the key: woken by its completion through the store; the timer is a
-    // slow fallback poll (a wake-up lost with the store's subscription).
-    parked_ = true;
-    until = std::min<std::chrono::steady_clock::duration>(kWatchedPoll, wait_deadline_ - now);
   } else {
     // Another process owns the key (or our own owner has just finished, or left the record in
-    // flight after a failed write): look at the store again, backing off.
+    // flight after a failed write): look at the store again, backing off; with a store that
+    // reports owners elsewhere settling (notifies), mainly when it says so, and poll slowly.
+    Store& store = shared_.store();
+    auto cap = std::chrono::milliseconds(200);
+    if (!shared_.ownsToken(inFlight.owner) && store.notifies()) {
+      cap = std::chrono::milliseconds(2'000);
+      poll_interval_ = std::max(poll_interval_, std::chrono::milliseconds(100));
+      watching_ = true;
+      // A weak reference: a watch the store drops at shutdown must not end this request there.
+      std::weak_ptr<ProxyRequest> weak = shared_from_this();
+      watch_handle_ = store.watch(id_, wake_seq_, [w = &loop_, weak, ticket] {
+        w->post([weak, ticket] {
+          auto self = weak.lock();
+          if (self && self->wait_ticket_ == ticket && self->watching_) {
+            self->watching_ = false;
+            self->shared_.observer().waitWoken("notify");
+            self->onWaitWake();
+          }
+        });
+      });
+    }
     until = std::min<std::chrono::steady_clock::duration>(poll_interval_, wait_deadline_ - now);
-    poll_interval_ = std::min(poll_interval_ * 2, std::chrono::milliseconds(200));
+    poll_interval_ = std::min(poll_interval_ * 2, cap);
   }
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(until).count();
   timeval tv{static_cast<time_t>(us / 1'000'000), static_cast<suseconds_t>(us % 1'000'000)};
@@ -389,13 +400,16 @@ void onWaitTimer(evutil_socket_t, short, void* arg) {
 
 void ProxyRequest::onWaitTimerFired() {
   auto self = std::move(keepalive_);
-  if (parked_ && watch_handle_ != 0) {
-    shared_.store().unwatch(watch_handle_);
-  } else if (parked_) {
+  if (parked_) {
     shared_.waiters().cancel(id_, wait_ticket_);
+    parked_ = false;
+  } else if (Steady::now() < wait_deadline_) {
+    shared_.observer().waitWoken("poll");
   }
-  parked_ = false;
-  watch_handle_ = 0;
+  if (watching_) {
+    shared_.store().unwatch(id_, watch_handle_);
+    watching_ = false;
+  }
   // Poll tick or deadline: either way look at the store once more before answering 409.
   onWaitWake();
 }

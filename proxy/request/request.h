@@ -51,7 +51,7 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   void beginIdempotent();
   void reserve();
   void onReserved(ReserveResult result);
-  void waitForOwner(const Record& inFlight, uint64_t wakeToken = 0);
+  void waitForOwner(const Record& inFlight);
   void onWaitWake();
 
  public:
@@ -125,7 +125,11 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   std::chrono::milliseconds poll_interval_{0};
   EventPtr wait_timer_;
   bool parked_ = false;
-  uint64_t watch_handle_ = 0;  // parked on the store's cross-host wake-ups (Store::watch)
+  // Watching the store for another process's owner (Store::notifies): since the reserve whose
+  // result carried wake_seq_.
+  bool watching_ = false;
+  uint64_t watch_handle_ = 0;
+  uint64_t wake_seq_ = 0;
   int retry_after_s_ = 1;
   std::shared_ptr<ProxyRequest> keepalive_;  // set while only the wait timer refers to us
 };

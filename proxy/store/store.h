@@ -51,9 +51,10 @@ struct ReserveResult {
   StoreError error = StoreError::None;  // when not None, status is meaningless
   ReserveStatus status = ReserveStatus::Won;
   Record record;  // the record as it stands after the operation
-  // InFlight from a store with cross-host wake-ups: pass to Store::watch (no wake-up published
-  // after this reserve was sent can be missed).
-  uint64_t wake_token = 0;
+  // A store with wake-ups (Store::notifies): its wake-up sequence when the reserve was sent, for
+  // Store::watch, so that an owner settling the key between this reserve and the watch still
+  // wakes the watcher.
+  uint64_t wake_seq = 0;
 };
 
 struct RecordRequest {
@@ -88,7 +89,6 @@ struct StoreStats {
   uint64_t commits = 0;        // write transactions committed by this process
   uint64_t operations = 0;     // write operations applied by this process
   uint64_t decode_errors = 0;  // stored values that failed to decode (read as absent)
-  uint64_t wakeups = 0;        // wake-up messages received from other processes (Store::watch)
 };
 
 // Called after every commit with the commit's duration and how many operations it carried.
@@ -129,20 +129,20 @@ class Store {
   // False while the store cannot serve (a network store with no connection): /readyz.
   virtual bool ready() const { return true; }
 
-  // Wake-ups across hosts (a network store): calls `wake` once, from the store's thread, when
-  // record `id` may have changed since the reserve that returned `since` (its wake_token) —
-  // completed, released or forgotten by any process — or when the store may have missed such a
-  // change. Returns a handle for unwatch(), or 0 when the store cannot (then poll). A wake may
-  // be spurious: the caller looks again (reserve) either way.
-  virtual uint64_t watch(const RecordId& id, uint64_t since, std::function<void()> wake) {
-    (void)id, (void)since, (void)wake;
+  // Wake-ups from owners in other processes, for a shared store that can push them (PostgreSQL
+  // LISTEN/NOTIFY). True while it can (its listening connection is up); waiters then poll the
+  // store only as a fallback, slowly.
+  virtual bool notifies() const { return false; }
+  // Calls `wake` once, on the store's thread (it must post to the caller's loop), when the
+  // record `id`, in flight at the reserve whose result carried `since` (ReserveResult::wake_seq),
+  // may have settled since: recorded or deleted by its owner, or wake-ups were interrupted. That
+  // may be at once, on the calling thread. Returns a handle for unwatch().
+  virtual uint64_t watch(const RecordId& /*id*/, uint64_t /*since*/, std::function<void()> wake) {
+    wake();
     return 0;
   }
-  // Drops a watch that has not fired (its `wake` is destroyed here, on the caller's thread).
-  virtual void unwatch(uint64_t handle) { (void)handle; }
-  // Shutdown: drops every watch without waking it (the wakes are destroyed on the caller's
-  // thread, while the loops they point to still exist).
-  virtual void clearWatches() {}
+  // Removes a watch that has not fired (no-op when it has).
+  virtual void unwatch(const RecordId& /*id*/, uint64_t /*handle*/) {}
 
   // Read the record; an expired record reads as absent. Safe from any thread; never blocks on
   // the writer.

@@ -309,6 +309,10 @@ class FakeUpstream:
             doc["default"] = default
         self._control("POST", "script", doc)
 
+    def open_gate(self, name):
+        """Lets the requests held by a {"gate": name} behaviour answer."""
+        self._control("POST", "open?gate=" + urllib.parse.quote(name))
+
     def wait_for_count(self, n, timeout=5.0):
         """Blocks (server side) until the upstream has received n requests. Returns bool."""
         doc = self._control("GET", "wait?count=%d&timeout_ms=%d" % (n, int(timeout * 1000)),
@@ -416,6 +420,52 @@ def default_routes(payments=None, refunds=None, optional=None):
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# Store backends: IDEMPROXY_TEST_STORE runs the whole suite against one (default lmdb)
+# ---------------------------------------------------------------------------------------------
+STORE_BACKEND = os.environ.get("IDEMPROXY_TEST_STORE") or "lmdb"
+
+
+def store_settings(store_path):
+    """The store: keys that put a proxy configured with the LMDB directory store_path on the
+    backend under test. Proxies given one store_path share one key space (as they share one
+    LMDB directory); another path is another, empty key space. A backend is one branch here."""
+    if STORE_BACKEND == "lmdb":
+        return {}
+    if STORE_BACKEND == "postgres":
+        import pg  # noqa: PLC0415 - pg imports harness
+        return pg.store_for(store_path)
+    if STORE_BACKEND == "redis":
+        import redis_support  # noqa: PLC0415 - redis_support imports harness
+        return redis_support.store_for(store_path)
+    raise RuntimeError("IDEMPROXY_TEST_STORE=%s: unknown store backend" % STORE_BACKEND)
+
+
+def store_contents(config):
+    """What the store of a proxy with this config holds, as (name, bytes) pairs: the LMDB
+    directory's files, or a backend's dump of its records."""
+    store = config["store"]
+    if store.get("backend", "lmdb") == "lmdb":
+        out = []
+        for name in sorted(os.listdir(store["path"])):
+            with open(os.path.join(store["path"], name), "rb") as f:
+                out.append((name, f.read()))
+        return out
+    if store["backend"] == "postgres":
+        import pg  # noqa: PLC0415 - pg imports harness
+        return pg.store_contents(store["postgres"]["url"])
+    if store["backend"] == "redis":
+        import redis_support  # noqa: PLC0415 - redis_support imports harness
+        return redis_support.store_contents(store["redis"])
+    raise RuntimeError("store_contents: unknown backend %s" % store["backend"])
+
+
+def lmdb_only(reason):
+    """Skips a test of the embedded store (its files, map size, durability modes, fsync order)
+    when the suite runs against another backend."""
+    return unittest.skipUnless(STORE_BACKEND == "lmdb", "LMDB only: " + reason)
+
+
 def make_config(listen_port, store_path, upstream_url, routes=None, server=None, store=None,
                 upstream=None, upstreams=None, admin_port=None):
     cfg = {
@@ -443,6 +493,7 @@ def make_config(listen_port, store_path, upstream_url, routes=None, server=None,
         "routes": routes if routes is not None else default_routes(),
     }
     cfg["server"].update(server or {})
+    cfg["store"].update(store_settings(store_path))
     cfg["store"].update(store or {})
     if admin_port is not None:  # 0: any free port (Proxy.start reads it back)
         cfg["admin"] = {"listen": "127.0.0.1:%d" % admin_port}

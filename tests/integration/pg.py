@@ -95,6 +95,49 @@ class Cluster:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
+_shared = None
+_schemas = {}
+
+
+def shared_cluster():
+    """The cluster the ctest fixture started (IDEMPROXY_TEST_PG_DIR, reused as it is), else one
+    of this process's own, stopped at exit."""
+    global _shared
+    if _shared is None:
+        directory = os.environ.get("IDEMPROXY_TEST_PG_DIR")
+        if directory:
+            r = _script("start", directory)
+            if r.returncode != 0:
+                raise RuntimeError("cannot reach the fixture's PostgreSQL: " + r.stderr)
+            _shared = Cluster(directory, r.stdout.strip(), False)
+        else:
+            _shared = Cluster.start()
+            if _shared is None:
+                raise RuntimeError("IDEMPROXY_TEST_STORE=postgres but PostgreSQL is not installed")
+            import atexit
+            atexit.register(_shared.destroy)
+    return _shared
+
+
+def store_for(store_path):
+    """harness.store_settings for IDEMPROXY_TEST_STORE=postgres: a schema of its own on the shared
+    cluster per LMDB store path, so proxies configured with one path share one key space and
+    every test starts empty."""
+    if store_path not in _schemas:
+        _schemas[store_path] = shared_cluster().fresh_schema()
+    return postgres_store(_schemas[store_path], timeout="2s")
+
+
+def store_contents(conninfo):
+    """harness.store_contents: every row of the records table, as text and with the raw bytes
+    of its bytea columns (a text rendering would show those in hex)."""
+    rows = shared_cluster().sql(
+        "SELECT encode(convert_to(t::text, 'UTF8') || t.id || t.fingerprint || t.scope || "
+        "t.headers || t.body, 'hex') FROM idemproxy_records t", conninfo)
+    return [("idemproxy_records row %d" % i, bytes.fromhex(line))
+            for i, line in enumerate(rows.split("\n")) if line]
+
+
 def postgres_store(conninfo, **overrides):
     """The store: block of a config that uses PostgreSQL."""
     return {"backend": "postgres",

@@ -99,13 +99,31 @@ available = bool(harness.IDEMPROXY_BIN) and shutil.which("redis-server") is not 
 _suite_server = None
 
 
-def suite_store(store_path):
-    """The store: block that runs a test written for LMDB against Redis (the suite-wide store
-    switch): the fixture's server, one key space per LMDB store path, so proxies that share a
-    path share a key space, as on LMDB."""
+def _suite():
     global _suite_server
     if _suite_server is None:
         _suite_server = Server.shared()
-    import hashlib
+    return _suite_server
+
+
+def store_for(store_path):
+    """The store: block that runs a test written for LMDB against Redis (IDEMPROXY_TEST_STORE=
+    redis): the fixture's server, one key space per LMDB store path, so proxies that share a
+    path share a key space, as on LMDB."""
+    import hashlib  # noqa: PLC0415
     prefix = "suite:" + hashlib.sha256(store_path.encode()).hexdigest()[:16] + ":"
-    return redis_store(_suite_server.url, prefix)
+    return redis_store(_suite().url, prefix)
+
+
+def store_contents(redis_config):
+    """Every record under the config's key prefix, as (key, raw HGETALL bytes) pairs."""
+    sock = redis_config["url"][len("unix://"):]
+    prefix = redis_config.get("key_prefix", "idemproxy:")
+    keys = subprocess.run(["redis-cli", "-s", sock, "--scan", "--pattern", prefix + "{*}"],
+                          capture_output=True, timeout=30).stdout.split()
+    out = []
+    for k in sorted(keys):
+        raw = subprocess.run(["redis-cli", "-s", sock, "--raw", "HGETALL", k],
+                             capture_output=True, timeout=30).stdout
+        out.append((k.decode(), raw))
+    return out

@@ -4,7 +4,7 @@ import threading
 import time
 import unittest
 
-from harness import (KeepAliveClient, ProxyTestCase, closed_port,
+from harness import (KeepAliveClient, ProxyTestCase, lmdb_only, closed_port,
                      request, requires_proxy, run_cli, send_and_hold, send_raw, to_yaml)
 
 
@@ -200,6 +200,7 @@ class RequestErrorTest(ProxyTestCase):
 
 
 @requires_proxy
+@lmdb_only("fills the embedded store's map (store.max_size)")
 class StoreUnavailableTest(ProxyTestCase):
     """§4 503 store-unavailable: a full store forwards nothing. The store is filled through the
     proxy itself (a small map, tiny records), bounded in time."""

@@ -4,7 +4,7 @@ import threading
 import time
 import unittest
 
-from harness import (PROBLEM_PREFIX, ProxyTestCase, Response, concurrent, default_routes,
+from harness import (PROBLEM_PREFIX, ProxyTestCase, lmdb_only, Response, concurrent, default_routes,
                      idempotency, requires_proxy, poll_until)
 
 
@@ -450,6 +450,7 @@ class ExpiryTest(ProxyTestCase):
 
 
 @requires_proxy
+@lmdb_only("store.durability is the embedded store's fsync policy")
 class DurabilityTest(ProxyTestCase):
     def test_relaxed_durability_records_and_replays(self):
         proxy = self.start_proxy(store={"durability": "relaxed"})

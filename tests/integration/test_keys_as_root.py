@@ -6,7 +6,7 @@ import tempfile
 import unittest
 
 import harness
-from harness import make_config, requires_proxy, run_cli, to_yaml
+from harness import lmdb_only, make_config, requires_proxy, run_cli, to_yaml
 
 SCRATCH_UID = 65534  # nobody: stands for the service's DynamicUser= uid
 SCRATCH_GID = 65534
@@ -14,6 +14,7 @@ SCRATCH_GID = 65534
 
 @requires_proxy
 @unittest.skipUnless(os.geteuid() == 0, "needs root: keys run as root on another user's store")
+@lmdb_only("file ownership of the embedded store")
 class KeysAsRootTest(unittest.TestCase):
     """The packaged layout in miniature: the store directory belongs to the service's uid and
     is reached through a root-only directory (/var/lib/private, 0700)."""

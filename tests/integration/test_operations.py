@@ -94,6 +94,12 @@ class NotifyTest(ProxyTestCase):
         self.assertEqual(p.proc.wait(15), 0)
 
 
+def store_gauges(admin):
+    """(records held, whether store bytes used > 0) from /metrics."""
+    _, s = parse_prometheus(request(admin, "GET", "/metrics").body.decode())
+    return value(s, "idemproxy_store_records"), value(s, "idemproxy_store_bytes_used") > 0
+
+
 @requires_proxy
 class MetricsTest(ProxyTestCase):
     def test_metrics_count_a_forward_and_its_replay(self):
@@ -130,13 +136,30 @@ class MetricsTest(ProxyTestCase):
         self.assertEqual(types.get("idemproxy_store_commit_latency_seconds"), "histogram")
         # One reserve and one record, possibly in one group commit.
         self.assertGreaterEqual(value(s, "idemproxy_store_commit_latency_seconds_count"), 1)
-        self.assertEqual(value(s, "idemproxy_store_records"), 1)
-        self.assertGreater(value(s, "idemproxy_store_bytes_used"), 0)
+        # Every store operation timed, by backend: a reserve per request (a network store also
+        # reserves to replay) and one record; no errors.
+        backend = harness.STORE_BACKEND
+        self.assertEqual(types.get("idemproxy_store_operation_seconds"), "histogram")
+        self.assertGreaterEqual(value(s, "idemproxy_store_operation_seconds_count",
+                                      backend=backend, op="reserve"), 1)
+        self.assertEqual(value(s, "idemproxy_store_operation_seconds_count", backend=backend,
+                               op="record"), 1)
+        self.assertEqual(value(s, "idemproxy_store_operation_seconds_count", backend=backend,
+                               op="release"), 0)
+        self.assertEqual(types.get("idemproxy_store_errors_total"), "counter")
+        for op in ("reserve", "record", "release", "forget", "sweep"):
+            for error in ("full", "io", "closed"):
+                self.assertEqual(value(s, "idemproxy_store_errors_total", backend=backend, op=op,
+                                       error=error), 0, (op, error))
+        # A network store's gauges are counted in the background when scraped (a scrape never
+        # waits for the database): poll.
+        self.assertTrue(harness.poll_until(lambda: store_gauges(admin) == (1, True), 10),
+                        store_gauges(admin))
         self.assertEqual(value(s, "idemproxy_upstream_in_flight"), 0)
         self.assertEqual(value(s, "idemproxy_waiters"), 0)
 
     def test_background_sweep_deletes_expired_records(self):
-        proxy = self.start_proxy(admin_port=0, payments={"ttl": "1s", "lease": "900ms"},
+        proxy = self.start_proxy(admin_port=0, payments={"ttl": "2s", "lease": "900ms"},
                                  upstream={"timeout": "500ms"}, store={"sweep_interval": "200ms"})
         admin = proxy.admin_port
 
@@ -146,7 +169,7 @@ class MetricsTest(ProxyTestCase):
 
         for _ in range(3):
             self.assertEqual(self.post(proxy, key=self.new_key()).status, 201)
-        self.assertEqual(records(), 3)
+        self.assertTrue(harness.poll_until(lambda: records() == 3, 10), records())
         self.assertTrue(harness.poll_until(lambda: records() == 0, 10),
                         "expired records were not swept")
 

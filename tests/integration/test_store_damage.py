@@ -5,7 +5,7 @@ import shutil
 import subprocess
 import unittest
 
-from harness import ProxyTestCase, requires_proxy, run_cli
+from harness import ProxyTestCase, lmdb_only, requires_proxy, run_cli
 
 MDB_COPY = shutil.which("mdb_copy")
 
@@ -28,6 +28,7 @@ def damage_record(data_file, key):
 
 
 @requires_proxy
+@lmdb_only("damages the embedded store's data.mdb")
 class StoreDamageTest(ProxyTestCase):
     def serve_three_keys(self):
         proxy = self.start_proxy()

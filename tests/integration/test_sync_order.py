@@ -13,7 +13,7 @@ import os
 import signal
 import unittest
 
-from harness import IDEMPROXY_BIN, Proxy, ProxyTestCase, requires_proxy
+from harness import IDEMPROXY_BIN, Proxy, ProxyTestCase, lmdb_only, requires_proxy
 from syscall_trace import STRACE, Trace, strace_command
 
 KEYS = 12
@@ -31,6 +31,7 @@ def child_pid(pid):
 
 @requires_proxy
 @unittest.skipUnless(STRACE, "strace is not installed")
+@lmdb_only("traces the embedded store's fsyncs")
 class SyncOrderTest(ProxyTestCase):
     def traced_run(self, plant=None):
         store = os.path.join(self.tmp, "store-%s" % (plant or "clean"))

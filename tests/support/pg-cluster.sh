@@ -5,6 +5,8 @@
 #   pg-cluster.sh stop DIR [MODE]   pg_ctl stop -m MODE (default fast)
 #   pg-cluster.sh restart DIR       start again after a stop (same data)
 #   pg-cluster.sh pid DIR           the postmaster's pid
+# PG_CLUSTER_OPTIONS: more server options (-c name=value ...), after the defaults (fsync=off:
+# a benchmark turns it back on).
 set -euo pipefail
 cmd=${1:?command} dir=${2:?directory}
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -18,7 +20,7 @@ as_owner() {
 }
 start() {
   as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses='' -c unix_socket_directories='$dir' -c fsync=off -c full_page_writes=off -c max_connections=200" \
+    -o "-c listen_addresses='' -c unix_socket_directories='$dir' -c fsync=off -c full_page_writes=off -c max_connections=200 ${PG_CLUSTER_OPTIONS:-}" \
     start >/dev/null
 }
 case $cmd in

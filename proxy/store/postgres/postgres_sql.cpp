@@ -146,6 +146,8 @@ const char* const kSweepSql =
 const char* const kLookupSql = "SELECT " RECORD_COLUMNS
                                " FROM idemproxy_records t WHERE t.id = $1 AND "
                                "t.expires_at > idemproxy_now_ms()";
+const char* const kCountSql =
+    "SELECT count(*), pg_total_relation_size('idemproxy_records') FROM idemproxy_records";
 const char* const kListSql =
     "SELECT t.id, " RECORD_COLUMNS " FROM idemproxy_records t ORDER BY t.id";
 
@@ -196,14 +198,19 @@ bool ensureSchema(PGconn* conn, std::string& error) {
               " only (refusing to use it)";
       return false;
     }
+    if (!ensureWakeups(conn, error)) return false;
     return exec(conn, "COMMIT", PGRES_COMMAND_OK, error);
   }
   if (!exec(conn, kSchemaSql, PGRES_COMMAND_OK, err) ||
       !exec(conn,
             ("INSERT INTO idemproxy_schema_version VALUES (" + std::to_string(kSchemaVersion) + ")")
                 .c_str(),
-            PGRES_COMMAND_OK, err) ||
-      !exec(conn, "COMMIT", PGRES_COMMAND_OK, err)) {
+            PGRES_COMMAND_OK, err)) {
+    error = "cannot create the schema: " + err;
+    return false;
+  }
+  if (!ensureWakeups(conn, error)) return false;
+  if (!exec(conn, "COMMIT", PGRES_COMMAND_OK, err)) {
     error = "cannot create the schema: " + err;
     return false;
   }

@@ -18,6 +18,18 @@ constexpr int kSchemaVersion = 1;
 // not race), or checks the version of the one there. Blocking; for start-up only.
 [[nodiscard]] bool ensureSchema(PGconn* conn, std::string& error);
 
+// Wake-ups across processes (LISTEN/NOTIFY), kept apart from the schema above: triggers on
+// idemproxy_records NOTIFY the channel wakeupChannel() names with the hex id of an in-flight
+// record that settled (recorded, or deleted: released, forgotten, swept), inside the
+// transaction that settled it, so a listener hears of it only after the commit. Creates the
+// trigger function and triggers when absent (the caller holds the schema lock and a
+// transaction). Blocking; for start-up only.
+[[nodiscard]] bool ensureWakeups(PGconn* conn, std::string& error);
+// The channel of the records table the connection's search_path resolves to:
+// "idemproxy:<its schema>", so proxies on different schemas of one database do not hear each
+// other. Blocking.
+[[nodiscard]] bool wakeupChannel(PGconn* conn, std::string& channel, std::string& error);
+
 // The connection string with any password replaced by "***", for logs and `check`.
 std::string maskConninfo(const std::string& conninfo);
 
@@ -30,6 +42,10 @@ extern const char* const kForgetSql;   // (id) → rows deleted
 extern const char* const kSweepSql;    // (limit) → removed, records left, table bytes
 extern const char* const kLookupSql;   // (id) → the record columns, when not expired
 extern const char* const kListSql;     // → id, then the record columns
+extern const char* const kCountSql;    // → records, table bytes
+// (id, owner, backend pid of the connection the lost reserve was sent on) → rows deleted: ends
+// that backend first (its statement may still commit), then releases by owner.
+extern const char* const kReleaseLostSql;
 
 // Values in PostgreSQL's binary wire format.
 std::string int8Param(int64_t v);

@@ -21,12 +21,18 @@ struct PostgresOptions {
   unsigned connections = 4;
   std::chrono::milliseconds timeout{2'000};      // one operation, queueing included; also connects
   std::chrono::milliseconds max_backoff{1'000};  // reconnect back-off cap
+  // When the database cannot be reached at start: false → fail (the command line); true → open
+  // anyway, not ready (every operation fails with Io), and keep trying in the background with
+  // back-off; the schema is created or checked once it answers (the daemon).
+  bool start_unreachable = false;
 };
 
 class PostgresStore;
 // Connects, creates the schema if absent (refusing an unknown version) and starts the I/O
 // thread. Blocking (start-up and the command line). On failure returns nullptr with `error`
-// (which never contains the password).
+// (which never contains the password). With `start_unreachable`, a database that cannot be
+// reached is not a failure: `error` says why and the store starts not ready (see above); a
+// schema the database refuses still is.
 [[nodiscard]] std::unique_ptr<PostgresStore> openPostgresStore(const PostgresOptions& options,
                                                                std::string& error);
 
@@ -40,6 +46,10 @@ class PostgresStore : public Store {
   void sweep(size_t limit, std::function<void(WriteResult)> done) override;
   bool localReads() const override { return false; }
   bool ready() const override;
+  // LISTEN/NOTIFY on one connection of its own (postgres_listen.cpp).
+  bool notifies() const override;
+  uint64_t watch(const RecordId& id, uint64_t since, std::function<void()> wake) override;
+  void unwatch(const RecordId& id, uint64_t handle) override;
   // Blocking reads on a connection of their own (the command line; never an event loop).
   std::optional<Record> lookup(const RecordId& id) override;
   bool visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) override;
@@ -51,6 +61,8 @@ class PostgresStore : public Store {
 
   // Owners of reserves whose answer was lost, not yet released (tests, metrics).
   size_t pendingReleases() const;
+  // Notifications heard for a key (tests, metrics).
+  uint64_t notificationsHeard() const;
 
   struct Impl;
   explicit PostgresStore(std::unique_ptr<Impl> impl);

@@ -60,7 +60,7 @@ struct ReserveOp final : OpWith<ReserveResult> {
     static constexpr ReserveStatus kStatus[] = {ReserveStatus::Won, ReserveStatus::Completed,
                                                 ReserveStatus::InFlight, ReserveStatus::Mismatch};
     result.status = kStatus[code];
-    result.wake_token = token;
+    result.wake_seq = token;
     return true;
   }
   const ReserveRequest* reservation() const override { return &req; }
@@ -661,7 +661,11 @@ bool RedisStore::ready() const {
 uint64_t RedisStore::watch(const RecordId& id, uint64_t since, std::function<void()> wake) {
   Impl& s = *impl_;
   std::unique_lock lock(s.wmu);
-  if (!s.subscribed) return 0;
+  if (!s.subscribed) {
+    lock.unlock();
+    wake();  // no wake-ups now: look again (the caller polls)
+    return 0;
+  }
   bool missed = since < s.lost_before || since < s.dropped_upto;
   for (auto it = s.recent.rbegin(); !missed && it != s.recent.rend() && it->first > since; ++it) {
     missed = it->second == id;
@@ -678,7 +682,7 @@ uint64_t RedisStore::watch(const RecordId& id, uint64_t since, std::function<voi
   return handle;
 }
 
-void RedisStore::unwatch(uint64_t handle) {
+void RedisStore::unwatch(const RecordId&, uint64_t handle) {
   Impl& s = *impl_;
   std::function<void()> gone;
   {
@@ -701,16 +705,6 @@ void RedisStore::unwatch(uint64_t handle) {
   // `gone` is destroyed here, outside the lock, on the caller's thread.
 }
 
-void RedisStore::clearWatches() {
-  std::unordered_map<RecordId, std::vector<Impl::Watcher>, DigestHash> gone;
-  {
-    std::lock_guard lock(impl_->wmu);
-    gone.swap(impl_->watchers);
-    impl_->watch_ids.clear();
-  }
-  // Destroyed here, outside the lock.
-}
-
 size_t RedisStore::pendingReleases() const {
   return impl_->lost_count.load();
 }
@@ -719,7 +713,7 @@ uint64_t RedisStore::wakeMessages() const {
   return impl_->messages.load();
 }
 
-bool RedisStore::subscribed() const {
+bool RedisStore::notifies() const {
   std::lock_guard lock(impl_->wmu);
   return impl_->subscribed;
 }
@@ -728,7 +722,6 @@ StoreStats RedisStore::stats() {
   StoreStats s;
   s.operations = impl_->operations.load();
   s.commits = s.operations;  // every script is its own atomic step
-  s.wakeups = impl_->messages.load();
   return s;
 }
 

@@ -50,9 +50,10 @@ class RedisStore : public Store {
   std::string unavailableReason() override;
   bool localReads() const override { return false; }
   bool ready() const override;
+  // While the wake-up subscription is established.
+  bool notifies() const override;
   uint64_t watch(const RecordId& id, uint64_t since, std::function<void()> wake) override;
-  void unwatch(uint64_t handle) override;
-  void clearWatches() override;
+  void unwatch(const RecordId& id, uint64_t handle) override;
   // Blocking reads on a connection of their own (the command line; never an event loop).
   std::optional<Record> lookup(const RecordId& id) override;
   bool visit(const RecordId& id, FunctionRef<void(const RecordView&)> fn) override;
@@ -67,8 +68,6 @@ class RedisStore : public Store {
   size_t pendingReleases() const;
   // Wake-up messages received (tests, metrics).
   uint64_t wakeMessages() const;
-  // True while the wake-up subscription is established (tests).
-  bool subscribed() const;
 
   struct Impl;
   explicit RedisStore(std::unique_ptr<Impl> impl);

@@ -88,21 +88,19 @@ class FakeStore final : public Store {
   bool throwOnReserve = false;
   bool local = true;  // localReads()
   bool localReads() const override { return local; }
-  // Cross-host wake-ups (Store::watch), when `watches` is set.
+  bool notify = false;  // notifies(): watch() records the watch, the test fires it
   struct Watch {
-    RecordId id;
     uint64_t since;
     std::function<void()> wake;
   };
-  bool watches = false;
-  std::vector<Watch> watched;
-  std::vector<uint64_t> unwatched;
-  uint64_t watch(const RecordId& id, uint64_t since, std::function<void()> wake) override {
-    if (!watches) return 0;
-    watched.push_back({id, since, std::move(wake)});
-    return watched.size();
+  std::vector<Watch> watches;
+  int unwatches = 0;
+  bool notifies() const override { return notify; }
+  uint64_t watch(const RecordId&, uint64_t since, std::function<void()> wake) override {
+    watches.push_back({since, std::move(wake)});
+    return watches.size();
   }
-  void unwatch(uint64_t handle) override { unwatched.push_back(handle); }
+  void unwatch(const RecordId&, uint64_t) override { ++unwatches; }
 
   void reserve(ReserveRequest req, std::function<void(ReserveResult)> done) override {
     if (throwOnReserve) throw std::runtime_error("store exploded");
@@ -154,6 +152,8 @@ class Observer final : public ProxyObserver {
  public:
   std::vector<std::pair<int, Outcome>> done;
   std::vector<std::string> events;
+  std::vector<std::string> woken;
+  void waitWoken(std::string_view how) override { woken.emplace_back(how); }
   void requestDone(const RequestReport& r) override { done.emplace_back(r.status, r.outcome); }
   void upstreamDone(std::string_view, std::chrono::microseconds, bool) override {}
   void event(std::string_view name, std::string_view, std::string_view) override {
@@ -732,45 +732,27 @@ TEST_F(RequestCoreTest, WithANetworkStoreAWokenWaiterReservesAgain) {
   EXPECT_EQ(store_.lookups, 0);
 }
 
-TEST_F(RequestCoreTest, AWaiterOnAnotherHostsKeyIsWokenThroughTheStore) {
+TEST_F(RequestCoreTest, WithAStoreThatNotifiesAWaiterOnAnotherHostsOwnerWatchesIt) {
   store_.local = false;
-  store_.watches = true;
+  store_.notify = true;
   start();
-  ReserveResult inflight{StoreError::None, ReserveStatus::InFlight, inFlight("host-b:1:1"), 7};
+  ASSERT_EQ(store_.reserves.size(), 1u);
   auto [req, done] = std::move(store_.reserves.front());
   store_.reserves.pop_front();
-  done(inflight);
+  ReserveResult r{StoreError::None, ReserveStatus::InFlight, inFlight("otherhost:1:abcd:0")};
+  r.wake_seq = 7;
+  done(std::move(r));
   loop_->drain();
-  ASSERT_EQ(store_.watched.size(), 1u);
-  EXPECT_EQ(store_.watched[0].id, req.id);
-  EXPECT_EQ(store_.watched[0].since, 7u) << "the reserve's token: no wake-up after it is lost";
-  EXPECT_TRUE(store_.reserves.empty()) << "parked, not polling";
-  store_.watched[0].wake();  // the owner on the other host recorded
+  ASSERT_EQ(store_.watches.size(), 1u);
+  EXPECT_EQ(store_.watches[0].since, 7u) << "watched from the reserve's wake sequence";
+  EXPECT_TRUE(store_.reserves.empty());
+  store_.watches[0].wake();  // the owner elsewhere recorded
   ASSERT_TRUE(loop_->runUntil([&] { return !store_.reserves.empty(); }));
+  EXPECT_EQ(observer_.woken, std::vector<std::string>{"notify"});
   completeReserve(ReserveStatus::Completed, completed({201, {}, "paid"}));
   ASSERT_TRUE(reply_);
   EXPECT_EQ(reply_->status, 201);
-  EXPECT_TRUE(store_.unwatched.empty());
-}
-
-TEST_F(RequestCoreTest, AWatchedWaiterStillTimesOutAndDropsItsWatch) {
-  IdempotencyConfig ic;
-  ic.wait_timeout = std::chrono::milliseconds(20);
-  build(ic);
-  store_.local = false;
-  store_.watches = true;
-  start();
-  completeReserve(ReserveStatus::InFlight, inFlight("host-b:1:1"));
-  ASSERT_EQ(store_.watched.size(), 1u);
-  // The wait's deadline passes: the watch is dropped, the store is asked once more.
-  ASSERT_TRUE(loop_->runUntil([&] { return !store_.reserves.empty(); }));
-  EXPECT_EQ(store_.unwatched, std::vector<uint64_t>{1});
-  completeReserve(ReserveStatus::InFlight, inFlight("host-b:1:1"));
-  ASSERT_TRUE(reply_);
-  EXPECT_EQ(reply_->status, 409);
-  store_.watched[0].wake();  // late: ignored
-  loop_->drain();
-  EXPECT_TRUE(store_.reserves.empty());
+  EXPECT_EQ(store_.unwatches, 0) << "a fired watch is not removed again";
 }
 
 TEST_F(RequestCoreTest, TheKeyMayComeFromTheBodyAndMustAgreeWithTheHeader) {

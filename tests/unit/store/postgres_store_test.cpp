@@ -293,6 +293,94 @@ TEST_F(PostgresStoreTest, ThePasswordNeverAppearsInMessages) {
   EXPECT_NE(error.find("password=***"), std::string::npos) << error;
 }
 
+// Wake-ups across processes: B's waiter hears of A's record through LISTEN/NOTIFY, including a
+// record that lands between B's reserve and B's watch (no lost wake-up), and a watch made after
+// the record it waited for fires at once only if that record came after its reserve.
+TEST_F(PostgresStoreTest, AnOwnersRecordWakesWatchersInAnotherStoreEvenBeforeTheyWatch) {
+  auto other = open(conninfo_);
+  ASSERT_NE(other, nullptr);
+  auto listening = [](PostgresStore& s) {
+    for (auto end = std::chrono::steady_clock::now() + 10s;
+         !s.notifies() && std::chrono::steady_clock::now() < end;) {
+      std::this_thread::sleep_for(10ms);  // the listener connects in the background
+    }
+    return s.notifies();
+  };
+  ASSERT_TRUE(listening(*store_));
+  ASSERT_TRUE(listening(*other));
+  ASSERT_EQ(reserveSync(*store_, reserveReq("w1", "A")).status, ReserveStatus::Won);
+  ReserveResult inFlight = reserveSync(*other, reserveReq("w1", "B"));
+  ASSERT_EQ(inFlight.status, ReserveStatus::InFlight);
+
+  // A records before B watches: B's watch, made with the sequence of its reserve, fires at once.
+  const uint64_t heard = other->notificationsHeard();
+  ASSERT_EQ(recordSync(*store_, recordReq("w1", "A", answer(201))).status, RecordStatus::Recorded);
+  for (auto end = std::chrono::steady_clock::now() + 10s;
+       other->notificationsHeard() == heard && std::chrono::steady_clock::now() < end;) {
+    std::this_thread::sleep_for(5ms);  // delivered after A's commit, on B's listener
+  }
+  ASSERT_GT(other->notificationsHeard(), heard);
+  std::promise<void> late;
+  other->watch(idFor("w1"), inFlight.wake_seq, [&late] { late.set_value(); });
+  EXPECT_EQ(late.get_future().wait_for(0s), std::future_status::ready);
+
+  // A watch made before the record fires when it lands; one on another key does not.
+  ASSERT_EQ(reserveSync(*store_, reserveReq("w2", "A")).status, ReserveStatus::Won);
+  ReserveResult w2 = reserveSync(*other, reserveReq("w2", "B"));
+  ASSERT_EQ(w2.status, ReserveStatus::InFlight);
+  std::promise<void> woken;
+  std::atomic<int> unrelated{0};
+  other->watch(idFor("w2"), w2.wake_seq, [&woken] { woken.set_value(); });
+  other->watch(idFor("w3"), w2.wake_seq, [&unrelated] { ++unrelated; });
+  auto fired = woken.get_future();
+  EXPECT_EQ(fired.wait_for(0s), std::future_status::timeout);
+  ASSERT_EQ(releaseSync(*store_, idFor("w2"), "A").changed, true);  // a release wakes too
+  EXPECT_EQ(fired.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(unrelated.load(), 0);
+}
+
+// The database is down when the store opens: with start_unreachable the store opens anyway,
+// not ready, failing every operation at once; when the database arrives the schema is created
+// and the store serves.
+TEST(PostgresStoreFailure, OpensNotReadyWhileTheDatabaseIsDownThenCreatesTheSchema) {
+  std::string error;
+  auto cluster = PgCluster::start(error);
+  if (!cluster) GTEST_SKIP() << error;
+  const std::string conninfo = cluster->freshSchema();
+  ASSERT_TRUE(cluster->stop("immediate"));
+  PostgresOptions o;
+  o.conninfo = conninfo;
+  o.connections = 2;
+  o.timeout = 1s;
+  o.max_backoff = 100ms;
+  EXPECT_EQ(openPostgresStore(o, error), nullptr);  // the command line: fail
+  o.start_unreachable = true;
+  error.clear();
+  auto store = openPostgresStore(o, error);
+  ASSERT_NE(store, nullptr) << error;
+  EXPECT_NE(error.find("cannot connect"), std::string::npos) << error;
+  EXPECT_FALSE(store->ready());
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(reserveSync(*store, reserveReq("k", "A")).error, StoreError::Io);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 500ms);  // fails fast, no timeout waited
+  ASSERT_TRUE(cluster->restart());
+  ReserveResult r;
+  for (auto end = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < end;) {
+    r = reserveSync(*store, reserveReq("k", "A"));
+    if (r.error == StoreError::None) break;
+    std::this_thread::sleep_for(50ms);  // the reconnect back-off is time-based
+  }
+  ASSERT_EQ(r.error, StoreError::None);
+  EXPECT_EQ(r.status, ReserveStatus::Won);
+  EXPECT_TRUE(store->ready());
+  PGconn* c = PQconnectdb(conninfo.c_str());
+  PGresult* v = PQexec(c, "SELECT version FROM idemproxy_schema_version");
+  ASSERT_EQ(PQresultStatus(v), PGRES_TUPLES_OK) << PQerrorMessage(c);
+  EXPECT_EQ(std::atoi(PQgetvalue(v, 0, 0)), pg::kSchemaVersion);
+  PQclear(v);
+  PQfinish(c);
+}
+
 // The server stopped, then started again: operations fail fast with Io (never hang), the store
 // reports not ready, then reconnects by itself; records survive the restart.
 TEST(PostgresStoreFailure, StoppedDatabaseFailsFastThenRecovers) {
@@ -366,6 +454,67 @@ TEST(PostgresStoreFailure, HungDatabaseTimesOutAndLostReservationsAreReleased) {
   }
   EXPECT_EQ(store->pendingReleases(), 0u);
   EXPECT_EQ(b.status, ReserveStatus::Won);
+}
+
+// A reserve whose answer was lost may still be running on the server: here it waits behind
+// another transaction's uncommitted insert of the same key, past the store's timeout. Its
+// release must not run before that statement ends, or the reserve commits afterwards and
+// leaves a reservation nobody owns (the client's retry would wait out the lease and get a
+// false outcome-unknown). The release ends the lost reserve's backend first.
+TEST_F(PostgresStoreTest, ALostReserveStillRunningOnTheServerCannotCommitAfterItsRelease) {
+  PostgresOptions o;
+  o.conninfo = conninfo_;
+  o.connections = 1;
+  o.timeout = 500ms;
+  o.max_backoff = 50ms;
+  std::string error;
+  auto store = openPostgresStore(o, error);
+  ASSERT_NE(store, nullptr) << error;
+
+  auto exec = [](PGconn* c, const std::string& statement) {
+    PGresult* r = PQexec(c, statement.c_str());
+    const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+    std::string out = ok && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
+    EXPECT_TRUE(ok) << PQerrorMessage(c);
+    PQclear(r);
+    return out;
+  };
+  std::string hex;
+  for (uint8_t b : idFor("raced")) {
+    static const char* digits = "0123456789abcdef";
+    hex += digits[b >> 4];
+    hex += digits[b & 15];
+  }
+  PGconn* blocker = PQconnectdb(conninfo_.c_str());
+  exec(blocker, "BEGIN");
+  exec(blocker,
+       "INSERT INTO idemproxy_records (id, state, reserved_at, lease_until, expires_at, owner, "
+       "fingerprint, route, key, scope) VALUES ('\\x" +
+           hex + "', 1, 0, 0, 0, 'T', '', 'payments', 'raced', '')");
+
+  // A's reserve waits on the blocker's row, times out, and its answer is lost.
+  EXPECT_EQ(reserveSync(*store, reserveReq("raced", "A")).error, StoreError::Io);
+  for (auto end = std::chrono::steady_clock::now() + 10s;
+       store->pendingReleases() > 0 && std::chrono::steady_clock::now() < end;) {
+    std::this_thread::sleep_for(10ms);  // released on the next connection
+  }
+  ASSERT_EQ(store->pendingReleases(), 0u);
+  exec(blocker, "ROLLBACK");  // the blocker goes away: a reserve still waiting would now win
+  PGconn* watcher = PQconnectdb(conninfo_.c_str());
+  for (auto end = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < end;) {
+    if (exec(watcher,
+             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+             "query LIKE '%idemproxy_reserve(%' AND pid <> pg_backend_pid()") == "0") {
+      break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  PQfinish(watcher);
+  PQfinish(blocker);
+  // Nobody holds the key: B wins it at once.
+  ReserveResult b = reserveSync(*store, reserveReq("raced", "B"));
+  ASSERT_EQ(b.error, StoreError::None);
+  EXPECT_EQ(b.status, ReserveStatus::Won) << "owner " << b.record.owner;
 }
 
 }  // namespace
