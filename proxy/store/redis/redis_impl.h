@@ -108,6 +108,13 @@ struct RedisStore::Impl {
   std::atomic<bool> up{false};
   std::atomic<bool> oom{false};  // the last script was refused for memory, none passed since
   std::atomic<uint64_t> operations{0};
+  // The records gauge: a SCAN of the prefix in the background, at most every 200 ms, started
+  // by stats() (the previous count is what a scrape sees), and the server's used_memory.
+  void countRecords(std::string cursor, uint64_t sofar);
+  std::atomic<uint64_t> records{0};
+  std::atomic<uint64_t> bytes{0};
+  std::atomic<bool> counting{false};
+  std::atomic<int64_t> counted_at_ms{0};
   std::mutex observer_mu;
   CommitObserver observer;
 

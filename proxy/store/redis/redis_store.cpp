@@ -84,6 +84,27 @@ struct RecordOp final : OpWith<RecordResult> {
   }
 };
 
+// A plain command (no script): SCAN one page of the prefix, or INFO memory.
+struct CommandOp final : OpWith<WriteResult> {
+  bool parse(const redisReply* r) override {
+    if (r->type == REDIS_REPLY_STRING) {  // INFO memory
+      const std::string_view text(r->str, r->len);
+      const size_t at = text.find("used_memory:");
+      if (at == std::string_view::npos) return false;
+      result.removed = static_cast<size_t>(std::strtoull(r->str + at + 12, nullptr, 10));
+      return true;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY) {
+      return false;
+    }
+    cursor.assign(r->element[0]->str, r->element[0]->len);
+    result.removed = r->element[1]->elements;
+    return true;
+  }
+  std::string cursor;
+};
+
 struct ProbeOp final : OpWith<WriteResult> {
   bool parse(const redisReply*) override { return true; }
 };
@@ -130,7 +151,7 @@ void RedisStore::Impl::submit(std::unique_ptr<Op> op) {
   {
     std::lock_guard lock(mu);
     if (!stopping) {
-      ++outstanding;
+      if (!op->internal) ++outstanding;
       queue.push_back(std::move(op));
     }
   }
@@ -341,6 +362,10 @@ void RedisStore::Impl::onScriptReply(Link& l, std::unique_ptr<Op> op, const redi
       return;
     }
     // The script did not run (refused before its first write): nothing happened.
+    if (op->script == nullptr) {
+      op->finish(StoreError::Io);
+      return;
+    }
     if (why.starts_with("OOM")) {
       if (!oom.exchange(true)) log::error("store-out-of-memory", {{"error", why}});
       op->finish(StoreError::Full);
@@ -353,11 +378,11 @@ void RedisStore::Impl::onScriptReply(Link& l, std::unique_ptr<Op> op, const redi
     return;
   }
   if (!op->parse(r)) {
-    log::error("store-bad-result", {{"script", op->script->name}});
+    log::error("store-bad-result", {{"script", op->script != nullptr ? op->script->name : "-"}});
     fail(std::move(op), StoreError::Io, true);
     return;
   }
-  oom = false;
+  if (op->script != nullptr) oom = false;
   if (opts.min_replicas > 0 && !op->internal) {
     // Acknowledged by enough replicas before anyone acts on it (forwarding, answering).
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(op->deadline - now);
@@ -401,6 +426,12 @@ void RedisStore::Impl::complete(std::unique_ptr<Op> op, Steady::time_point now) 
 
 void RedisStore::Impl::send(Link& l, std::unique_ptr<Op> op) {
   std::vector<std::string_view> argv;
+  if (op->script == nullptr) {  // a plain command
+    for (const auto& a : op->args) argv.push_back(a);
+    l.conn->append(argv);
+    l.expects.push_back({Expect::Kind::Script, std::move(op)});
+    return;
+  }
   argv.reserve(op->args.size() + 3);
   argv.push_back(op->full_body ? "EVAL" : "EVALSHA");
   argv.push_back(op->full_body ? op->script->body : op->script->sha1);
@@ -718,8 +749,41 @@ bool RedisStore::notifies() const {
   return impl_->subscribed;
 }
 
+void RedisStore::Impl::countRecords(std::string cursor, uint64_t sofar) {
+  auto op = std::make_unique<CommandOp>();
+  op->internal = true;
+  const bool info = cursor.empty();  // the SCAN is done: the server's memory
+  op->args = info ? std::vector<std::string>{"INFO", "memory"}
+                  : std::vector<std::string>{"SCAN",  cursor, "MATCH", opts.key_prefix + "{*}",
+                                             "COUNT", "1000"};
+  CommandOp* self = op.get();
+  op->done = [this, self, info, sofar](WriteResult r) {
+    if (r.error != StoreError::None) {
+      counting = false;
+    } else if (info) {
+      bytes = r.removed;
+      counting = false;
+    } else if (self->cursor == "0") {
+      records = sofar + r.removed;
+      countRecords({}, 0);
+    } else {
+      countRecords(self->cursor, sofar + r.removed);
+    }
+  };
+  submit(std::move(op));
+}
+
 StoreStats RedisStore::stats() {
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now().time_since_epoch())
+          .count();
+  if (now - impl_->counted_at_ms.load() >= 200 && !impl_->counting.exchange(true)) {
+    impl_->counted_at_ms = now;
+    impl_->countRecords("0", 0);
+  }
   StoreStats s;
+  s.records = impl_->records.load();
+  s.bytes_used = impl_->bytes.load();
   s.operations = impl_->operations.load();
   s.commits = s.operations;  // every script is its own atomic step
   return s;

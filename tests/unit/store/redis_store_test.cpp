@@ -269,6 +269,17 @@ TEST_F(RedisStoreTest, OneHashPerRecordUnderAHashTagWithNativeExpiry) {
   EXPECT_EQ(r.record.owner, "B");
 }
 
+TEST_F(RedisStoreTest, StatsCountTheRecordsUnderThePrefixInTheBackground) {
+  ASSERT_EQ(reserveSync(*store_, reserveReq("a", "A")).status, ReserveStatus::Won);
+  ASSERT_EQ(reserveSync(*store_, reserveReq("b", "A")).status, ReserveStatus::Won);
+  server_->command({"SET", prefix_ + "other", "x"});  // not a record
+  EXPECT_TRUE(eventually([&] { return store_->stats().records == 2; }));
+  EXPECT_TRUE(eventually([&] { return store_->stats().bytes_used > 0; }));
+  ASSERT_TRUE(forgetSync(*store_, idFor("a")).changed);
+  EXPECT_TRUE(eventually([&] { return store_->stats().records == 1; }));
+  store_->flush();  // internal counting is not waited for
+}
+
 TEST_F(RedisStoreTest, ScriptsForgottenByTheServerAreSentWhole) {
   ASSERT_EQ(reserveSync(*store_, reserveReq("k", "A")).status, ReserveStatus::Won);
   EXPECT_EQ(server_->command({"SCRIPT", "FLUSH"}), "OK");
