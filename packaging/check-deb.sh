@@ -69,7 +69,7 @@ field() { dpkg-deb -f "$deb" "$1"; }
 [ -n "$(field Description)" ] || fail "no Description"
 depends="$(field Depends)"
 echo "check-deb: Depends: $depends"
-for lib in libevent libcurl liblmdb libsystemd libcjson libyaml-cpp libssl libc6 libstdc++; do
+for lib in libevent libcurl liblmdb libsystemd libcjson libyaml-cpp libssl libhiredis libc6 libstdc++; do
   grep -q "$lib" <<<"$depends" || fail "Depends lacks $lib"
 done
 

@@ -10,4 +10,4 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libevent-dev libcurl4-openssl-dev liblmdb-dev lmdb-utils libcjson-dev libyaml-cpp-dev \
   libgtest-dev libhttp-parser-dev libssl-dev libsystemd-dev libcli11-dev systemd dpkg-dev file \
   openssl clang-format debootstrap systemd-container strace clang-14 libclang-rt-14-dev llvm-14 \
-  postgresql libpq-dev util-linux >/dev/null
+  postgresql libpq-dev redis-server libhiredis-dev util-linux >/dev/null

@@ -12,6 +12,7 @@
 
 #include "base/log.h"
 #include "cli/cli.h"
+#include "config/redis_url.h"
 #include "http/server.h"
 #include "ops/admin.h"
 #include "ops/lifecycle.h"
@@ -21,6 +22,7 @@
 #include "store/metered_store.h"
 #include "store/postgres/postgres_sql.h"
 #include "store/postgres/postgres_store.h"
+#include "store/redis/redis_store.h"
 #include "upstream/upstream.h"
 #include "version.h"
 
@@ -50,6 +52,11 @@ std::vector<std::string> restartOnlyChanges(const Config& a, const Config& b) {
   if (a.store.postgres.connections != b.store.postgres.connections)
     out.push_back("store.postgres.connections");
   if (a.store.postgres.timeout != b.store.postgres.timeout) out.push_back("store.postgres.timeout");
+  if (a.store.redis.url != b.store.redis.url) out.push_back("store.redis.url");
+  if (a.store.redis.key_prefix != b.store.redis.key_prefix) out.push_back("store.redis.key_prefix");
+  if (a.store.redis.timeout != b.store.redis.timeout) out.push_back("store.redis.timeout");
+  if (a.store.redis.min_replicas != b.store.redis.min_replicas)
+    out.push_back("store.redis.min_replicas");
   if (a.admin.has_value() != b.admin.has_value() ||
       (a.admin && (a.admin->listen.host != b.admin->listen.host ||
                    a.admin->listen.port != b.admin->listen.port)))
@@ -75,9 +82,13 @@ class Daemon {
     const StoreConfig& sc = config_->store;
     // Where the records live, for logs: the LMDB directory, or the connection string with any
     // password masked.
-    const std::string where =
-        sc.backend == "postgres" ? pg::maskConninfo(sc.postgres.url) : sc.path;
-    if (sc.backend == "postgres") {
+    std::string where = sc.backend == "postgres" ? pg::maskConninfo(sc.postgres.url) : sc.path;
+    if (sc.backend == "redis") {
+      RedisUrl url;
+      std::string ignored;
+      where = parseRedisUrl(sc.redis.url, url, ignored) ? url.masked() : "(bad url)";
+      store_ = openRedisStore(redisOptions(sc.redis), error);
+    } else if (sc.backend == "postgres") {
       PostgresOptions po;
       po.conninfo = sc.postgres.url;
       po.connections = sc.postgres.connections;

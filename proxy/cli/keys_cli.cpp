@@ -17,6 +17,7 @@
 #include "request/idempotency.h"
 #include "store/lmdb/lmdb_store.h"
 #include "store/postgres/postgres_store.h"
+#include "store/redis/redis_store.h"
 
 namespace idem {
 
@@ -160,7 +161,15 @@ int cmdKeys(const CliOptions& o) {
   }
   std::string error;
   std::unique_ptr<Store> store;
-  if (cfg.store.backend == "postgres") {
+  if (cfg.store.backend == "redis") {
+    RedisOptions ro = redisOptions(cfg.store.redis);
+    ro.check_settings = false;          // the daemon warns; the command line stays quiet
+    store = openRedisStore(ro, error);  // the error never holds the password
+    if (!store) {
+      std::fprintf(stderr, "idemproxy: cannot open the store: %s\n", error.c_str());
+      return kExitFailure;
+    }
+  } else if (cfg.store.backend == "postgres") {
     PostgresOptions po;
     po.conninfo = cfg.store.postgres.url;
     po.connections = 1;

@@ -61,13 +61,22 @@ struct PostgresStoreConfig {
   Millis timeout{2'000};     // one store operation; past it → 503 store-unavailable
 };
 
+// store.redis (backend: redis): one key space for proxies on many hosts.
+struct RedisStoreConfig {
+  std::string url = "redis://127.0.0.1:6379/0";  // or unix:///path; may hold a password
+  std::string key_prefix = "idemproxy:";         // every key the proxy writes starts with it
+  Millis timeout{1'000};      // one store operation; past it → 503 store-unavailable
+  unsigned min_replicas = 0;  // WAIT for this many replicas before forwarding and answering
+};
+
 struct StoreConfig {
-  std::string backend = "lmdb";  // lmdb | postgres
+  std::string backend = "lmdb";  // lmdb | postgres | redis
   std::string path = "/var/lib/idemproxy";
   uint64_t max_size = 1ull << 30;  // 1GiB
   Durability durability = Durability::Full;
   Millis sweep_interval{30'000};
   PostgresStoreConfig postgres;
+  RedisStoreConfig redis;
 };
 
 // Which HTTP client forwards to an upstream (`upstreams.<name>.client`).

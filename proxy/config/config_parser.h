@@ -136,6 +136,7 @@ class Parser {
   void parseAdmin(const Field& f, std::optional<AdminConfig>& out);
   void parseStore(const Field& f, StoreConfig& out);
   void parsePostgres(const Field& f, PostgresStoreConfig& out);
+  void parseRedis(const Field& f, RedisStoreConfig& out);
   void parseLog(const Field& f, LogConfig& out);
   void parseUpstreams(const Field& f, std::map<std::string, UpstreamConfig>& out);
   void parseRoutes(const Field& f, std::vector<RouteConfig>& out);

@@ -9,6 +9,7 @@
 
 #include "base/c_handles.h"
 #include "config/config_parser.h"
+#include "config/redis_url.h"
 
 namespace idem::config_detail {
 
@@ -111,8 +112,9 @@ void Parser::parseStore(const Field& f, StoreConfig& out) {
             [&](const Field& k) {
               std::string backend;
               if (!readText(k, backend)) return;
-              if (backend != "lmdb" && backend != "postgres") {
-                error(k, "unsupported store backend '" + backend + "'; supported: lmdb, postgres");
+              if (backend != "lmdb" && backend != "postgres" && backend != "redis") {
+                error(k, "unsupported store backend '" + backend +
+                             "'; supported: lmdb, postgres, redis");
                 return;
               }
               out.backend = backend;
@@ -136,6 +138,7 @@ void Parser::parseStore(const Field& f, StoreConfig& out) {
             }},
            {"sweep_interval", [&](const Field& k) { readDuration(k, out.sweep_interval, false); }},
            {"postgres", [&](const Field& k) { parsePostgres(k, out.postgres); }},
+           {"redis", [&](const Field& k) { parseRedis(k, out.redis); }},
        });
   if (out.backend == "postgres" && out.postgres.url.empty() && backendMark) {
     error(*backendMark, f.path + ".backend: postgres needs store.postgres.url");
@@ -163,6 +166,45 @@ void Parser::parsePostgres(const Field& f, PostgresStoreConfig& out) {
             }},
            {"connections", [&](const Field& k) { readUnsigned(k, out.connections, 1, 64); }},
            {"timeout", [&](const Field& k) { readDuration(k, out.timeout, false); }},
+       });
+}
+
+void Parser::parseRedis(const Field& f, RedisStoreConfig& out) {
+  if (!expectMap(f)) return;
+  walk(f.value, f.path,
+       {
+           {"url",
+            [&](const Field& k) {
+              std::string url;
+              if (!readText(k, url)) return;
+              RedisUrl parsed;
+              std::string why;
+              if (!parseRedisUrl(url, parsed, why)) {
+                error(k, why);  // never echoes the text: it may hold a password
+              } else {
+                out.url = url;
+              }
+            }},
+           {"key_prefix",
+            [&](const Field& k) {
+              std::string prefix;
+              if (!readText(k, prefix)) return;
+              // Printable, no braces: the proxy adds a {hash tag} after it.
+              const bool ok = !prefix.empty() && prefix.size() <= 64 &&
+                              std::all_of(prefix.begin(), prefix.end(), [](char c) {
+                                return c > 0x20 && c < 0x7f && c != '{' && c != '}' && c != '*' &&
+                                       c != '?' && c != '[' && c != ']' && c != '\\';
+                              });
+              if (!ok) {
+                error(k,
+                      "expected 1 to 64 printable characters without spaces, braces, '*', '?', "
+                      "'[', ']' or '\\'");
+                return;
+              }
+              out.key_prefix = prefix;
+            }},
+           {"timeout", [&](const Field& k) { readDuration(k, out.timeout, false); }},
+           {"min_replicas", [&](const Field& k) { readUnsigned(k, out.min_replicas, 0, 64); }},
        });
 }
 

@@ -273,4 +273,45 @@ DecodeError decodeRecord(std::string_view bytes, Record& out) {
   return e;
 }
 
+std::string encodeStringList(const std::vector<std::string>& values) {
+  std::string out;
+  Writer w(out);
+  for (const auto& v : values) w.str(v);
+  return out;
+}
+
+std::string encodeHeaderList(const Headers& headers) {
+  std::string out;
+  Writer w(out);
+  for (const auto& h : headers) {
+    w.str(h.name);
+    w.str(h.value);
+  }
+  return out;
+}
+
+bool decodeStringList(std::string_view in, std::vector<std::string>& out) {
+  out.clear();
+  while (!in.empty()) {
+    if (in.size() < 4) return false;
+    const auto* b = reinterpret_cast<const unsigned char*>(in.data());
+    const size_t n = static_cast<size_t>(b[0]) | static_cast<size_t>(b[1]) << 8 |
+                     static_cast<size_t>(b[2]) << 16 | static_cast<size_t>(b[3]) << 24;
+    if (in.size() - 4 < n) return false;
+    out.emplace_back(in.substr(4, n));
+    in.remove_prefix(4 + n);
+  }
+  return true;
+}
+
+bool decodeHeaderList(std::string_view in, Headers& out) {
+  std::vector<std::string> fields;
+  if (!decodeStringList(in, fields) || fields.size() % 2 != 0) return false;
+  out.clear();
+  for (size_t i = 0; i < fields.size(); i += 2) {
+    out.push_back({std::move(fields[i]), std::move(fields[i + 1])});
+  }
+  return true;
+}
+
 }  // namespace idem

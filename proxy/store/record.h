@@ -148,4 +148,12 @@ DecodeError decodeRecord(std::string_view bytes, Record& out);
 DecodeError decodeRecordView(std::string_view bytes, RecordView& out);
 const char* toString(DecodeError e);
 
+// A list of strings as one byte string (each a u32 little-endian length, then the bytes), for
+// network stores that keep scope values and header fields in one field of their own.
+std::string encodeStringList(const std::vector<std::string>& values);
+std::string encodeHeaderList(const Headers& headers);
+// False when malformed; `out` is then unspecified.
+[[nodiscard]] bool decodeStringList(std::string_view in, std::vector<std::string>& out);
+[[nodiscard]] bool decodeHeaderList(std::string_view in, Headers& out);
+
 }  // namespace idem

@@ -353,7 +353,8 @@ def _scalar(v):
     if isinstance(v, (int, float)):
         return str(v)
     s = str(v)
-    if _PLAIN.match(s) and not s.startswith(("[", "-", ":")) and s.lower() not in (
+    plain = _PLAIN.match(s) and not s.startswith(("[", "-", ":")) and not s.endswith(":")
+    if plain and s.lower() not in (
             "true", "false", "null", "yes", "no", "on", "off", "~"):
         return s
     return json.dumps(s)  # a JSON string is a valid YAML double-quoted scalar
@@ -439,6 +440,9 @@ def store_settings(store_path):
     if STORE_BACKEND == "postgres":
         import pg  # noqa: PLC0415 - pg imports harness
         return pg.store_for(store_path)
+    if STORE_BACKEND == "redis":
+        import redis_support  # noqa: PLC0415 - redis_support imports harness
+        return redis_support.store_for(store_path)
     raise RuntimeError("IDEMPROXY_TEST_STORE=%s: unknown store backend" % STORE_BACKEND)
 
 
@@ -455,6 +459,9 @@ def store_contents(config):
     if store["backend"] == "postgres":
         import pg  # noqa: PLC0415 - pg imports harness
         return pg.store_contents(store["postgres"]["url"])
+    if store["backend"] == "redis":
+        import redis_support  # noqa: PLC0415 - redis_support imports harness
+        return redis_support.store_contents(store["redis"])
     raise RuntimeError("store_contents: unknown backend %s" % store["backend"])
 
 

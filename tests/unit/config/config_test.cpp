@@ -573,8 +573,8 @@ TEST(ConfigErrors, IdempotencyValues) {
 }
 
 TEST(ConfigErrors, StoreAndLogEnums) {
-  expectOneError(std::string(kMinimal) + "store:\n  backend: redis\n", 9, 12,
-                 "unsupported store backend 'redis'; supported: lmdb, postgres");
+  expectOneError(std::string(kMinimal) + "store:\n  backend: memcached\n", 9, 12,
+                 "unsupported store backend 'memcached'; supported: lmdb, postgres, redis");
   expectOneError(std::string(kMinimal) + "store:\n  durability: none\n", 9, 15,
                  "expected one of full, relaxed, got 'none'");
   expectOneError(std::string(kMinimal) + "log:\n  level: trace\n", 9, 10,
