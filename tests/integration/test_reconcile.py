@@ -270,6 +270,7 @@ class ReconcileCliTest(ProxyTestCase):
 
 
 @requires_proxy
+@not_on_redis
 class ReconcileConfigTest(ProxyTestCase):
     def check(self, reconcile):
         r = self.check_config(self.config(payments={"reconcile": reconcile}))
