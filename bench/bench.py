@@ -24,6 +24,7 @@ import time
 import http.client
 
 import bench_pg
+import bench_redis
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
@@ -35,7 +36,7 @@ PASS_PATH = "/pass/charges"
 
 NGINX_SCENARIOS = ["direct", "proxy_pass"]
 IDEM_SCENARIOS = ["passthrough", "new-full", "new-relaxed", "replay", "c1000", "pg-new",
-                  "pg-replay"]
+                  "pg-replay", "redis-new", "redis-replay"]
 ALL = NGINX_SCENARIOS + IDEM_SCENARIOS + ["scale"]
 GROUPS = {"nginx": NGINX_SCENARIOS, "idemproxy": IDEM_SCENARIOS, "all": NGINX_SCENARIOS + IDEM_SCENARIOS}
 
@@ -48,11 +49,13 @@ TITLES = {
     "replay": "idemproxy replay",
     "pg-new": "idemproxy new keys, PostgreSQL",
     "pg-replay": "idemproxy replay, PostgreSQL",
+    "redis-new": "idemproxy new keys, Redis",
+    "redis-replay": "idemproxy replay, Redis",
 }
 # Reference row for the ratio columns.
 REFERENCE = {"proxy_pass": "direct", "passthrough": "proxy_pass", "new-full": "proxy_pass",
              "new-relaxed": "proxy_pass", "replay": "direct", "pg-new": "proxy_pass",
-             "pg-replay": "direct"}
+             "pg-replay": "direct", "redis-new": "proxy_pass", "redis-replay": "direct"}
 
 
 def log(msg):
@@ -352,6 +355,7 @@ class Bench:
         self.env = {}
         self.backend = None
         self.pg = None          # bench_pg.Cluster, started by the first PostgreSQL scenario
+        self.redis = None       # bench_redis.Server, started by the first Redis scenario
         self.wrk_env = dict(os.environ, LUA_PATH=os.path.join(BENCH_DIR, "?.lua") + ";;")
 
     def pin(self, cpu):
@@ -604,6 +608,23 @@ class Bench:
                                       "synchronous_commit on, no synchronous standby")
         return self.pg.store_block(name)
 
+    def redis_store(self, name):
+        """A store: block on the run's redis-server (started on first use), a prefix per scenario."""
+        if self.redis is None:
+            self.redis = bench_redis.Server(os.path.join(self.out, "redis")).start()
+            self.env["Redis"] = ("same machine, unix socket, appendonly yes, appendfsync always, "
+                                 "no replica (min_replicas 0)")
+        return self.redis.store_block(name)
+
+    def sc_redis_new(self):
+        srv = self.start_idemproxy("redis-new", "full", store_block=self.redis_store("redis-new"))
+        try:
+            self.check_idempotent(srv, "redis-new")
+            self.run_rows("redis-new", srv, "newkeys.lua",
+                          lambda: [f"r{random.randrange(1 << 48):x}", PAY_PATH])
+        finally:
+            self.stop(srv)
+
     def sc_pg_new(self):
         srv = self.start_idemproxy("pg-new", "full", store_block=self.pg_store("pg-new"))
         try:
@@ -749,6 +770,15 @@ class Bench:
             elif want_pg:
                 steps += [("pg-new", self.sc_pg_new),
                           ("pg-replay", lambda: self.sc_replay("pg-replay", self.pg_store("pg-replay")))]
+            want_redis = [s for s in ("redis-new", "redis-replay") if s in a.only]
+            if want_redis and not bench_redis.available():
+                msg = f"SKIPPED {', '.join(want_redis)}: redis-server is not installed"
+                log(msg)
+                self.notes.append(msg)
+            elif want_redis:
+                steps += [("redis-new", self.sc_redis_new),
+                          ("redis-replay",
+                           lambda: self.sc_replay("redis-replay", self.redis_store("redis-replay")))]
         if "c1000" in a.only:
             steps.append(("c1000", self.sc_direct_many))
         if have_bin and "scale" in a.only:
@@ -783,7 +813,7 @@ class Bench:
                  "| proxy CPU µs/req | CPU × ref | backend CPU µs/req | peak RSS MiB | errors |")
         L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         order = ["direct", "proxy_pass", "passthrough", "new-full", "new-relaxed", "replay", "pg-new",
-                 "pg-replay"]
+                 "pg-replay", "redis-new", "redis-replay"]
         conns_all = sorted({c for (_, c) in self.results})
         for sc in order:
             for c in conns_all:
@@ -968,6 +998,8 @@ def main():
         b.procs.stop_all()
         if b.pg is not None:
             b.pg.stop()
+        if b.redis is not None:
+            b.redis.stop()
         if not a.keep_stores:
             shutil.rmtree(a.store_root, ignore_errors=True)
     if b.results or b.scale or b.notes:
