@@ -80,18 +80,36 @@ class RedisStoreTest(ProxyTestCase):
         a, b = self.hosts(2)
         self.assertTrue(poll_until(lambda: metric(b, "idemproxy_store_notifies") == 1, 10),
                         "B never subscribed")
-        notified = metric(b, 'idemproxy_wait_wakeups_total{by="notify"}') or 0
-        self.up.script(queue=[{"status": 201, "body": '{"id": "slow"}', "delay_ms": 1500}])
+
+        def count(by):
+            return metric(b, 'idemproxy_wait_wakeups_total{by="%s"}' % by) or 0
+
+        self.up.script(queue=[{"gate": "owner", "status": 201, "body": '{"id": "slow"}'}])
         key = self.new_key()
-        first = {}
-        t = threading.Thread(target=lambda: first.setdefault("r", self.post(a, key=key)))
-        t.start()
+        answers = {}
+
+        def send(name, host):
+            answers[name] = self.post(host, key=key, timeout=30)
+
+        owner = threading.Thread(target=send, args=("a", a))
+        owner.start()
         self.assertTrue(self.up.wait_for_count(1, 10))  # A has forwarded: the key is in flight
-        waited = self.post(b, key=key)
-        t.join()
-        self.assertEqual(first["r"].status, 201, first["r"])
-        self.assertReplayOf(waited, first["r"])
-        self.assertEqual(metric(b, 'idemproxy_wait_wakeups_total{by="notify"}'), notified + 1)
+        waiter = threading.Thread(target=send, args=("b", b))
+        waiter.start()
+        # B waits on A's lease. Once its fallback poll has backed off (4 polls: the next one is
+        # 1.6 s away), A's answer is let through: B must hear of the record, not poll for it
+        # (a fixed upstream delay raced B's fourth poll on a loaded machine).
+        self.assertTrue(poll_until(lambda: count("poll") >= 4, 15),
+                        "%r\n%s" % (answers, b.stderr_tail()))
+        notified = count("notify")
+        polls = count("poll")
+        self.up.open_gate("owner")
+        owner.join(30)
+        waiter.join(30)
+        self.assertEqual(answers["a"].status, 201, answers["a"])
+        self.assertReplayOf(answers["b"], answers["a"])
+        self.assertEqual(count("notify"), notified + 1)
+        self.assertEqual(count("poll"), polls)
         self.assertCount(1)
 
     def test_killed_redis_is_never_bypassed_and_answers_replay_after_restart_from_aof(self):
