@@ -431,6 +431,18 @@ def default_routes(payments=None, refunds=None, optional=None):
 STORE_BACKEND = os.environ.get("IDEMPROXY_TEST_STORE") or "lmdb"
 
 
+def _asan_build():
+    try:
+        with open(IDEMPROXY_BIN, "rb") as f:
+            return b"__asan_init" in f.read()
+    except (OSError, TypeError):
+        return False
+
+
+# ASan's quarantine and shadow memory make peak-RSS bounds meaningless: memory tests skip them.
+ASAN_BUILD = _asan_build()
+
+
 def store_settings(store_path):
     """The store: keys that put a proxy configured with the LMDB directory store_path on the
     backend under test. Proxies given one store_path share one key space (as they share one

@@ -32,7 +32,7 @@ def listener_calls(log, port):
             continue
         if c.name == "epoll_ctl" and re.search(r"EPOLL_CTL_DEL, %d[<,]" % fd, c.text):
             events.append((c.end, "del", c.text))
-        elif c.name == "close" and c.fd == fd:
+        elif c.name == "close" and c.fd == fd and target.search(c.text):
             events.append((c.end, "close", c.text))
     return fd, events
 

@@ -4,6 +4,7 @@ durable first, then the whole body goes to the client as the upstream sends it, 
 Content-Length, chunked or read-until-close, through both upstream clients; memory stays bounded
 for a slow client; a client that leaves mid-stream ends the exchange, not the record."""
 import http.client
+import harness
 import socket
 import time
 import unittest
@@ -115,7 +116,8 @@ class Streaming(BothClients):
                         time.sleep(0.004)
                     self.assertEqual(got, size)
                 grown = vm_kib(proxy.proc.pid, "VmHWM") - before
-                self.assertLess(grown, 12 * 1024, "peak RSS grew by %d KiB" % grown)
+                if not harness.ASAN_BUILD:
+                    self.assertLess(grown, 12 * 1024, "peak RSS grew by %d KiB" % grown)
                 self.assertCount(1)
                 proxy.stop()
 
