@@ -254,48 +254,16 @@ std::string boolParam(bool v) {
   return std::string(1, v ? '\1' : '\0');
 }
 
-namespace {
-
-void appendString(std::string& out, std::string_view s) {
-  const auto n = static_cast<uint32_t>(s.size());
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(n >> (8 * i)));
-  out.append(s);
-}
-
-// Parses a list written by appendString; false when malformed.
-bool parseStrings(std::string_view in, std::vector<std::string>& out) {
-  out.clear();
-  while (!in.empty()) {
-    if (in.size() < 4) return false;
-    const auto* b = reinterpret_cast<const unsigned char*>(in.data());
-    const size_t n = static_cast<size_t>(b[0]) | static_cast<size_t>(b[1]) << 8 |
-                     static_cast<size_t>(b[2]) << 16 | static_cast<size_t>(b[3]) << 24;
-    if (in.size() - 4 < n) return false;
-    out.emplace_back(in.substr(4, n));
-    in.remove_prefix(4 + n);
-  }
-  return true;
-}
-
-}  // namespace
-
 std::string encodeStrings(const std::vector<std::string>& values) {
-  std::string out;
-  for (const auto& v : values) appendString(out, v);
-  return out;
+  return encodeStringList(values);
 }
 
 bool decodeStrings(std::string_view bytes, std::vector<std::string>& out) {
-  return parseStrings(bytes, out);
+  return decodeStringList(bytes, out);
 }
 
 std::string encodeHeaders(const Headers& headers) {
-  std::string out;
-  for (const auto& h : headers) {
-    appendString(out, h.name);
-    appendString(out, h.value);
-  }
-  return out;
+  return encodeHeaderList(headers);
 }
 
 int64_t readInt(const PGresult* res, int row, int col) {
@@ -329,10 +297,11 @@ bool readRecord(const PGresult* res, int row, int col, Record& out) {
   std::memcpy(out.fingerprint.data(), fpr.data(), fpr.size());
   out.route = std::string(readBytes(res, row, col + 7));
   out.key = std::string(readBytes(res, row, col + 8));
-  if (!parseStrings(readBytes(res, row, col + 9), out.scope)) return false;
+  if (!decodeStringList(readBytes(res, row, col + 9), out.scope)) return false;
   out.answer.status = static_cast<int>(readInt(res, row, col + 10));
   std::vector<std::string> fields;
-  if (!parseStrings(readBytes(res, row, col + 11), fields) || fields.size() % 2 != 0) return false;
+  if (!decodeStringList(readBytes(res, row, col + 11), fields) || fields.size() % 2 != 0)
+    return false;
   out.answer.headers.clear();
   for (size_t i = 0; i < fields.size(); i += 2)
     out.answer.headers.push_back({std::move(fields[i]), std::move(fields[i + 1])});
