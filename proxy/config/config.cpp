@@ -231,13 +231,6 @@ void Parser::crossCheck(Config& config, const YAML::Node& root) {
     }
     if (!route.idempotency) continue;
     const IdempotencyConfig& idem = *route.idempotency;
-    if (idem.reconcile && config.store.backend == "redis" && marks.idempotency) {
-      // The Redis store has no claim/settle scripts yet: a lookup could never be claimed, so
-      // every uncertain outcome would silently stay as recorded.
-      error(*marks.idempotency, label +
-                                    ": reconcile is not supported with store.backend: redis "
-                                    "yet (lmdb and postgres support it)");
-    }
     if (idem.scope.empty() && !idem.shared_scope && marks.scope) {
       error(*marks.scope, label +
                               ": scope [] makes every client one tenant; say so with "

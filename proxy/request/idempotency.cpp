@@ -213,11 +213,13 @@ void sortObjectKeys(cJSON* node) {
 
 namespace {
 
-// Whether cJSON (numbers as doubles, strings as C strings) would read `text` losing what tells
-// two requests apart: a number with more than 15 significant digits or an exponent (2^53 + 1
-// would compare equal to 2^53), or a string with an escaped NUL (cut there). Such a body is
-// compared by its bytes instead.
+// Whether cJSON (numbers as doubles, strings as C strings, lenient about number syntax) would
+// read `text` losing what tells two requests apart: a number with more than 15 digits (2^53 + 1
+// would compare equal to 2^53; 0.000…0001 with 400 zeros would read as 0), an exponent (1e400
+// reads as infinity and prints as null), a number JSON does not allow (`007`, `1.`, `-`), or a
+// string with an escaped NUL (cut there). Such a body is compared by its bytes instead.
 bool cJsonWouldLoseSomething(std::string_view text) {
+  const auto digit = [&](size_t i) { return i < text.size() && text[i] >= '0' && text[i] <= '9'; };
   bool inString = false;
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
@@ -232,23 +234,31 @@ bool cJsonWouldLoseSomething(std::string_view text) {
     }
     if (c == '"') {
       inString = true;
-    } else if (c == '-' || (c >= '0' && c <= '9')) {
-      int significant = 0;
-      bool leading = true;
-      for (; i < text.size(); ++i) {
-        const char d = text[i];
-        if (d >= '0' && d <= '9') {
-          if (d != '0') leading = false;
-          if (!leading) ++significant;
-        } else if (d == 'e' || d == 'E') {
-          return true;
-        } else if (d != '-' && d != '.' && d != '+') {
-          break;
-        }
-      }
-      if (significant > 15) return true;
-      --i;
+      continue;
     }
+    if (c != '-' && !digit(i)) continue;
+    // A number: -?(0|[1-9][0-9]*)(\.[0-9]+)?, at most 15 digits (the integer part's single
+    // 0 not counted), no exponent.
+    if (c == '-') ++i;
+    if (!digit(i)) return true;
+    int digits = 0;
+    if (text[i] == '0') {
+      ++i;
+      if (digit(i)) return true;  // a leading zero
+    } else {
+      for (; digit(i); ++i) ++digits;
+    }
+    if (i < text.size() && text[i] == '.') {
+      ++i;
+      if (!digit(i)) return true;
+      for (; digit(i); ++i) ++digits;
+    }
+    if (i < text.size() &&
+        (text[i] == 'e' || text[i] == 'E' || text[i] == '.' || text[i] == '+' || text[i] == '-')) {
+      return true;
+    }
+    if (digits > 15) return true;
+    --i;
   }
   return false;
 }
@@ -267,6 +277,10 @@ bool canonicalJson(std::string_view text, std::string& out) {
   sortObjectKeys(root.get());
   CJsonString printed(cJSON_PrintUnformatted(root.get()));
   if (!printed) return false;
+  // cJSON prints a value it read exactly, but small and large magnitudes with an exponent
+  // (0.00001 as 1e-05): such a form is not canonical by the rule above, so the body is compared
+  // by its bytes, which keeps the canonical form a fixed point.
+  if (cJsonWouldLoseSomething(printed.get())) return false;
   out.assign(printed.get());
   return true;
 }

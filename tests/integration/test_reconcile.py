@@ -12,11 +12,6 @@ import pg
 import harness
 from harness import ProxyTestCase, request, requires_proxy, run_cli
 
-# The Redis store has no reconcile scripts yet, and `check` refuses the combination
-# (test_redis.RedisStoreTest covers that).
-not_on_redis = unittest.skipIf(harness.STORE_BACKEND == "redis",
-                               "reconcile is not supported on the Redis store yet")
-
 LOOKUP = {"method": "GET", "path": "/v1/payments/by-key/{key}?order={json:/order_id}",
           "found": [200], "not_found": [404]}
 BODY = b'{"amount": 100, "order_id": "o 42"}'
@@ -33,7 +28,6 @@ def reconcile_counts(proxy):
 
 
 @requires_proxy
-@not_on_redis
 class ReconcileTest(ProxyTestCase):
     def start_reconciling(self, **kw):
         return self.start_proxy(payments={"reconcile": LOOKUP}, admin_port=0, **kw)
@@ -221,7 +215,6 @@ class ReconcilePostgresTest(ProxyTestCase):
 
 
 @requires_proxy
-@not_on_redis
 class ReconcileCliTest(ProxyTestCase):
     def test_keys_list_uncertain_and_keys_reconcile(self):
         proxy = self.start_proxy(payments={"reconcile": LOOKUP})
@@ -270,7 +263,6 @@ class ReconcileCliTest(ProxyTestCase):
 
 
 @requires_proxy
-@not_on_redis
 class ReconcileConfigTest(ProxyTestCase):
     def check(self, reconcile):
         r = self.check_config(self.config(payments={"reconcile": reconcile}))

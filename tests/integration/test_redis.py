@@ -295,13 +295,11 @@ class RedisStoreTest(ProxyTestCase):
         self.assertIn("tunnel", out)
         self.assertRegex(out, r"check\.yaml:\d+:\d+: store\.redis\.url")
 
-    def test_check_refuses_reconcile_until_the_redis_store_has_it(self):
+    def test_check_accepts_reconcile_on_the_redis_store(self):
         cfg = self.config(store=redis_support.redis_store("redis://127.0.0.1:6379/0", "p:"),
                           payments={"reconcile": {"path": "/v1/payments/by-key/{key}"}})
         r = self.check_config(cfg)
-        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
-        self.assertIn("reconcile is not supported with store.backend: redis", r.stdout + r.stderr)
-
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
 if __name__ == "__main__":
     unittest.main()

@@ -125,7 +125,7 @@ struct PostgresStore::Impl {
              pg::readReconcileColumns(res, 0, 14, result.record);
     }
     const ReserveRequest* reservation() const override { return &req; }
-    void sent(uint64_t wake_seq) override { result.wake_seq = wake_seq; }
+    void sent(uint64_t seq) override { result.wake_seq = seq; }
     ReserveRequest req;
   };
 

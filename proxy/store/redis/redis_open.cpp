@@ -94,8 +94,9 @@ std::unique_ptr<RedisStore> openRedisStore(const RedisOptions& options, std::str
     return nullptr;
   }
   if (options.check_settings) checkSettings(*impl->sync);
-  for (const redis::Script* s : {&redis::reserveScript(), &redis::recordScript(),
-                                 &redis::releaseScript(), &redis::forgetScript()}) {
+  for (const redis::Script* s :
+       {&redis::reserveScript(), &redis::recordScript(), &redis::releaseScript(),
+        &redis::forgetScript(), &redis::claimReconcileScript(), &redis::settleReconcileScript()}) {
     redis::ReplyPtr r = impl->sync->command({"SCRIPT", "LOAD", s->body}, why);
     if (!r || r->type != REDIS_REPLY_STRING || text(r.get()) != s->sha1) {
       error = std::string("Redis (") + url.masked() + ") refused the " + s->name +

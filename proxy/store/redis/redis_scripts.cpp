@@ -40,11 +40,18 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function reply(res, withAnswer)
   local r = redis.call('HMGET', k, 'st', 'fl', 'ra', 'lu', 'ea', 'ow', 'fp', 'rt', 'k', 'sc',
-                       's', 'h', 'b')
+                       's', 'h', 'b', 'lk', 'co', 'cu')
   local h, b = '', ''
   if withAnswer then h, b = r[12], r[13] end
   return {res, tonumber(r[1]), tonumber(r[2]), tonumber(r[3]), tonumber(r[4]), tonumber(r[5]),
-          r[6], r[7], r[8], r[9], r[10], tonumber(r[11]), h, b}
+          r[6], r[7], r[8], r[9], r[10], tonumber(r[11]), h, b, r[14] or '', r[15] or '',
+          tonumber(r[16] or '0')}
+end
+-- An outcome a reconcile lookup may settle (Record::uncertain): completed, a proxy error (flag
+-- 1), not response-not-replayable (flag 4).
+local function uncertain(st, fl)
+  fl = tonumber(fl)
+  return st == '2' and fl % 2 == 1 and math.floor(fl / 4) % 2 == 0
 end
 local function wake(channel, id)
   local w = redis.call('HGET', k, 'w')
@@ -58,7 +65,7 @@ local function fresh()
   redis.call('DEL', k)
   redis.call('HSET', k, 'v', '1', 'st', 1, 'fl', 0, 'ra', now, 'lu', now + lease,
              'ea', now + ttl, 'ow', owner, 'fp', fp, 'rt', ARGV[3], 'k', ARGV[4], 'sc', ARGV[5],
-             's', 0, 'h', '', 'b', '', 'w', 0)
+             's', 0, 'h', '', 'b', '', 'w', 0, 'lk', ARGV[14], 'co', '', 'cu', 0)
   redis.call('PEXPIREAT', k, now + ttl)
   return reply(0, false)
 end
@@ -71,7 +78,8 @@ if now < tonumber(r[3]) then
   return reply(2, false)
 end
 if ARGV[8] == '1' then
-  redis.call('HSET', k, 'ow', owner, 'ra', now, 'lu', now + lease, 'ea', now + ttl)
+  redis.call('HSET', k, 'ow', owner, 'ra', now, 'lu', now + lease, 'ea', now + ttl,
+             'lk', ARGV[14], 'co', '', 'cu', 0)
   redis.call('PEXPIREAT', k, now + ttl)
   return reply(0, false)
 end
@@ -106,6 +114,39 @@ if redis.call('EXISTS', k) == 0 then return 0 end
 wake(ARGV[1], ARGV[2])
 redis.call('DEL', k)
 return 1
+)LUA";
+
+// The key's lookup claim: {0 claimed | 1 busy | 2 not uncertain, <record>}, or {3} missing.
+constexpr const char* kClaimReconcile = R"LUA(
+local r = redis.call('HMGET', k, 'st', 'fl', 'ea', 'co', 'cu')
+if not r[1] or not r[3] or tonumber(r[3]) <= now then return {3} end
+if not uncertain(r[1], r[2]) then return reply(2, true) end
+if r[4] and r[4] ~= '' and now < tonumber(r[5] or '0') then return reply(1, true) end
+redis.call('HSET', k, 'co', ARGV[1], 'cu', now + tonumber(ARGV[2]))
+return reply(0, true)
+)LUA";
+
+// What the lookup learned, while the claim is the caller's: {0 settled, <record>} |
+// {1 lost, <record>} | {2} settled by deleting | {3} missing.
+constexpr const char* kSettleReconcile = R"LUA(
+local r = redis.call('HMGET', k, 'st', 'fl', 'ea', 'co')
+if not r[1] or not r[3] or tonumber(r[3]) <= now then return {3} end
+if not uncertain(r[1], r[2]) or r[4] ~= ARGV[1] then return reply(1, true) end
+local kind = ARGV[2]
+if kind == '0' then
+  redis.call('HSET', k, 'fl', 0, 's', ARGV[3], 'h', ARGV[4], 'b', ARGV[5], 'co', '', 'cu', 0)
+elseif kind == '1' and ARGV[6] == '' then
+  redis.call('DEL', k)
+  return {2}
+elseif kind == '1' then
+  local lease, ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
+  redis.call('HSET', k, 'st', 1, 'fl', 0, 's', 0, 'h', '', 'b', '', 'ow', ARGV[6], 'ra', now,
+             'lu', now + lease, 'ea', now + ttl, 'co', '', 'cu', 0, 'w', 0)
+  redis.call('PEXPIREAT', k, now + ttl)
+else
+  redis.call('HSET', k, 'co', '', 'cu', 0)
+end
+return reply(0, true)
 )LUA";
 
 int64_t integer(const redisReply* r) {
@@ -155,6 +196,18 @@ bool fill(const std::map<std::string_view, const redisReply*>& f, Record& out) {
   out.route = std::string(text(get("rt")));
   out.key = std::string(text(get("k")));
   out.answer.body = std::string(text(get("b")));
+  // Reconcile fields; a record written before they existed has none.
+  out.lookup.clear();
+  out.claim_owner.clear();
+  out.claim_until_ms = 0;
+  if (const redisReply* lk = get("lk"); lk != nullptr && !decodeStringList(text(lk), out.lookup)) {
+    return false;
+  }
+  if (const redisReply* co = get("co"); co != nullptr) out.claim_owner = std::string(text(co));
+  if (const redisReply* cu = get("cu");
+      cu != nullptr && cu->type != REDIS_REPLY_NIL && !num("cu", out.claim_until_ms)) {
+    return false;
+  }
   return decodeStringList(text(get("sc")), out.scope) &&
          decodeHeaderList(text(get("h")), out.answer.headers);
 }
@@ -175,6 +228,15 @@ const Script& releaseScript() {
 }
 const Script& forgetScript() {
   static const Script s = make("forget", std::string(kCommon) + kForget);
+  return s;
+}
+
+const Script& claimReconcileScript() {
+  static const Script s = make("claim_reconcile", std::string(kCommon) + kClaimReconcile);
+  return s;
+}
+const Script& settleReconcileScript() {
+  static const Script s = make("settle_reconcile", std::string(kCommon) + kSettleReconcile);
   return s;
 }
 
@@ -217,11 +279,11 @@ std::string wakeChannel(std::string_view prefix) {
 bool readScriptRecord(const redisReply* r, int64_t& result, Record& out) {
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 1) return false;
   result = integer(r->element[0]);
-  if (r->elements != 14) return false;
-  static constexpr const char* kFields[] = {"st", "fl", "ra", "lu", "ea", "ow", "fp",
-                                            "rt", "k",  "sc", "s",  "h",  "b"};
+  if (r->elements != 17) return false;
+  static constexpr const char* kFields[] = {"st", "fl", "ra", "lu", "ea", "ow", "fp", "rt",
+                                            "k",  "sc", "s",  "h",  "b",  "lk", "co", "cu"};
   std::map<std::string_view, const redisReply*> f;
-  for (size_t i = 0; i < 13; ++i) f[kFields[i]] = r->element[i + 1];
+  for (size_t i = 0; i < 16; ++i) f[kFields[i]] = r->element[i + 1];
   return fill(f, out);
 }
 

@@ -84,6 +84,42 @@ struct RecordOp final : OpWith<RecordResult> {
   }
 };
 
+struct ClaimOp final : OpWith<ClaimResult> {
+  bool parse(const redisReply* r) override {
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+        r->element[0]->type == REDIS_REPLY_INTEGER && r->element[0]->integer == 3) {
+      result.status = ClaimStatus::Missing;
+      return true;
+    }
+    int64_t code = -1;
+    if (!redis::readScriptRecord(r, code, result.record) || code < 0 || code > 2) return false;
+    static constexpr ClaimStatus kStatus[] = {ClaimStatus::Claimed, ClaimStatus::Busy,
+                                              ClaimStatus::NotUncertain};
+    result.status = kStatus[code];
+    return true;
+  }
+};
+
+struct SettleOp final : OpWith<SettleResult> {
+  bool parse(const redisReply* r) override {
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+        r->element[0]->type == REDIS_REPLY_INTEGER) {
+      const long long code = r->element[0]->integer;
+      if (code != 2 && code != 3) return false;
+      result.status = code == 2 ? SettleStatus::Settled : SettleStatus::Lost;
+      result.exists = false;
+      return true;
+    }
+    int64_t code = -1;
+    if (!redis::readScriptRecord(r, code, result.record) || (code != 0 && code != 1)) {
+      return false;
+    }
+    result.status = code == 0 ? SettleStatus::Settled : SettleStatus::Lost;
+    result.exists = true;
+    return true;
+  }
+};
+
 // A plain command (no script): SCAN one page of the prefix, or INFO memory.
 struct CommandOp final : OpWith<WriteResult> {
   bool parse(const redisReply* r) override {
@@ -637,7 +673,8 @@ void RedisStore::reserve(ReserveRequest req, std::function<void(ReserveResult)> 
               encodeHeaderList(ab.headers),
               ab.body,
               impl_->channel,
-              redis::hexId(req.id)};
+              redis::hexId(req.id),
+              encodeStringList(req.lookup)};
   op->token = impl_->wakeToken();  // before it is sent: no later message can be missed
   op->req = std::move(req);
   op->done = std::move(done);
@@ -672,6 +709,32 @@ void RedisStore::forget(RecordId id, std::function<void(WriteResult)> done) {
   auto op = std::make_unique<DeleteOp>();
   op->script = &redis::forgetScript();
   op->args = {redis::recordKey(impl_->opts.key_prefix, id), impl_->channel, redis::hexId(id)};
+  op->done = std::move(done);
+  impl_->submit(std::move(op));
+}
+
+void RedisStore::claimReconcile(ClaimRequest req, std::function<void(ClaimResult)> done) {
+  auto op = std::make_unique<ClaimOp>();
+  op->script = &redis::claimReconcileScript();
+  op->args = {redis::recordKey(impl_->opts.key_prefix, req.id), std::move(req.claimer),
+              std::to_string(req.lease_ms)};
+  op->done = std::move(done);
+  impl_->submit(std::move(op));
+}
+
+void RedisStore::settleReconcile(SettleRequest req, std::function<void(SettleResult)> done) {
+  static constexpr const char* kKind[] = {"0", "1", "2"};  // SettleKind, in order
+  auto op = std::make_unique<SettleOp>();
+  op->script = &redis::settleReconcileScript();
+  op->args = {redis::recordKey(impl_->opts.key_prefix, req.id),
+              std::move(req.claimer),
+              kKind[static_cast<int>(req.kind)],
+              std::to_string(req.answer.status),
+              encodeHeaderList(req.answer.headers),
+              std::move(req.answer.body),
+              std::move(req.owner),
+              std::to_string(req.lease_ms),
+              std::to_string(req.ttl_ms)};
   op->done = std::move(done);
   impl_->submit(std::move(op));
 }

@@ -45,6 +45,9 @@ class RedisStore : public Store {
   void record(RecordRequest req, std::function<void(RecordResult)> done) override;
   void release(RecordId id, std::string owner, std::function<void(WriteResult)> done) override;
   void forget(RecordId id, std::function<void(WriteResult)> done) override;
+  // Each one script on the record (claim_reconcile, settle_reconcile): atomic on the server.
+  void claimReconcile(ClaimRequest req, std::function<void(ClaimResult)> done) override;
+  void settleReconcile(SettleRequest req, std::function<void(SettleResult)> done) override;
   // Expiry is Redis's own (PEXPIREAT): nothing to sweep. Completes at once.
   void sweep(size_t limit, std::function<void(WriteResult)> done) override;
   std::string unavailableReason() override;

@@ -138,6 +138,24 @@ TEST(Fingerprint, BodyJsonNeverConfusesValuesADoubleCannotTellApart) {
   EXPECT_TRUE(canonicalJson(R"({"s": "1e5 and 12345678901234567 in a string"})", out));
 }
 
+TEST(CanonicalJson, NumbersOutsideStrictJsonOrPrintedWithAnExponentAreComparedAsBytes) {
+  std::string out;
+  // Found by fuzz_canonical_json: leading zeros (not JSON; cJSON reads them) and a value cJSON
+  // prints with an exponent, so the canonical form was not canonical again.
+  EXPECT_FALSE(canonicalJson("000000.00000000001096615936", out));
+  EXPECT_FALSE(canonicalJson(R"({"a": 007})", out));
+  EXPECT_FALSE(canonicalJson(R"({"a": 1.})", out));
+  EXPECT_FALSE(canonicalJson(R"({"a": -})", out));
+  EXPECT_FALSE(canonicalJson(R"({"a": 0.00001})", out));  // prints as 1e-05
+  // Underflow: 0.(20 zeros)1 would read as a number far from its text, or as 0 with more zeros.
+  EXPECT_FALSE(canonicalJson(R"({"a": 0.0000000000000000000001})", out));
+  ASSERT_TRUE(canonicalJson(R"({"a": -0.5, "b": 0, "c": 10.25})", out));
+  EXPECT_EQ(out, R"({"a":-0.5,"b":0,"c":10.25})");
+  std::string again;
+  ASSERT_TRUE(canonicalJson(out, again));
+  EXPECT_EQ(again, out);
+}
+
 TEST(Problem, AnErrorBodyShapesTheProxysOwnErrors) {
   ErrorBody shape;
   shape.templ = R"({"error": {"code": "{slug}", "message": "{detail}", "http": {status}}})";

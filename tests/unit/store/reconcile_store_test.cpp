@@ -1,5 +1,6 @@
 // The reconcile store operations (store.h, "Reconcile") against every backend: the same
-// contract on LMDB (in a temp dir) and on a real PostgreSQL (support/pg_cluster.h).
+// contract on LMDB (in a temp dir), on a real PostgreSQL (support/pg_cluster.h) and on a real
+// Redis (support/redis_server.h).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -9,7 +10,9 @@
 #include "base/digest.h"
 #include "store/lmdb/lmdb_store.h"
 #include "store/postgres/postgres_store.h"
+#include "store/redis/redis_store.h"
 #include "support/pg_cluster.h"
+#include "support/redis_server.h"
 
 namespace idem {
 namespace {
@@ -48,6 +51,16 @@ class ReconcileStoreTest : public ::testing::TestWithParam<std::string> {
       o.max_size = 64ull << 20;
       std::string error;
       store_ = openLmdbStore(o, clock_, error);
+      ASSERT_NE(store_, nullptr) << error;
+    } else if (GetParam() == "redis") {
+      std::string error;
+      test::RedisServer* server = test::RedisServer::shared(error);
+      if (server == nullptr) GTEST_SKIP() << error;
+      RedisOptions o;
+      o.url = server->url();
+      o.key_prefix = test::RedisServer::freshPrefix();
+      o.check_settings = false;
+      store_ = openRedisStore(o, error);
       ASSERT_NE(store_, nullptr) << error;
     } else {
       std::string error;
@@ -197,7 +210,8 @@ TEST_P(ReconcileStoreTest, AnExpiredRecordIsMissing) {
   EXPECT_EQ(settle("k", "C", SettleKind::Found, {200, {}, "x"}).status, SettleStatus::Lost);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ReconcileStoreTest, ::testing::Values("lmdb", "postgres"),
+INSTANTIATE_TEST_SUITE_P(Backends, ReconcileStoreTest,
+                         ::testing::Values("lmdb", "postgres", "redis"),
                          [](const auto& param_info) { return param_info.param; });
 
 }  // namespace
