@@ -97,9 +97,10 @@ struct UpstreamConfig {
   // A pooled connection idle this long is closed, not reused: keep it below the upstream's
   // keep-alive timeout, or a request may cross the upstream's close (a recorded 502).
   Millis idle_timeout{2'000};
-  // The largest answer body read from this upstream when the route sets no smaller limit
-  // (pass-through routes): past it the exchange fails (502 upstream-failed).
-  uint64_t max_response_body = 64ull << 20;
+  // How much of an answer body from this upstream is buffered on a route that records nothing
+  // (pass-through routes, requests without a key under required: false): past it the rest is
+  // streamed to the client as the upstream sends it, read only as fast as the client takes it.
+  uint64_t max_response_body = 1ull << 20;
   std::string tls_ca_file;  // https: CA bundle to verify the upstream with; "" = system CAs
   UpstreamClient client = UpstreamClient::Auto;
 };

@@ -111,8 +111,9 @@ void ProxyRequest::setState(RequestState next) {
            next == RequestState::Waiting || next == RequestState::Reserving;
       break;
     case RequestState::Forwarding:
+      // Streaming straight from forwarding: a pass-through answer past the upstream's buffer.
       ok = next == RequestState::Recording || next == RequestState::Releasing ||
-           next == RequestState::Responded;
+           next == RequestState::Streaming || next == RequestState::Responded;
       break;
     case RequestState::Recording:
     case RequestState::Releasing:
@@ -499,8 +500,14 @@ void ProxyRequest::forward() {
   ur.headers = forwardedFields([this](FieldVisitor fn) { client_->forEachField(fn); }, peer_,
                                config_->server.trusts(peer_));
   ur.body.assign(body_);
-  // Bounded memory: past the route's limit the upstream client stops reading (see onUpstream).
-  if (own_reservation_) ur.max_response_body = route_->idempotency->max_response_body;
+  // Bounded memory: past the limit the upstream client stops buffering and hands the rest over
+  // as a stream (see onUpstream): the route's max_response_body, or on a route that records
+  // nothing the upstream's.
+  if (own_reservation_) {
+    ur.max_response_body = route_->idempotency->max_response_body;
+  } else if (auto up = config_->upstreams.find(route_->upstream); up != config_->upstreams.end()) {
+    ur.max_response_body = std::max<size_t>(1, up->second.max_response_body);
+  }
 
   shared_.upstream_in_flight.fetch_add(1, std::memory_order_relaxed);
   upstream_->send(std::move(ur), [self = shared_from_this()](UpstreamResult r) {
@@ -523,6 +530,11 @@ void ProxyRequest::onUpstream(UpstreamResult r) {
   if (!own_reservation_) {  // pass-through
     switch (r.failure) {
       case UpstreamFailure::None:
+        if (r.body_over_limit) {  // past the upstream's buffer: the rest is streamed
+          rest_ = std::move(r.rest);
+          streamAnswer(r.answer, Outcome::Passthrough, {});
+          return;
+        }
         respond(r.answer, false, Outcome::Passthrough);
         return;
       case UpstreamFailure::BeforeSend:

@@ -10,7 +10,8 @@
 //       │            ▼
 //       │       Reconciling ──► Responded (found / unsettled: replay)
 //       │            └──► Forwarding (not found)
-//       └──► Responded (replay from a read, 4xx, pass-through answer)
+//       ├──► Responded (replay from a read, 4xx)
+//       └──► Forwarding (pass-through) ──► Responded, or Streaming past the upstream's buffer
 #include <chrono>
 #include <memory>
 #include <string>

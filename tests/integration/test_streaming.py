@@ -10,14 +10,7 @@ import time
 import unittest
 
 from harness import build_request, poll_until
-from test_upstream_limits import BothClients, vm_kib
-
-MIB = 1 << 20
-
-
-def pattern(n):
-    block = bytes(range(251))
-    return (block * (n // 251 + 1))[:n]
+from test_upstream_limits import MIB, BothClients, pattern, vm_kib
 
 
 class Streaming(BothClients):

@@ -82,6 +82,26 @@ TEST_F(RequestStreamTest, TheCompactOutcomeIsDurableBeforeTheFirstByteThenAllIsS
   EXPECT_EQ(store_.records.size(), 0u) << "one record, written once";
 }
 
+TEST_F(RequestStreamTest, APassThroughAnswerPastTheUpstreamsBufferIsStreamedWithoutTheStore) {
+  start("GET", "/status", "");
+  ASSERT_EQ(upstream_->sent.size(), 1u);
+  EXPECT_GT(upstream_->sent[0].first.max_response_body, 0u) << "the upstream's buffer bounds it";
+  completeUpstream(oversized(200, {{"Content-Type", "text/plain"}}, "head-"));
+  ASSERT_TRUE(reply_);
+  EXPECT_TRUE(reply_->streamed);
+  EXPECT_EQ(reply_->status, 200);
+  EXPECT_EQ(reply_->body, "head-");
+  ASSERT_TRUE(body_->started);
+  body_->push("rest");
+  body_->finish(true);
+  loop_->drain();
+  EXPECT_EQ(reply_->body, "head-rest");
+  EXPECT_TRUE(reply_->complete);
+  EXPECT_TRUE(store_.reserves.empty());
+  EXPECT_TRUE(store_.records.empty());
+  EXPECT_EQ(observer_.done.back(), std::make_pair(200, Outcome::Passthrough));
+}
+
 TEST_F(RequestStreamTest, NoLengthIsStreamedWithoutOne) {
   forwardOversized();
   completeRecord();
