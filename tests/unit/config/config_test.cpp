@@ -155,7 +155,7 @@ TEST(Config, MinimalFileTakesEveryDefault) {
   EXPECT_EQ(up.timeout, 30s);
   EXPECT_EQ(up.max_connections, 64u);
   EXPECT_EQ(up.idle_timeout, 2s);
-  EXPECT_EQ(up.max_response_body, 64u << 20);
+  EXPECT_EQ(up.max_response_body, 1u << 20);
   ASSERT_EQ(c.routes.size(), 1u);
   const RouteConfig& r = c.routes[0];
   EXPECT_EQ(r.name, "all");
