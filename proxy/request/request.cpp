@@ -35,7 +35,7 @@ const char* toString(RequestState s) {
 
 namespace {
 
-using Steady = std::chrono::steady_clock;
+using RequestSteady = std::chrono::steady_clock;
 
 std::string joinNames(const std::vector<std::string>& names) {
   std::string out;
@@ -67,7 +67,7 @@ ProxyRequest::ProxyRequest(RequestLoop& loop, std::unique_ptr<Downstream> client
       shared_(loop.shared()),
       config_(loop.config()),
       client_(std::move(client)),
-      started_(Steady::now()) {
+      started_(RequestSteady::now()) {
   shared_.active.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -353,7 +353,7 @@ void onWaitTimer(evutil_socket_t, short, void* arg);
 }
 
 void ProxyRequest::waitForOwner(const Record& inFlight, bool pollOnly) {
-  const auto now = Steady::now();
+  const auto now = RequestSteady::now();
   if (state_ != RequestState::Waiting) setState(RequestState::Waiting);
   if (!wait_timer_) {
     // The first wait fixes the deadline: reserving again after a release does not extend it.
@@ -426,7 +426,7 @@ void ProxyRequest::onWaitTimerFired() {
   if (parked_) {
     shared_.waiters().cancel(id_, wait_ticket_);
     parked_ = false;
-  } else if (Steady::now() < wait_deadline_) {
+  } else if (RequestSteady::now() < wait_deadline_) {
     shared_.observer().waitWoken("poll");
   }
   if (watching_) {
@@ -801,7 +801,8 @@ void ProxyRequest::report(int status, Outcome outcome, std::string_view detail) 
   r.path = path_;
   r.status = status;
   r.outcome = outcome;
-  r.duration_ms = std::chrono::duration<double, std::milli>(Steady::now() - started_).count();
+  r.duration_ms =
+      std::chrono::duration<double, std::milli>(RequestSteady::now() - started_).count();
   r.key = key_;
   r.detail = detail;
   shared_.observer().requestDone(r);
