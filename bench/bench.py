@@ -163,6 +163,31 @@ def foreign_load(seconds):
     return (machine_busy_ticks() - b0) / CLK_TCK / seconds
 
 
+def core_speed(cpu, seconds=0.05):
+    """Iterations per second of a fixed pure-Python loop on `cpu` (between runs, when the servers
+    are idle). On a VM the host can slow a core without the guest seeing steal time (this
+    machine's /proc/stat shows none), so a row measured on a slowed core is flagged by comparing
+    this figure across the run."""
+    try:
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {int(cpu)})
+    except (OSError, ValueError):
+        return None
+    try:
+        n, t0 = 0, time.perf_counter()
+        deadline = t0 + seconds
+        while True:
+            x = 0
+            for i in range(2000):
+                x += i * i
+            n += 2000
+            t = time.perf_counter()
+            if t >= deadline:
+                return n / (t - t0)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def status_kib(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -459,6 +484,7 @@ class Bench:
         for i in range(self.a.runs):
             if srv.proc.poll() is not None:
                 raise Fail(f"{srv.name} exited during {label}")
+            speed = core_speed(self.a.server_cpu)
             hwm_reset = reset_hwm(srv.worker_pids)
             c0, b0, m0 = cpu_ticks(srv.worker_pids), cpu_ticks(backend_pids), machine_busy_ticks()
             r = self.wrk(srv.port, script, script_args(), conns, self.a.duration, f"{label} run {i + 1}")
@@ -474,17 +500,21 @@ class Bench:
             r["foreign_cpus"] = max(0.0, ((m1 - m0) - (c1 - c0) - (b1 - b0)) / CLK_TCK
                                     - r["client_cpu_s"]) / secs
             r["rss_kib"] = sum(status_kib(p, "VmHWM") for p in srv.worker_pids)
+            r["core_speed"] = speed
             r["rss_since"] = "measurement" if hwm_reset else "process start"
             r["errors"] = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"] + r["err_timeout"]
             runs.append(r)
             log(f"  {label} run {i + 1}: {r['rps']:.0f} req/s, p50 {r['p50_us']} µs, p99 {r['p99_us']} µs, "
                 f"cpu {r['cpu_us']:.1f} µs/req, rss {r['rss_kib'] / 1024:.1f} MiB, errors {r['errors']}, "
-                f"wrk {r['client_cpu_pct']:.0f}%, other load {r['foreign_cpus']:.2f} CPUs")
+                f"wrk {r['client_cpu_pct']:.0f}%, other load {r['foreign_cpus']:.2f} CPUs"
+                + (f", core speed {speed / 1e6:.2f} M loop/s" if speed else ""))
         med = {}
         for k in ["rps", "p50_us", "p90_us", "p99_us", "p999_us", "cpu_us", "backend_cpu_us",
                   "server_core_pct", "client_cpu_pct", "rss_kib", "foreign_cpus"]:
             vals = [r[k] for r in runs if r[k] is not None]
             med[k] = statistics.median(vals) if vals else None
+        speeds = [r["core_speed"] for r in runs if r["core_speed"]]
+        med["core_speed"] = min(speeds) if speeds else None
         med["rss_kib"] = max(r["rss_kib"] for r in runs)
         med["foreign_cpus"] = max(r["foreign_cpus"] for r in runs)
         med["errors"] = sum(r["errors"] for r in runs)
@@ -843,6 +873,15 @@ class Bench:
                      f"figures may be limited by the load generator.")
         busy = [f"{sc} c{c} ({r['foreign_cpus']:.2f})" for (sc, c), r in sorted(self.results.items())
                 if r.get("foreign_cpus", 0) > self.a.max_foreign]
+        speeds = [r["core_speed"] for r in self.results.values() if r.get("core_speed")]
+        if speeds:
+            top = max(speeds)
+            slow = [f"{sc} c{c} ({r['core_speed'] / top:.2f})" for (sc, c), r in sorted(self.results.items())
+                    if r.get("core_speed") and r["core_speed"] < 0.85 * top]
+            if slow:
+                L.append(f"\n**Server core slowed by the host**: a fixed loop on CPU {self.a.server_cpu} ran "
+                         f"below 0.85 of its fastest speed in this run before a measured run of: "
+                         f"{', '.join(slow)}. Ratios between those rows and others are not trustworthy.")
         if busy:
             L.append(f"\n**Machine not idle**: other processes used more than {self.a.max_foreign} CPUs "
                      f"during: {', '.join(busy)}. Those rows are not trustworthy; rerun on an idle machine.")
@@ -861,7 +900,7 @@ class Bench:
                          f"{cells}|")
         tg = self.targets()
         if tg:
-            L.append("\n### Issue 5 targets (informational; benchmarks are not tests)\n")
+            L.append("\n### Issue 13 targets (informational; benchmarks are not tests)\n")
             L.append("| target | measured | met |")
             L.append("|---|---|---|")
             for t, m, ok in tg:
@@ -873,43 +912,44 @@ class Bench:
         return "\n".join(L) + "\n"
 
     def targets(self):
+        """Issue 13's targets (the issue 5 round's were stricter on paper and are superseded)."""
         R, out = self.results, []
         c_hi = max(self.a.conns)
 
         def g(sc, c):
             return R.get((sc, c))
         pt, pp, d = g("passthrough", c_hi), g("proxy_pass", c_hi), g("direct", c_hi)
-        if pt and pp:
-            x = pt["cpu_us"] / pp["cpu_us"]
-            out.append((f"pass-through CPU/req ≤ 1.0× proxy_pass (c{c_hi})", f"{x:.2f}×", x <= 1.0))
         rp = g("replay", c_hi)
         if rp and d:
             x = rp["rps"] / d["rps"]
-            out.append((f"replay req/s ≥ 0.8× direct (c{c_hi})", f"{x:.2f}×", x >= 0.8))
+            out.append((f"replay req/s ≥ 0.8× nginx `return 201` (c{c_hi})", f"{x:.2f}×", x >= 0.8))
+        if pt and pp:
+            x = pt["cpu_us"] / pp["cpu_us"]
+            out.append((f"pass-through CPU/req ≤ 1.2× nginx `proxy_pass` (c{c_hi})", f"{x:.2f}×", x <= 1.2))
         nf = g("new-full", c_hi)
         if nf and pp:
             x = nf["rps"] / pp["rps"]
-            out.append((f"new keys full req/s ≥ 0.8× proxy_pass (c{c_hi})", f"{x:.2f}×", x >= 0.8))
-        d1, p1 = g("direct", 1), g("proxy_pass", 1)
-        f1, r1 = g("new-full", 1), g("new-relaxed", 1)
+            out.append((f"new keys, durability full, req/s ≥ 0.5× nginx `proxy_pass` (c{c_hi})",
+                        f"{x:.2f}×", x >= 0.5))
+        d1, f1 = g("direct", 1), g("new-full", 1)
         if f1 and d1:
             added = f1["p50_us"] - d1["p50_us"]
-            lim = 2 * self.env["fsync_p50_us"] + 100
-            out.append(("new keys full c1: added p50 ≤ 2 fsyncs + 100 µs",
+            fs = self.env["fsync_p50_us"]
+            lim = 2 * fs + 150
+            out.append((f"new keys, durability full, c1: added p50 ≤ 2 fsyncs + 150 µs (fsync p50 {fs:.0f} µs)",
                         f"{added:.0f} µs (limit {lim:.0f} µs)", added <= lim))
-        if r1 and d1 and p1:
-            added, ng = r1["p50_us"] - d1["p50_us"], p1["p50_us"] - d1["p50_us"]
-            out.append(("new keys relaxed c1: added p50 ≤ 1.5× nginx's",
-                        f"{added:.0f} µs vs nginx {ng:.0f} µs", added <= 1.5 * max(ng, 1)))
         many = g("replay", self.a.c_many)
         if many:
             mib = many["rss_kib"] / 1024
             out.append((f"peak RSS ≤ 64 MiB with {self.a.c_many} keep-alive clients",
                         f"{mib:.1f} MiB", mib <= 64))
-        if len(self.scale) == 2 and 1 in self.scale[0] and 1 in self.scale[1]:
-            x = self.scale[1][1]["p50_us"] / max(1, self.scale[0][1]["p50_us"])
-            out.append((f"replay p50 at {self.scale[1]['records']} ≤ 1.2× at {self.scale[0]['records']} (c1)",
-                        f"{x:.2f}×", x <= 1.2))
+        if len(self.scale) == 2:
+            small, big = self.scale
+            for c in self.a.conns:
+                if c in small and c in big:
+                    x = big[c]["p50_us"] / max(1, small[c]["p50_us"])
+                    out.append((f"replay p50 at {big['records']:,} records ≤ 1.2× at {small['records']:,} (c{c})",
+                                f"{x:.2f}×", x <= 1.2))
         return out
 
 

@@ -199,7 +199,8 @@ def mode_syscalls(r, a):
 SYSCALL_EVENTS = ["raw_syscalls:sys_enter", "syscalls:sys_enter_recvfrom",
                   "syscalls:sys_enter_sendmsg", "syscalls:sys_enter_writev",
                   "syscalls:sys_enter_write", "syscalls:sys_enter_futex",
-                  "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_ctl"]
+                  "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_ctl",
+                  "context-switches"]
 
 
 def mode_sysrate(r, a):

@@ -36,6 +36,8 @@ constexpr size_t kReadChunk = 16 * 1024;
 constexpr size_t kInitialBuffer = 4096;
 constexpr size_t kMaxLingerBytes = 1024 * 1024;
 constexpr std::chrono::milliseconds kMaxLinger{2000};
+// The refusal detail of a client that left while sent `100 Continue`: not counted as refused.
+constexpr const char kClientGone[] = "client gone";
 constexpr size_t kKeepCapacity = 64 * 1024;  // larger per-request buffers are released
 
 bool isTchar(unsigned char c) {
@@ -192,10 +194,25 @@ void FrontConnection::onWritable(evutil_socket_t, short, void* arg) {
 }
 
 void FrontConnection::onTimer(evutil_socket_t, short, void* arg) {
-  // Idle keep-alive over, whole-request deadline passed, answer not taken in time, or the
-  // lingering close is over: in each case the connection is given up without an answer.
   auto* self = static_cast<FrontConnection*>(arg);
   auto keep = self->self_;
+  const Phase phase = self->phase_;
+  if ((phase == Phase::Head || phase == Phase::Body) && self->server_ != nullptr &&
+      self->out_off_ == self->out_.size()) {
+    // The whole-request deadline passed with a request begun: a 408 tells the client that
+    // nothing was done with it (it never reached the proxy's core), so it may retry. Written
+    // only if it goes out at once: a client that does not read is not given more time.
+    self->server_->refused(FrontRefusal::Timeout);
+    self->answerProblem(Problem::RequestTimeout,
+                        "the request was not received within server.client_timeout");
+    if (self->fd_ >= 0 && self->out_off_ < self->out_.size()) self->closeNow();
+    return;
+  }
+  if ((phase == Phase::Writing || phase == Phase::Streaming) && self->server_ != nullptr) {
+    self->server_->refused(FrontRefusal::AnswerTimeout);
+  }
+  // Idle keep-alive over, answer not taken in time, or the lingering close is over: the
+  // connection is given up.
   self->closeNow();
 }
 
@@ -337,6 +354,7 @@ FrontConnection::Parse FrontConnection::parse() {
     size_t avail = end_ - parse_;
     if (!head_done_) {
       if (parse_ >= lim.max_head) {
+        server_->refused(FrontRefusal::Malformed);
         answerProblem(Problem::BadRequest, "request head too large");
         return Parse::Refused;
       }
@@ -346,6 +364,10 @@ FrontConnection::Parse FrontConnection::parse() {
     parse_ += n;
     const auto err = HTTP_PARSER_ERRNO(&parser_);
     if (err != HPE_OK && err != HPE_PAUSED) {
+      if (refusal_detail_ != kClientGone) {
+        server_->refused(refusal_ == Problem::RequestTooLarge ? FrontRefusal::TooLarge
+                                                              : FrontRefusal::Malformed);
+      }
       answerProblem(refusal_,
                     refusal_detail_ != nullptr ? refusal_detail_ : http_errno_description(err));
       return Parse::Refused;
@@ -353,6 +375,7 @@ FrontConnection::Parse FrontConnection::parse() {
     if (head_done_) {
       if ((parser_.flags & F_CHUNKED) != 0 &&
           discarded_ + parse_ - frame_mark_ > lim.max_chunk_line) {
+        server_->refused(FrontRefusal::Malformed);
         answerProblem(Problem::BadRequest, "chunk framing line too long");
         return Parse::Refused;
       }
@@ -508,7 +531,7 @@ int FrontConnection::checkHead() {
   frame_mark_ = keep_end_;
   if (!expect.empty() && iequals(expect, "100-continue") && !http10_ && (declared > 0 || chunked)) {
     static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-    if (!send(kContinue, {})) return refuse(Problem::BadRequest, "client gone");
+    if (!send(kContinue, {})) return refuse(Problem::BadRequest, kClientGone);
     if (out_off_ < out_.size()) wantWrite(true);
   }
   body_.reserve(declared);

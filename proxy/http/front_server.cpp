@@ -15,6 +15,21 @@
 #include "http/connection.h"
 
 namespace idem {
+
+std::string_view toString(FrontRefusal r) {
+  switch (r) {
+    case FrontRefusal::Malformed:
+      return "malformed";
+    case FrontRefusal::TooLarge:
+      return "too_large";
+    case FrontRefusal::Timeout:
+      return "timeout";
+    case FrontRefusal::AnswerTimeout:
+      return "answer_timeout";
+  }
+  return "malformed";
+}
+
 namespace {
 
 constexpr int kAcceptsPerWakeup = 32;
@@ -88,6 +103,7 @@ void FrontServer::onAccept(evutil_socket_t fd, short, void* arg) {
     if (self->first_ != nullptr) self->first_->prev_ = conn.get();
     self->first_ = conn.get();
     ++self->open_;
+    if (self->counters_.connections) self->counters_.connections(1);
     conn->start();
   }
 }
@@ -136,6 +152,7 @@ void FrontServer::connectionClosed(FrontConnection* conn) {
   if (conn->next_ != nullptr) conn->next_->prev_ = conn->prev_;
   conn->prev_ = conn->next_ = nullptr;
   --open_;
+  if (counters_.connections) counters_.connections(-1);
 }
 
 std::string_view FrontServer::httpDate() {

@@ -53,6 +53,21 @@ struct FrontLimits {
   ErrorBodyPtr error_body;
 };
 
+// Requests the server answers or drops itself, before any handler sees them.
+enum class FrontRefusal {
+  Malformed,      // 400 bad-request: faulty framing, the head or field limits
+  TooLarge,       // 413 request-too-large
+  Timeout,        // 408 request-timeout: started but not received within client_timeout
+  AnswerTimeout,  // the client did not take its answer within client_timeout: closed
+};
+std::string_view toString(FrontRefusal r);
+
+// What the server counts for the metrics (called on the loop thread; keep them cheap).
+struct FrontCounters {
+  std::function<void(FrontRefusal)> refused;
+  std::function<void(int delta)> connections;  // +1 accepted, -1 closed
+};
+
 class FrontConnection;
 
 class FrontServer {
@@ -78,6 +93,8 @@ class FrontServer {
   // A reload: requests whose head is read from now on get the new limit.
   void setMaxRequestBody(uint64_t bytes) { limits_.max_request_body = bytes; }
   void setErrorBody(ErrorBodyPtr body) { limits_.error_body = std::move(body); }
+  // Before the loop runs: where refusals and connection counts go.
+  void setCounters(FrontCounters counters) { counters_ = std::move(counters); }
   // Connections open now (idle, reading, waiting for their answer or writing it).
   size_t openConnections() const { return open_; }
   // Times accept() failed for want of descriptors or memory and the server backed off.
@@ -88,6 +105,9 @@ class FrontServer {
   event_base* base() const { return base_; }
   void dispatch(std::unique_ptr<Downstream> request);
   void connectionClosed(FrontConnection* conn);
+  void refused(FrontRefusal why) {
+    if (counters_.refused) counters_.refused(why);
+  }
   // "Sun, 06 Nov 1994 08:49:37 GMT", formatted at most once per second.
   std::string_view httpDate();
 
@@ -101,6 +121,7 @@ class FrontServer {
   FrontLimits limits_;
   Handler on_request_;
   EventSink on_event_;
+  FrontCounters counters_;
   EventPtr accept_event_;
   EventPtr backoff_timer_;
   bool accepting_ = true;

@@ -57,6 +57,8 @@ bool Worker::init(int listenFd, std::string& error) {
     error = e.what();
     return false;
   }
+  front_->setCounters({[this](FrontRefusal why) { proxy_.observer().frontRefused(toString(why)); },
+                       [this](int delta) { proxy_.observer().frontConnections(delta); }});
   accepting_ = true;
   rebuildUpstreams();
   return true;

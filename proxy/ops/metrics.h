@@ -189,6 +189,15 @@ inline constexpr std::string_view kReconcileTotalHelp =
     "Reconcile lookups of uncertain outcomes, by route and result (found, not_found, other, "
     "failed, skipped).";
 
+inline constexpr std::string_view kFrontRefusals = "idemproxy_front_refusals_total";
+inline constexpr std::string_view kFrontRefusalsHelp =
+    "Requests the HTTP server answered or dropped itself before routing, by reason: malformed "
+    "(400), too_large (413), timeout (408: not received within client_timeout), answer_timeout "
+    "(the client did not take its answer in time; closed).";
+inline constexpr std::string_view kFrontConnections = "idemproxy_front_connections";
+inline constexpr std::string_view kFrontConnectionsHelp =
+    "Client connections open on the data port (idle, reading, waiting or writing).";
+
 // 0.5ms … 60s: payment backends are slow; a few buckets below 1ms show local hops.
 std::vector<double> latencyBuckets();
 // 50µs … ~13s: an fsync on a good disk is well under 1ms, on a bad one tens of ms.

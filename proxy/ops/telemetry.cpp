@@ -1,5 +1,7 @@
 #include "ops/telemetry.h"
 
+#include <iterator>
+
 #include "base/digest.h"
 #include "base/log.h"
 
@@ -9,7 +11,9 @@ namespace {
 constexpr Outcome kAllOutcomes[] = {Outcome::Forwarded, Outcome::Replayed, Outcome::Conflict,
                                     Outcome::Mismatch,  Outcome::Invalid,  Outcome::Passthrough,
                                     Outcome::Released,  Outcome::Error};
-}
+constexpr std::string_view kFrontRefusalReasons[] = {"malformed", "too_large", "timeout",
+                                                     "answer_timeout"};
+}  // namespace
 
 Telemetry::Telemetry(MetricsRegistry& metrics)
     : metrics_(metrics),
@@ -18,8 +22,27 @@ Telemetry::Telemetry(MetricsRegistry& metrics)
       woken_notify_(
           metrics.counter(metric::kWaitWakeups, metric::kWaitWakeupsHelp, {{"by", "notify"}})),
       woken_poll_(
-          metrics.counter(metric::kWaitWakeups, metric::kWaitWakeupsHelp, {{"by", "poll"}})) {
+          metrics.counter(metric::kWaitWakeups, metric::kWaitWakeupsHelp, {{"by", "poll"}})),
+      front_connections_(metrics.gauge(metric::kFrontConnections, metric::kFrontConnectionsHelp)) {
+  static_assert(std::size(kFrontRefusalReasons) == std::tuple_size_v<decltype(refusals_)>);
+  for (size_t i = 0; i < refusals_.size(); ++i) {
+    refusals_[i] = &metrics.counter(metric::kFrontRefusals, metric::kFrontRefusalsHelp,
+                                    {{"reason", std::string(kFrontRefusalReasons[i])}});
+  }
   table_.store(std::make_shared<const Table>());
+}
+
+void Telemetry::frontRefused(std::string_view reason) {
+  for (size_t i = 0; i < refusals_.size(); ++i) {
+    if (kFrontRefusalReasons[i] == reason) {
+      refusals_[i]->inc();
+      return;
+    }
+  }
+}
+
+void Telemetry::frontConnections(int delta) {
+  front_connections_.add(delta);
 }
 
 std::array<Counter*, Telemetry::kOutcomes> Telemetry::routeCounters(const std::string& route) {

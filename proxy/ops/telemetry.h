@@ -29,6 +29,8 @@ class Telemetry final : public ProxyObserver {
   // idemproxy_reconcile_total{route,result}; reconciles are rare, so the series is looked up
   // in the registry each time.
   void reconcileDone(std::string_view route, std::string_view result) override;
+  void frontRefused(std::string_view reason) override;
+  void frontConnections(int delta) override;
 
  private:
   static constexpr size_t kOutcomes = 8;
@@ -44,6 +46,9 @@ class Telemetry final : public ProxyObserver {
   Counter& woken_owner_;
   Counter& woken_notify_;
   Counter& woken_poll_;
+  // idemproxy_front_refusals_total by reason, in kFrontRefusalReasons' order.
+  std::array<Counter*, 4> refusals_{};
+  Gauge& front_connections_;
 };
 
 }  // namespace idem

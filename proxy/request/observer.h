@@ -51,6 +51,11 @@ class ProxyObserver {
     (void)route;
     (void)result;
   }
+  // The HTTP server answered or dropped a request itself: `reason` is malformed, too_large,
+  // timeout or answer_timeout (http/front_server.h FrontRefusal).
+  virtual void frontRefused(std::string_view /*reason*/) {}
+  // Client connections opened (+1) or closed (-1).
+  virtual void frontConnections(int /*delta*/) {}
 };
 
 }  // namespace idem

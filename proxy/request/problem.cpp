@@ -25,6 +25,8 @@ ProblemInfo info(Problem p) {
       return {404, "no-route", "No route matches this request"};
     case Problem::KeyInUse:
       return {409, "idempotency-key-in-use", "A request with this key is still in progress"};
+    case Problem::RequestTimeout:
+      return {408, "request-timeout", "The request was not received in time"};
     case Problem::RequestTooLarge:
       return {413, "request-too-large", "Request body is too large"};
     case Problem::KeyMismatch:

@@ -14,6 +14,7 @@ enum class Problem {
   ScopeMissing,           // 400 idempotency-scope-missing
   NoRoute,                // 404 no-route
   KeyInUse,               // 409 idempotency-key-in-use
+  RequestTimeout,         // 408 request-timeout (the request was not received in time)
   RequestTooLarge,        // 413 request-too-large
   KeyMismatch,            // 422 idempotency-key-mismatch
   UpstreamUnavailable,    // 502 upstream-unavailable

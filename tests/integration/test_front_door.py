@@ -13,7 +13,8 @@ import threading
 import time
 import unittest
 
-from harness import ProxyTestCase, poll_until, request, requires_proxy
+from harness import ProxyTestCase, build_request, poll_until, request, requires_proxy
+from test_operations import parse_prometheus, value
 
 def exchange(port, data, timeout=5.0, drip=None):
     """Sends `data` (all at once, or one byte every `drip` seconds) and reads until the server
@@ -201,6 +202,60 @@ class FrontDoorTest(ProxyTestCase):
         self.assertTrue(closed, "a client sending a byte every 200 ms keeps its connection")
         self.assertLess(spent, 3)
         self.assertEqual(self.up.count(), 0)
+        # It is told why (408: nothing was done with the request, it may retry).
+        rs = responses(out)
+        self.assertEqual([r[0] for r in rs], [408], out)
+        self.assertEqual(json.loads(rs[0][2])["type"], "urn:idemproxy:problem:request-timeout")
+        self.assertEqual(rs[0][1].get("connection"), "close", out)
+
+    def test_an_idle_connection_is_closed_without_an_answer(self):
+        proxy = self.start_proxy(server={"client_timeout": "1s"})
+        out, closed, spent = exchange(proxy.port, b"", timeout=6)
+        self.assertTrue(closed)
+        self.assertEqual(out, b"", "an idle keep-alive close is not a refusal")
+
+    def test_refusals_are_counted_by_reason_and_open_connections_are_a_gauge(self):
+        proxy = self.start_proxy(admin_port=0, server={"client_timeout": "1s",
+                                                       "max_request_body": "1KiB"})
+
+        def scrape():
+            return parse_prometheus(request(proxy.admin_port, "GET", "/metrics").body.decode())
+
+        types, s = scrape()
+        self.assertEqual(types.get("idemproxy_front_refusals_total"), "counter")
+        self.assertEqual(types.get("idemproxy_front_connections"), "gauge")
+        reasons = ("malformed", "too_large", "timeout", "answer_timeout")
+        for reason in reasons:
+            self.assertEqual(value(s, "idemproxy_front_refusals_total", reason=reason), 0, reason)
+
+        exchange(proxy.port, post(b"Content-Length: 2\r\nContent-Length: 2\r\n", b"{}"))
+        exchange(proxy.port, post(b"Content-Length: 5000\r\n"))
+        out, _, _ = exchange(proxy.port, post(b"Content-Length: 10\r\n", b"{"), timeout=6)
+        self.assertEqual(responses(out)[0][0], 408, out)
+        # A client that never reads its (endless, pass-through) answer is cut off.
+        self.up.script(queue=[{"endless": True}])
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as c:
+            c.sendall(build_request("GET", "/v1/plain/stream",
+                                    [("Authorization", "Bearer tenant-a")], b"",
+                                    host="127.0.0.1:%d" % proxy.port))
+            self.assertTrue(poll_until(lambda: value(
+                scrape()[1], "idemproxy_front_refusals_total", reason="answer_timeout") == 1, 10))
+        s = scrape()[1]
+        self.assertEqual([value(s, "idemproxy_front_refusals_total", reason=r) for r in reasons],
+                         [1, 1, 1, 1])
+        self.assertEqual(self.up.count(), 1)  # only the pass-through request reached it
+
+        # Connections: open ones are counted, closed ones leave the gauge.
+        self.assertTrue(poll_until(
+            lambda: value(scrape()[1], "idemproxy_front_connections") == 0, 10))
+        a = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        b = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        self.assertTrue(poll_until(
+            lambda: value(scrape()[1], "idemproxy_front_connections") == 2, 10))
+        a.close()
+        b.close()
+        self.assertTrue(poll_until(
+            lambda: value(scrape()[1], "idemproxy_front_connections") == 0, 10))
 
     def test_endless_chunk_size_line_is_refused_without_buffering(self):
         pid = self.proxy.proc.pid

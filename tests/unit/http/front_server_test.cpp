@@ -162,6 +162,8 @@ class FrontServerTest : public ::testing::Test {
           events_.push_back(std::string(name) + ": " + std::string(detail));
           cv_.notify_all();
         });
+    server_->setCounters({[this](FrontRefusal why) { refusals_.push_back(why); },  // loop thread
+                          [this](int delta) { connections_ += delta; }});
     loop_ = std::thread([this] { event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY); });
   }
 
@@ -228,6 +230,13 @@ class FrontServerTest : public ::testing::Test {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::string> events_;
+  std::vector<FrontRefusal> refusals_;  // loop thread
+  int connections_ = 0;                 // loop thread
+  std::vector<FrontRefusal> refusals() {
+    std::vector<FrontRefusal> out;
+    onLoop([&] { out = refusals_; });
+    return out;
+  }
 };
 
 const std::string kSmuggled =
@@ -245,9 +254,9 @@ void PrintTo(const Refusal& r, std::ostream* os) {
   *os << r.name;
 }
 
-class FrontRefusal : public FrontServerTest, public ::testing::WithParamInterface<Refusal> {};
+class FrontRefusalTest : public FrontServerTest, public ::testing::WithParamInterface<Refusal> {};
 
-TEST_P(FrontRefusal, AnswersOneProblemAndCloses) {
+TEST_P(FrontRefusalTest, AnswersOneProblemAndCloses) {
   FrontLimits limits;
   limits.max_request_body = 1024;
   start(limits);
@@ -264,6 +273,10 @@ TEST_P(FrontRefusal, AnswersOneProblemAndCloses) {
             std::string::npos)
       << rs[0].body;
   EXPECT_EQ(requests_, 0);
+  // Counted once, by kind.
+  EXPECT_EQ(refusals(),
+            std::vector<FrontRefusal>{GetParam().status == 413 ? FrontRefusal::TooLarge
+                                                               : FrontRefusal::Malformed});
 }
 
 std::string post(std::string_view fields, std::string_view body = "") {
@@ -272,7 +285,7 @@ std::string post(std::string_view fields, std::string_view body = "") {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Framing, FrontRefusal,
+    Framing, FrontRefusalTest,
     ::testing::Values(
         Refusal{"TeXchunked", post("Transfer-Encoding: xchunked\r\n") + kSmuggled},
         Refusal{"TeIdentity", post("Transfer-Encoding: identity\r\n") + kSmuggled},
@@ -535,6 +548,24 @@ TEST_F(FrontServerTest, SlowlorisIsCutOffAtTheWholeRequestDeadline) {
   EXPECT_GE(spent, 250ms);
   EXPECT_LT(spent, 1500ms);
   EXPECT_EQ(requests_, 0);
+  // Told why before the close: 408, the request was not taken.
+  auto rs = splitResponses(c->data());
+  ASSERT_EQ(rs.size(), 1u) << c->data();
+  EXPECT_EQ(rs[0].status, 408);
+  EXPECT_NE(rs[0].body.find("request-timeout"), std::string::npos) << rs[0].body;
+  EXPECT_NE(rs[0].head.find("Connection: close\r\n"), std::string::npos);
+  EXPECT_EQ(refusals(), std::vector<FrontRefusal>{FrontRefusal::Timeout});
+}
+
+TEST_F(FrontServerTest, ConnectionsAreCountedOpenAndClosed) {
+  start();
+  auto a = connect();
+  auto b = connect();
+  EXPECT_TRUE(until([&] { return connections_ == 2; }));
+  a->closeNow();
+  EXPECT_TRUE(until([&] { return connections_ == 1; }));
+  b->closeNow();
+  EXPECT_TRUE(until([&] { return connections_ == 0; }));
 }
 
 TEST_F(FrontServerTest, IdleKeepAliveConnectionIsClosed) {
@@ -548,6 +579,8 @@ TEST_F(FrontServerTest, IdleKeepAliveConnectionIsClosed) {
   c->readAll(3s);
   EXPECT_TRUE(c->eof());
   EXPECT_LT(SteadyClock::now() - t0, 1500ms);
+  EXPECT_EQ(c->data(), "") << "an idle keep-alive connection is closed without an answer";
+  EXPECT_TRUE(refusals().empty());
 }
 
 TEST_F(FrontServerTest, EndlessChunkSizeLineIsRefusedWithoutBufferingIt) {

@@ -186,6 +186,7 @@ TEST(Problem, EveryStatusMatchesTheSpecTable) {
   EXPECT_EQ(problemStatus(Problem::KeyInvalid), 400);
   EXPECT_EQ(problemStatus(Problem::NoRoute), 404);
   EXPECT_EQ(problemStatus(Problem::KeyInUse), 409);
+  EXPECT_EQ(problemStatus(Problem::RequestTimeout), 408);
   EXPECT_EQ(problemStatus(Problem::RequestTooLarge), 413);
   EXPECT_EQ(problemStatus(Problem::KeyMismatch), 422);
   EXPECT_EQ(problemStatus(Problem::UpstreamUnavailable), 502);
