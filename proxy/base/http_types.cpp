@@ -16,10 +16,6 @@ bool isHttpToken(std::string_view s) {
   return true;
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
-}
-
 namespace {
 
 int hexValue(char c) {

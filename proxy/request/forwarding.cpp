@@ -28,18 +28,23 @@ RequestTarget splitTarget(std::string_view target) {
 
 Headers forwardedFields(FunctionRef<void(FieldVisitor)> forEachField, std::string_view peer,
                         bool trusted) {
-  Headers endToEnd;
-  forEachField([&](std::string_view name, std::string_view value) {
-    endToEnd.push_back({std::string(name), std::string(value)});
-  });
-  removeHopByHopFields(endToEnd);
+  // One vector, filtered in place, with room for the three fields added below: the fields are
+  // copied out of the client's buffer once, and the vector is not regrown.
   Headers out;
-  out.reserve(endToEnd.size() + 3);
+  size_t count = 0;
+  forEachField([&](std::string_view, std::string_view) { ++count; });
+  out.reserve(count + 3);
+  forEachField([&](std::string_view name, std::string_view value) {
+    out.push_back({std::string(name), std::string(value)});
+  });
+  removeHopByHopFields(out);
   std::string forwardedFor;
   std::string host;
   bool hasProto = false;  // set by a trusted proxy in front of us (e.g. a TLS terminator): kept
   bool hasHost = false;
-  for (auto& h : endToEnd) {
+  size_t kept = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    Header& h = out[i];
     if (iequals(h.name, "Content-Length") || iequals(h.name, "Expect")) continue;
     const bool proto = iequals(h.name, "X-Forwarded-Proto");
     const bool fhost = iequals(h.name, "X-Forwarded-Host");
@@ -51,8 +56,10 @@ Headers forwardedFields(FunctionRef<void(FieldVisitor)> forEachField, std::strin
       continue;
     }
     if (iequals(h.name, "Host")) host = h.value;
-    out.push_back(std::move(h));
+    if (kept != i) out[kept] = std::move(h);
+    ++kept;
   }
+  out.resize(kept);
   if (!peer.empty()) {
     if (!forwardedFor.empty()) forwardedFor += ", ";
     forwardedFor += peer;

@@ -5,6 +5,7 @@
 
 #include <charconv>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <vector>
@@ -149,7 +150,15 @@ void removeHopByHopFields(Headers& headers) {
   }
   // The views above point into Connection values, which are themselves removed: decide for
   // every field first, then compact.
-  std::vector<bool> drop(headers.size());
+  // On the stack for the usual field counts (this runs twice per forwarded request).
+  constexpr size_t kOnStack = 64;
+  bool dropSmall[kOnStack];
+  std::unique_ptr<bool[]> dropLarge;
+  bool* drop = dropSmall;
+  if (headers.size() > kOnStack) {
+    dropLarge = std::make_unique<bool[]>(headers.size());
+    drop = dropLarge.get();
+  }
   for (size_t i = 0; i < headers.size(); ++i) {
     const std::string& name = headers[i].name;
     bool hop = isHopByHop(name);

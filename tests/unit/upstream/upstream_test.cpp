@@ -597,6 +597,24 @@ TEST(HopByHop, NamesAreCaseInsensitive) {
   }
 }
 
+TEST(HopByHop, ManyFieldsKeepTheirOrderWhateverTheirNumber) {
+  // Up to 64 fields the decisions are kept on the stack, past that on the heap: both give the
+  // same result.
+  for (size_t n : {size_t{3}, size_t{64}, size_t{65}, size_t{500}}) {
+    Headers h;
+    Headers want;
+    h.push_back({"Connection", "X-Drop"});
+    for (size_t i = 0; i < n; ++i) {
+      const Header f{i % 3 == 0 ? "X-Drop" : "X-Keep-" + std::to_string(i), std::to_string(i)};
+      h.push_back(f);
+      if (i % 3 != 0) want.push_back(f);
+    }
+    h.push_back({"Keep-Alive", "timeout=5"});
+    removeHopByHopFields(h);
+    EXPECT_EQ(h, want) << n << " fields";
+  }
+}
+
 TEST(HopByHop, RemovesFieldsNamedInConnection) {
   Headers h = {{"A", "1"},     {"connection", " x-one ,X-Two,, "},
                {"X-One", "s"}, {"B", "2"},
