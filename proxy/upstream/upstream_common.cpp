@@ -42,22 +42,8 @@ void appendHeaderLine(Headers& headers, std::string_view line) {
   }
 }
 
-namespace {
-
-// RFC 9110 tchar.
-bool isTokenChar(char c) {
-  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
-  return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != '\0';
-}
-
-}  // namespace
-
 bool isToken(std::string_view s) {
-  if (s.empty()) return false;
-  for (char c : s) {
-    if (!isTokenChar(c)) return false;
-  }
-  return true;
+  return isHttpToken(s);  // RFC 9110 token, one definition for the whole proxy
 }
 
 bool isSafeFieldValue(std::string_view v) {
