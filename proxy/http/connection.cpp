@@ -36,7 +36,7 @@ constexpr size_t kReadChunk = 16 * 1024;
 constexpr size_t kInitialBuffer = 4096;
 constexpr size_t kMaxLingerBytes = 1024 * 1024;
 constexpr std::chrono::milliseconds kMaxLinger{2000};
-// The refusal detail of a client that left while sent `100 Continue`: not counted as refused.
+// The refusal detail of a client that left while sent `100 Continue`: it is closed, not answered.
 constexpr const char kClientGone[] = "client gone";
 constexpr size_t kKeepCapacity = 64 * 1024;  // larger per-request buffers are released
 
@@ -202,7 +202,6 @@ void FrontConnection::onTimer(evutil_socket_t, short, void* arg) {
     // The whole-request deadline passed with a request begun: a 408 tells the client that
     // nothing was done with it (it never reached the proxy's core), so it may retry. Written
     // only if it goes out at once: a client that does not read is not given more time.
-    self->server_->refused(FrontRefusal::Timeout);
     self->answerProblem(Problem::RequestTimeout,
                         "the request was not received within server.client_timeout");
     if (self->fd_ >= 0 && self->out_off_ < self->out_.size()) self->closeNow();
@@ -354,7 +353,6 @@ FrontConnection::Parse FrontConnection::parse() {
     size_t avail = end_ - parse_;
     if (!head_done_) {
       if (parse_ >= lim.max_head) {
-        server_->refused(FrontRefusal::Malformed);
         answerProblem(Problem::BadRequest, "request head too large");
         return Parse::Refused;
       }
@@ -364,9 +362,9 @@ FrontConnection::Parse FrontConnection::parse() {
     parse_ += n;
     const auto err = HTTP_PARSER_ERRNO(&parser_);
     if (err != HPE_OK && err != HPE_PAUSED) {
-      if (refusal_detail_ != kClientGone) {
-        server_->refused(refusal_ == Problem::RequestTooLarge ? FrontRefusal::TooLarge
-                                                              : FrontRefusal::Malformed);
+      if (refusal_detail_ == kClientGone) {  // nobody to answer, and not a refusal
+        closeNow();
+        return Parse::Refused;
       }
       answerProblem(refusal_,
                     refusal_detail_ != nullptr ? refusal_detail_ : http_errno_description(err));
@@ -375,7 +373,6 @@ FrontConnection::Parse FrontConnection::parse() {
     if (head_done_) {
       if ((parser_.flags & F_CHUNKED) != 0 &&
           discarded_ + parse_ - frame_mark_ > lim.max_chunk_line) {
-        server_->refused(FrontRefusal::Malformed);
         answerProblem(Problem::BadRequest, "chunk framing line too long");
         return Parse::Refused;
       }
@@ -739,6 +736,10 @@ void FrontConnection::lingerClose() {
 }
 
 void FrontConnection::answerProblem(Problem p, std::string_view detail) {
+  // Every answer the server writes itself is a refusal; counted here, once.
+  server_->refused(p == Problem::RequestTooLarge  ? FrontRefusal::TooLarge
+                   : p == Problem::RequestTimeout ? FrontRefusal::Timeout
+                                                  : FrontRefusal::Malformed);
   const HttpAnswer a = problemAnswer(p, detail, server_->limits().error_body.get());
   startHead(a.status);
   for (const Header& h : a.headers) putField(h.name, h.value);

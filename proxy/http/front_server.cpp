@@ -16,20 +16,6 @@
 
 namespace idem {
 
-std::string_view toString(FrontRefusal r) {
-  switch (r) {
-    case FrontRefusal::Malformed:
-      return "malformed";
-    case FrontRefusal::TooLarge:
-      return "too_large";
-    case FrontRefusal::Timeout:
-      return "timeout";
-    case FrontRefusal::AnswerTimeout:
-      return "answer_timeout";
-  }
-  return "malformed";
-}
-
 namespace {
 
 constexpr int kAcceptsPerWakeup = 32;

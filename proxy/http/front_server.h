@@ -28,6 +28,7 @@
 #include "base/c_handles.h"
 #include "config/config.h"
 #include "request/downstream.h"
+#include "request/observer.h"
 
 namespace idem {
 
@@ -52,15 +53,6 @@ struct FrontLimits {
   // The shape of the server's own refusals (server.error_body); absent: problem+json.
   ErrorBodyPtr error_body;
 };
-
-// Requests the server answers or drops itself, before any handler sees them.
-enum class FrontRefusal {
-  Malformed,      // 400 bad-request: faulty framing, the head or field limits
-  TooLarge,       // 413 request-too-large
-  Timeout,        // 408 request-timeout: started but not received within client_timeout
-  AnswerTimeout,  // the client did not take its answer within client_timeout: closed
-};
-std::string_view toString(FrontRefusal r);
 
 // What the server counts for the metrics (called on the loop thread; keep them cheap).
 struct FrontCounters {

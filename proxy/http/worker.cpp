@@ -57,7 +57,7 @@ bool Worker::init(int listenFd, std::string& error) {
     error = e.what();
     return false;
   }
-  front_->setCounters({[this](FrontRefusal why) { proxy_.observer().frontRefused(toString(why)); },
+  front_->setCounters({[this](FrontRefusal why) { proxy_.observer().frontRefused(why); },
                        [this](int delta) { proxy_.observer().frontConnections(delta); }});
   accepting_ = true;
   rebuildUpstreams();

@@ -11,8 +11,8 @@ namespace {
 constexpr Outcome kAllOutcomes[] = {Outcome::Forwarded, Outcome::Replayed, Outcome::Conflict,
                                     Outcome::Mismatch,  Outcome::Invalid,  Outcome::Passthrough,
                                     Outcome::Released,  Outcome::Error};
-constexpr std::string_view kFrontRefusalReasons[] = {"malformed", "too_large", "timeout",
-                                                     "answer_timeout"};
+constexpr FrontRefusal kAllFrontRefusals[] = {FrontRefusal::Malformed, FrontRefusal::TooLarge,
+                                              FrontRefusal::Timeout, FrontRefusal::AnswerTimeout};
 }  // namespace
 
 Telemetry::Telemetry(MetricsRegistry& metrics)
@@ -24,21 +24,16 @@ Telemetry::Telemetry(MetricsRegistry& metrics)
       woken_poll_(
           metrics.counter(metric::kWaitWakeups, metric::kWaitWakeupsHelp, {{"by", "poll"}})),
       front_connections_(metrics.gauge(metric::kFrontConnections, metric::kFrontConnectionsHelp)) {
-  static_assert(std::size(kFrontRefusalReasons) == std::tuple_size_v<decltype(refusals_)>);
-  for (size_t i = 0; i < refusals_.size(); ++i) {
-    refusals_[i] = &metrics.counter(metric::kFrontRefusals, metric::kFrontRefusalsHelp,
-                                    {{"reason", std::string(kFrontRefusalReasons[i])}});
+  static_assert(std::size(kAllFrontRefusals) == std::tuple_size_v<decltype(refusals_)>);
+  for (FrontRefusal r : kAllFrontRefusals) {
+    refusals_[static_cast<size_t>(r)] = &metrics.counter(
+        metric::kFrontRefusals, metric::kFrontRefusalsHelp, {{"reason", toString(r)}});
   }
   table_.store(std::make_shared<const Table>());
 }
 
-void Telemetry::frontRefused(std::string_view reason) {
-  for (size_t i = 0; i < refusals_.size(); ++i) {
-    if (kFrontRefusalReasons[i] == reason) {
-      refusals_[i]->inc();
-      return;
-    }
-  }
+void Telemetry::frontRefused(FrontRefusal why) {
+  refusals_[static_cast<size_t>(why)]->inc();
 }
 
 void Telemetry::frontConnections(int delta) {

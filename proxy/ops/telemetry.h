@@ -29,7 +29,7 @@ class Telemetry final : public ProxyObserver {
   // idemproxy_reconcile_total{route,result}; reconciles are rare, so the series is looked up
   // in the registry each time.
   void reconcileDone(std::string_view route, std::string_view result) override;
-  void frontRefused(std::string_view reason) override;
+  void frontRefused(FrontRefusal why) override;
   void frontConnections(int delta) override;
 
  private:
@@ -46,7 +46,7 @@ class Telemetry final : public ProxyObserver {
   Counter& woken_owner_;
   Counter& woken_notify_;
   Counter& woken_poll_;
-  // idemproxy_front_refusals_total by reason, in kFrontRefusalReasons' order.
+  // idemproxy_front_refusals_total, indexed by FrontRefusal.
   std::array<Counter*, 4> refusals_{};
   Gauge& front_connections_;
 };

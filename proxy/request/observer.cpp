@@ -24,4 +24,18 @@ const char* toString(Outcome o) {
   return "error";
 }
 
+const char* toString(FrontRefusal r) {
+  switch (r) {
+    case FrontRefusal::Malformed:
+      return "malformed";
+    case FrontRefusal::TooLarge:
+      return "too_large";
+    case FrontRefusal::Timeout:
+      return "timeout";
+    case FrontRefusal::AnswerTimeout:
+      return "answer_timeout";
+  }
+  return "malformed";
+}
+
 }  // namespace idem

@@ -19,6 +19,16 @@ enum class Outcome {
 };
 const char* toString(Outcome o);
 
+// Requests the HTTP server answers or drops itself, before any handler sees them
+// (idemproxy_front_refusals_total's reason label).
+enum class FrontRefusal {
+  Malformed,      // 400 bad-request: faulty framing, the head or field limits
+  TooLarge,       // 413 request-too-large
+  Timeout,        // 408 request-timeout: started but not received within client_timeout
+  AnswerTimeout,  // the client did not take its answer within client_timeout: closed
+};
+const char* toString(FrontRefusal r);
+
 struct RequestReport {
   std::string_view route;  // "" when no route matched
   std::string_view method;
@@ -51,9 +61,8 @@ class ProxyObserver {
     (void)route;
     (void)result;
   }
-  // The HTTP server answered or dropped a request itself: `reason` is malformed, too_large,
-  // timeout or answer_timeout (http/front_server.h FrontRefusal).
-  virtual void frontRefused(std::string_view /*reason*/) {}
+  // The HTTP server answered or dropped a request itself.
+  virtual void frontRefused(FrontRefusal /*why*/) {}
   // Client connections opened (+1) or closed (-1).
   virtual void frontConnections(int /*delta*/) {}
 };
