@@ -35,7 +35,7 @@ PAY_PATH = "/pay/charges"
 PASS_PATH = "/pass/charges"
 
 NGINX_SCENARIOS = ["direct", "proxy_pass"]
-IDEM_SCENARIOS = ["passthrough", "new-full", "new-relaxed", "replay", "c1000", "pg-new",
+IDEM_SCENARIOS = ["passthrough", "new-full", "new-pages", "new-relaxed", "replay", "c1000", "pg-new",
                   "pg-replay", "redis-new", "redis-replay"]
 ALL = NGINX_SCENARIOS + IDEM_SCENARIOS + ["scale"]
 GROUPS = {"nginx": NGINX_SCENARIOS, "idemproxy": IDEM_SCENARIOS, "all": NGINX_SCENARIOS + IDEM_SCENARIOS}
@@ -45,6 +45,7 @@ TITLES = {
     "proxy_pass": "nginx proxy_pass (keepalive)",
     "passthrough": "idemproxy pass-through route",
     "new-full": "idemproxy new keys, durability full",
+    "new-pages": "idemproxy new keys, durability full, no write-ahead log (`wal: false`)",
     "new-relaxed": "idemproxy new keys, durability relaxed",
     "replay": "idemproxy replay",
     "pg-new": "idemproxy new keys, PostgreSQL",
@@ -54,7 +55,7 @@ TITLES = {
 }
 # Reference row for the ratio columns.
 REFERENCE = {"proxy_pass": "direct", "passthrough": "proxy_pass", "new-full": "proxy_pass",
-             "new-relaxed": "proxy_pass", "replay": "direct", "pg-new": "proxy_pass",
+             "new-relaxed": "proxy_pass", "new-pages": "proxy_pass", "replay": "direct", "pg-new": "proxy_pass",
              "pg-replay": "direct", "redis-new": "proxy_pass", "redis-replay": "direct"}
 
 
@@ -418,7 +419,7 @@ class Bench:
             raise Fail(f"nginx {name}: no worker process found")
         return Server(name, p, port, workers)
 
-    def start_idemproxy(self, tag, durability, max_size="4GiB", store_block=None):
+    def start_idemproxy(self, tag, durability, max_size="4GiB", store_block=None, wal=None):
         d = os.path.join(self.out, "idemproxy", tag)
         store = os.path.join(self.a.store_root, tag, "store")
         shutil.rmtree(os.path.dirname(store), ignore_errors=True)
@@ -427,8 +428,10 @@ class Bench:
         port, admin = self.a.port_base + 1, self.a.port_base + 1101
         conf = render("idemproxy.yaml.in", os.path.join(d, "idemproxy.yaml"),
                       dict(PORT=port, ADMIN_PORT=admin,
-                           STORE_BLOCK=store_block or '{path: "%s", max_size: %s, durability: %s}'
-                           % (store, max_size, durability), BACKEND_PORT=self.backend.port,
+                           STORE_BLOCK=store_block or '{path: "%s", max_size: %s, durability: %s%s}'
+                           % (store, max_size, durability,
+                              "" if wal is None else ", wal: %s" % str(wal).lower()),
+                           BACKEND_PORT=self.backend.port,
                            LOG_LEVEL=self.a.log_level))
         for pp in (port, admin):
             if port_open(pp):
@@ -631,9 +634,9 @@ class Bench:
         finally:
             self.stop(srv)
 
-    def sc_new(self, durability):
-        scenario = f"new-{durability}"
-        srv = self.start_idemproxy(scenario, durability)
+    def sc_new(self, durability, wal=None):
+        scenario = f"new-{durability}" if wal is None else "new-pages"
+        srv = self.start_idemproxy(scenario, durability, wal=wal)
         try:
             self.check_idempotent(srv, scenario)
             self.run_rows(scenario, srv, "newkeys.lua",
@@ -809,6 +812,7 @@ class Bench:
         if have_bin:
             steps += [("passthrough", self.sc_passthrough),
                       ("new-full", lambda: self.sc_new("full")),
+                      ("new-pages", lambda: self.sc_new("full", wal=False)),
                       ("new-relaxed", lambda: self.sc_new("relaxed"))]
             if "replay" in a.only or "c1000" in a.only:
                 steps.append(("replay", self.sc_replay))
@@ -862,7 +866,7 @@ class Bench:
         L.append("| scenario | conns | req/s | req/s × ref | p50 µs | p99 µs | +p50 µs vs direct "
                  "| proxy CPU µs/req | CPU × ref | backend CPU µs/req | peak RSS MiB | errors |")
         L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-        order = ["direct", "proxy_pass", "passthrough", "new-full", "new-relaxed", "replay", "pg-new",
+        order = ["direct", "proxy_pass", "passthrough", "new-full", "new-pages", "new-relaxed", "replay", "pg-new",
                  "pg-replay", "redis-new", "redis-replay"]
         conns_all = sorted({c for (_, c) in self.results})
         for sc in order:

@@ -387,6 +387,7 @@ grep -Eq '^payments +slow-1 +completed +201' "$work/keys1.out" ||
   fail "the in-flight answer was not recorded: $(cat "$work/keys1.out")"
 ct sh -ec "umask 077; mkdir /root/backup; cp $store/data.mdb /root/backup/
   mv $store/data.mdb $store/data.mdb.broken
+  for f in wal wal.lock; do [ ! -e $store/\$f ] || mv $store/\$f $store/\$f.broken; done
   rm -f $store/lock.mdb
   install -m 600 /root/backup/data.mdb $store/data.mdb
   chown --reference=$store $store/data.mdb"

@@ -47,6 +47,8 @@ std::vector<std::string> restartOnlyChanges(const Config& a, const Config& b) {
   if (a.store.path != b.store.path) out.push_back("store.path");
   if (a.store.max_size != b.store.max_size) out.push_back("store.max_size");
   if (a.store.durability != b.store.durability) out.push_back("store.durability");
+  if (a.store.wal != b.store.wal) out.push_back("store.wal");
+  if (a.store.wal_size != b.store.wal_size) out.push_back("store.wal_size");
   if (a.store.backend != b.store.backend) out.push_back("store.backend");
   if (a.store.postgres.url != b.store.postgres.url) out.push_back("store.postgres.url");
   if (a.store.postgres.connections != b.store.postgres.connections)
@@ -105,6 +107,8 @@ class Daemon {
       so.path = sc.path;
       so.max_size = sc.max_size;
       so.durability = sc.durability;
+      so.wal = sc.wal;
+      so.wal_size = sc.wal_size;
       store_ = openLmdbStore(so, SystemClock::instance(), error);
     }
     if (!store_) {

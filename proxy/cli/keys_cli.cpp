@@ -189,6 +189,8 @@ int cmdKeys(const CliOptions& o) {
     }
     so.max_size = cfg.store.max_size;
     so.durability = cfg.store.durability;
+    so.wal = cfg.store.wal;
+    so.wal_size = cfg.store.wal_size;
     so.read_only = o.keys != KeysCommand::Forget && o.keys != KeysCommand::Reconcile;
     store = openLmdbStore(so, SystemClock::instance(), error);
     if (!store) {

@@ -74,6 +74,9 @@ struct StoreConfig {
   std::string path = "/var/lib/idemproxy";
   uint64_t max_size = 1ull << 30;  // 1GiB
   Durability durability = Durability::Full;
+  // durability full: commit through a write-ahead log (DIR/wal) of wal_size bytes
+  bool wal = true;
+  uint64_t wal_size = 32ull << 20;
   Millis sweep_interval{30'000};
   PostgresStoreConfig postgres;
   RedisStoreConfig redis;

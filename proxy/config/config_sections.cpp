@@ -136,6 +136,17 @@ void Parser::parseStore(const Field& f, StoreConfig& out) {
               readEnum(k, out.durability,
                        {{"full", Durability::Full}, {"relaxed", Durability::Relaxed}});
             }},
+           {"wal", [&](const Field& k) { readBool(k, out.wal); }},
+           {"wal_size",
+            [&](const Field& k) {
+              uint64_t size = 0;
+              readSize(k, size);
+              if (size != 0 && size < (64u << 10)) {
+                error(k, "must be at least 64KiB (the log between two checkpoints)");
+                return;
+              }
+              if (size != 0) out.wal_size = size;
+            }},
            {"sweep_interval", [&](const Field& k) { readDuration(k, out.sweep_interval, false); }},
            {"postgres", [&](const Field& k) { parsePostgres(k, out.postgres); }},
            {"redis", [&](const Field& k) { parseRedis(k, out.redis); }},

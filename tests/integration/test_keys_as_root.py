@@ -39,6 +39,11 @@ class KeysAsRootTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1, r.stderr)  # "not found"
         self.assertIn("not found", r.stdout)
 
+    FILES = ("data.mdb", "lock.mdb", "wal", "wal.lock")  # wal*: the write-ahead log (store.wal)
+
+    def owned_by(self, uid, gid):
+        return {name: (uid, gid) for name in self.FILES}
+
     def owners(self):
         return {name: (os.stat(os.path.join(self.store, name)).st_uid,
                        os.stat(os.path.join(self.store, name)).st_gid)
@@ -46,14 +51,12 @@ class KeysAsRootTest(unittest.TestCase):
 
     def test_keys_list_after_restore_leaves_the_store_to_its_owner(self):
         self.make_service_store()
-        self.assertEqual(self.owners(), {"data.mdb": (SCRATCH_UID, SCRATCH_GID),
-                                         "lock.mdb": (SCRATCH_UID, SCRATCH_GID)})
+        self.assertEqual(self.owners(), self.owned_by(SCRATCH_UID, SCRATCH_GID))
         os.remove(os.path.join(self.store, "lock.mdb"))  # what the documented restore does
         r = run_cli(["keys", "list", "--config", self.config])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("ROUTE", r.stdout)
-        self.assertEqual(self.owners(), {"data.mdb": (SCRATCH_UID, SCRATCH_GID),
-                                         "lock.mdb": (SCRATCH_UID, SCRATCH_GID)})
+        self.assertEqual(self.owners(), self.owned_by(SCRATCH_UID, SCRATCH_GID))
         self.assertEqual(os.stat(self.store).st_uid, SCRATCH_UID)
 
     def test_keys_show_and_forget_act_as_the_owner_too(self):
@@ -70,7 +73,7 @@ class KeysAsRootTest(unittest.TestCase):
         r = run_cli(["keys", "forget", "--config", self.config, "--route", "payments", "--key",
                      "k"])
         self.assertEqual(r.returncode, 1, r.stderr)
-        self.assertEqual(self.owners(), {"data.mdb": (0, 0), "lock.mdb": (0, 0)})
+        self.assertEqual(self.owners(), self.owned_by(0, 0))
 
     def test_a_missing_store_is_an_error_and_is_not_created(self):
         for args in (["list"], ["forget", "--route", "payments", "--key", "k"]):

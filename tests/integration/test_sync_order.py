@@ -33,10 +33,15 @@ def child_pid(pid):
 @unittest.skipUnless(STRACE, "strace is not installed")
 @lmdb_only("traces the embedded store's fsyncs")
 class SyncOrderTest(ProxyTestCase):
+    WAL = False  # the subclass below: the same checks on a store with a write-ahead log
+
     def traced_run(self, plant=None, keys=KEYS, payments=None, behaviour=None):
         store = os.path.join(self.tmp, "store-%s" % (plant or "clean"))
         log = os.path.join(self.tmp, "strace-%s.log" % (plant or "clean"))
-        cfg = self.config(store_path=store, store={"durability": "full"}, payments=payments)
+        settings = {"durability": "full", "wal": self.WAL}
+        if self.WAL:
+            settings["wal_size"] = "64KiB"
+        cfg = self.config(store_path=store, store=settings, payments=payments)
         p = Proxy(self.tmp, cfg)
         p.command = lambda: strace_command(log, [IDEMPROXY_BIN, "run", "--config", p.config_path])
         p.env = dict(os.environ)
@@ -63,6 +68,8 @@ class SyncOrderTest(ProxyTestCase):
         os.kill(pid, signal.SIGTERM)
         self.assertEqual(p.proc.wait(30), 0, p.stderr_tail())
         self.assertCount(keys)
+        if self.WAL:
+            return Trace(log, os.path.join(store, "wal"), p.port, self.up.port, meta=False), sent
         return Trace(log, os.path.join(store, "data.mdb"), p.port, self.up.port), sent
 
     def violations(self, trace, sent):
@@ -128,6 +135,21 @@ class SyncOrderTest(ProxyTestCase):
         self.assertGreaterEqual(len(caught), KEYS // 2, found)
         self.assertTrue(any("reservation not durable" in v for v in found), found)
         self.assertTrue(any("answer not durable" in v for v in found), found)
+
+
+class WalSyncOrderTest(SyncOrderTest):
+    """With store.wal the durable write is the log's: the group carrying the key (or the answer)
+    is appended to DIR/wal and synced before the upstream (or client) write; the data file is
+    not synced per commit at all."""
+    WAL = True
+
+    def test_the_data_file_is_not_synced_per_request(self):
+        trace, sent = self.traced_run()
+        data_syncs = [c for c in trace.calls if c.name in Trace.SYNCS
+                      and c.target.endswith("/data.mdb")]
+        # At open (its checkpoint) and at close (the clean one), and maybe a timed checkpoint:
+        # not one per commit (a new key is two).
+        self.assertLess(len(data_syncs), len(sent), data_syncs)
 
 
 if __name__ == "__main__":

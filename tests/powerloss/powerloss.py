@@ -9,12 +9,16 @@
 2. Check: powerloss_check rebuilds crash states from the log and opens each with the real
    store code (see powerloss_check.cpp), and prints a summary line.
 
-Usage: powerloss.py --mode full|relaxed|planted --bin IDEMPROXY --shim pl_shim.so
+Usage: powerloss.py --mode full|relaxed|wal|planted|planted-wal --bin IDEMPROXY --shim pl_shim.so
                     --checker powerloss_check [--states N] [--seed S] [--keys K]
 Exit 0 when the mode's expectation holds:
   full     0 corrupt states, 0 lost answers, 0 keys forwardable twice
   relaxed  0 corrupt states (losses are reported, and allowed)
+  wal      as full, on a store with a write-ahead log (store.wal) of the smallest size, so
+           that the run checkpoints and wraps the log many times; the log is created by a run
+           of the proxy before the recorded one (the recorder follows files by their names)
   planted  full durability with IDEMPROXY_TEST_PLANT=answer-before-commit: violations found
+  planted-wal  the same plant on a store with a write-ahead log
 """
 import argparse
 import http.server
@@ -79,14 +83,24 @@ def record(args, work):
     up = upstream_server(log)
     store = os.path.join(work, "store")
     os.mkdir(store, 0o700)
+    settings = {"durability": "relaxed" if args.mode == "relaxed" else "full",
+                "max_size": "64MiB"}
+    with_wal = args.mode in ("wal", "planted-wal")
+    settings["wal"] = with_wal  # (the default is true: full and planted test the page commits)
+    if with_wal:
+        settings["wal_size"] = "64KiB"
     cfg = harness.make_config(0, store, "http://127.0.0.1:%d" % up.server_address[1],
-                              store={"durability": "relaxed" if args.mode == "relaxed" else "full",
-                                     "max_size": "64MiB"})
+                              store=settings)
+    if with_wal:
+        first = harness.Proxy(work, cfg)
+        first.start(timeout=30)
+        if first.stop() != 0 or not os.path.exists(os.path.join(store, "wal")):
+            raise RuntimeError("the run creating the log failed\n" + first.stderr_tail())
     proxy = harness.Proxy(work, cfg)
     proxy.env = dict(os.environ, LD_PRELOAD=args.shim, PL_LOG=log_path,
                      PL_DIR=os.path.realpath(store))
     proxy.env.pop("IDEMPROXY_TEST_PLANT", None)
-    if args.mode == "planted":
+    if args.mode.startswith("planted"):
         proxy.env["IDEMPROXY_TEST_PLANT"] = "answer-before-commit"
     proxy.start(timeout=30)
     errors = []
@@ -118,7 +132,8 @@ def record(args, work):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=["full", "relaxed", "planted"], required=True)
+    ap.add_argument("--mode", choices=["full", "relaxed", "wal", "planted", "planted-wal"],
+                    required=True)
     ap.add_argument("--bin", required=True)
     ap.add_argument("--shim", required=True)
     ap.add_argument("--checker", required=True)
@@ -154,7 +169,7 @@ def main():
         if states < args.states:
             print("powerloss: only %d crash states built" % states)
             return 1
-        if args.mode == "full":
+        if args.mode in ("full", "wal"):
             ok = corrupt == 0 and lost == 0 and twice == 0
         elif args.mode == "relaxed":
             ok = corrupt == 0

@@ -2,8 +2,9 @@
 //
 // Reads the event log of one recorded run and builds --states crash states. A crash state is a
 // crash point (a position in the log: everything before it happened) and one outcome of the
-// writes that were not yet durable there:
-//   - a write is durable at the crash point if a sync of the file completed after it and before
+// writes that were not yet durable there, for each of the store's files (data.mdb, and wal when
+// the store has a write-ahead log):
+//   - a write is durable at the crash point if a sync of its file completed after it and before
 //     the crash point, or if it was written on an O_DSYNC descriptor ('D');
 //   - every other write before the crash point is split into 4 KiB-aligned pieces (LMDB's page
 //     size; the unit a disk writes whole), and each piece reached the disk or not, at random
@@ -46,9 +47,12 @@ namespace idem {
 namespace {
 
 constexpr size_t kPiece = 4096;
+constexpr int kFiles = 2;
+const char* const kFileNames[kFiles] = {"data.mdb", "wal"};
 
 struct Event {
   char type = 0;  // W D S U A
+  int file = 0;   // W D S: 0 data.mdb, 1 wal
   uint64_t offset = 0;
   std::string bytes;  // W/D: data; U: key; A: key
   int status = 0;     // A
@@ -77,9 +81,13 @@ bool readLog(const std::string& path, std::vector<Event>& out) {
     const std::string p = s.substr(at, len);
     at += len;
     if (e.type == 'W' || e.type == 'D') {
-      if (p.size() < 8) return false;
-      e.offset = le(p, 0, 8);
-      e.bytes = p.substr(8);
+      if (p.size() < 9) return false;
+      e.file = static_cast<unsigned char>(p[0]);
+      e.offset = le(p, 1, 8);
+      e.bytes = p.substr(9);
+    } else if (e.type == 'S') {
+      if (p.size() < 1) return false;
+      e.file = static_cast<unsigned char>(p[0]);
     } else if (e.type == 'U') {
       e.bytes = p;
     } else if (e.type == 'A') {
@@ -89,9 +97,10 @@ bool readLog(const std::string& path, std::vector<Event>& out) {
       if (p.size() < 6 + klen) return false;
       e.bytes = p.substr(6, klen);
       e.body = p.substr(6 + klen);
-    } else if (e.type != 'S') {
+    } else {
       return false;
     }
+    if (e.file < 0 || e.file >= kFiles) return false;
     out.push_back(std::move(e));
   }
   return true;
@@ -119,6 +128,7 @@ int checkState(const Options& o, const std::string& dir, const std::vector<Event
   so.path = dir;
   so.max_size = 64ull << 20;
   so.durability = o.durability;
+  so.wal_check_identity = false;  // the state's files are new; their content is the recorded one
   std::string error;
   auto store = openLmdbStore(so, SystemClock::instance(), error);
   if (!store) {
@@ -177,43 +187,50 @@ int run(const Options& o) {
 
   std::filesystem::create_directories(o.work);
   const std::string dir = o.work + "/state";
-  std::string base;      // writes covered by the last sync before the crash point
-  size_t base_upto = 0;  // events[0, base_upto) are folded into `base`
-  size_t last_sync = 0;  // index after the last 'S' seen so far
+  // Per file: the writes covered by its last sync before the crash point.
+  std::string base[kFiles];
+  size_t base_upto[kFiles] = {};  // events[0, base_upto) are folded into `base`
+  size_t last_sync[kFiles] = {};  // index after the file's last 'S' seen so far
+  size_t scanned = 0;
   size_t n = 0, corrupt = 0, lost = 0, twice = 0, printed = 0;
   for (size_t crash : points) {
-    // Advance the durable base to the last sync before the crash point.
-    for (size_t i = last_sync; i < crash; ++i) {
-      if (events[i].type == 'S') last_sync = i + 1;
-    }
-    for (; base_upto < last_sync; ++base_upto) {
-      const Event& e = events[base_upto];
-      if (e.type == 'W' || e.type == 'D') apply(base, e.offset, e.bytes);
-    }
-    std::string image = base;
-    std::bernoulli_distribution coin(0.5);
-    for (size_t i = last_sync; i < crash; ++i) {
-      const Event& e = events[i];
-      if (e.type == 'D') {
-        apply(image, e.offset, e.bytes);
-      } else if (e.type == 'W') {
-        // Each 4 KiB-aligned piece independently.
-        uint64_t at = e.offset;
-        size_t from = 0;
-        while (from < e.bytes.size()) {
-          const size_t take = std::min(e.bytes.size() - from, kPiece - at % kPiece);
-          if (coin(rng)) apply(image, at, std::string_view(e.bytes).substr(from, take));
-          from += take;
-          at += take;
-        }
-      }
+    // Advance each file's durable base to its last sync before the crash point.
+    for (; scanned < crash; ++scanned) {
+      if (events[scanned].type == 'S') last_sync[events[scanned].file] = scanned + 1;
     }
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
     std::filesystem::permissions(dir, std::filesystem::perms::owner_all);
-    {
-      std::ofstream f(dir + "/data.mdb", std::ios::binary);
-      f.write(image.data(), static_cast<std::streamsize>(image.size()));
+    std::bernoulli_distribution coin(0.5);
+    for (int f = 0; f < kFiles; ++f) {
+      for (; base_upto[f] < last_sync[f]; ++base_upto[f]) {
+        const Event& e = events[base_upto[f]];
+        if ((e.type == 'W' || e.type == 'D') && e.file == f) apply(base[f], e.offset, e.bytes);
+      }
+      std::string image = base[f];
+      bool written = !image.empty();
+      for (size_t i = last_sync[f]; i < crash; ++i) {
+        const Event& e = events[i];
+        if (e.file != f) continue;
+        if (e.type == 'D') {
+          apply(image, e.offset, e.bytes);
+          written = true;
+        } else if (e.type == 'W') {
+          // Each 4 KiB-aligned piece independently.
+          uint64_t at = e.offset;
+          size_t from = 0;
+          while (from < e.bytes.size()) {
+            const size_t take = std::min(e.bytes.size() - from, kPiece - at % kPiece);
+            if (coin(rng)) apply(image, at, std::string_view(e.bytes).substr(from, take));
+            from += take;
+            at += take;
+          }
+          written = true;
+        }
+      }
+      if (!written) continue;  // (no write-ahead log in this run)
+      std::ofstream out(dir + "/" + kFileNames[f], std::ios::binary);
+      out.write(image.data(), static_cast<std::streamsize>(image.size()));
     }
     int fds[2];
     if (::pipe(fds) != 0) return 2;

@@ -116,6 +116,16 @@ bool LmdbStore::Impl::open(std::string& error) {
     error = where + error;
     return false;
   }
+  bool use_wal = false;
+  bool create_wal = false;
+  if (!opts.read_only && !walPrepare(use_wal, create_wal, error)) {
+    error = where + error;
+    return false;
+  }
+  if (opts.read_only && !readableWithoutReplay(error)) {
+    error = where + error;
+    return false;
+  }
 
   int rc = mdb_env_create(&env);
   if (rc != MDB_SUCCESS) {
@@ -128,6 +138,8 @@ bool LmdbStore::Impl::open(std::string& error) {
   // can lose the newest commit(s) but never leaves a meta page pointing at pages that are not on
   // disk (MDB_NOSYNC could, and did: torn trees). The periodic sync makes the meta page durable.
   if (opts.durability == Durability::Relaxed && !opts.read_only) flags |= MDB_NOMETASYNC;
+  // With a write-ahead log every group is durable in the log before it commits.
+  if (use_wal) flags |= MDB_NOSYNC;
   if ((rc = mdb_env_set_maxreaders(env, kMaxReaders)) != MDB_SUCCESS ||
       (rc = mdb_env_set_maxdbs(env, 4)) != MDB_SUCCESS ||
       (rc = mdb_env_set_mapsize(env, static_cast<size_t>(opts.max_size))) != MDB_SUCCESS ||
@@ -182,6 +194,32 @@ bool LmdbStore::Impl::open(std::string& error) {
     return false;
   }
   page_size = est.ms_psize;
+  if (!opts.read_only && !walStart(create_wal, error)) {
+    error = where + error;
+    return false;
+  }
+  return true;
+}
+
+// A read-only open takes no part in the write-ahead log, so it cannot replay it: a store whose
+// log was not closed cleanly and that nobody has open (a power loss, or the last process
+// killed) is refused until a writing process has opened it.
+bool LmdbStore::Impl::readableWithoutReplay(std::string& error) {
+  wal::LogFile file;
+  bool missing = false;
+  std::string ignored;
+  if (!file.open(opts.path, opts.wal_size, missing, ignored))
+    return true;  // no log (or unreadable: LMDB says)
+  wal::Presence probe;
+  if (!probe.enter(opts.path, error)) return false;
+  if (!probe.nobodyHolds()) return true;  // a running process keeps the data file current
+  const auto c = file.readCheckpoint();
+  if (!c || !c->clean) {
+    error =
+        "the store was not closed cleanly and its write-ahead log has not been replayed yet; "
+        "start idemproxy on it (or run `idemproxy keys forget` for any key) first";
+    return false;
+  }
   return true;
 }
 
@@ -189,6 +227,7 @@ LmdbStore::Impl::~Impl() {
   stop();
   for (MDB_txn* t : read_pool) mdb_txn_abort(t);
   read_pool.clear();
+  if (env != nullptr) walClose();
   if (env != nullptr) {
     if (opts.durability == Durability::Relaxed && !opts.read_only) mdb_env_sync(env, 1);
     mdb_env_close(env);

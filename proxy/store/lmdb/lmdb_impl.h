@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "store/lmdb/lmdb_store.h"
+#include "store/lmdb/lmdb_wal.h"
 
 namespace idem {
 namespace lmdb {
@@ -151,6 +152,7 @@ struct LmdbStore::Impl {
   struct ForgetOp;
   struct SweepOp;
   struct BarrierOp;
+  struct CheckpointOp;       // lmdb_wal_store.cpp
   struct ClaimReconcileOp;   // lmdb_reconcile.cpp
   struct SettleReconcileOp;  // lmdb_reconcile.cpp
 
@@ -182,7 +184,33 @@ struct LmdbStore::Impl {
   // Sets grow_budget for a new write transaction: free pages in the map beyond the headroom.
   int measureFreePages(MDB_txn* txn);
   int put(MDB_txn* txn, const RecordId& id, const Record& rec, const Record* old);
+  // put() of an encoded record; `budget`: refuse (MDB_MAP_FULL) a write that does not fit.
+  int putEncoded(MDB_txn* txn, const RecordId& id, std::string_view bytes, int64_t expires_at_ms,
+                 const Record* old, bool compact_outcome, bool budget);
   int erase(MDB_txn* txn, const RecordId& id, const Record* old);
+
+  // Write-ahead log (lmdb_wal_store.cpp; the protocol is described there).
+  // Opening: before the environment is opened, takes the presence lock and, alone with a log
+  // that was not closed cleanly, restores the checkpoint's meta pages; `use_wal` tells whether
+  // the store has a log (or will get one: walStart creates it).
+  bool walPrepare(bool& use_wal, bool& create_wal, std::string& error);
+  // After the environment is open: replays the log (alone) or creates it, then checkpoints.
+  bool walStart(bool create_wal, std::string& error);
+  // Appends the group's changes (wal_pending) and syncs, inside the write transaction `txn`
+  // before it commits; sets wal_group_at to where the group went. False: the group must not
+  // commit (the error is in `error`).
+  bool walAppend(MDB_txn* txn, std::string& error);
+  // The log synced, the transaction then failed to commit: make sure the group is not replayed.
+  void walForget();
+  // Checkpoint (write transaction `txn` open, so no commit can happen meanwhile).
+  bool checkpoint(MDB_txn* txn, bool clean, std::string& error);
+  // Runs a checkpoint in a write transaction of its own (the writer thread, or with it stopped).
+  bool checkpointNow(bool clean, std::string& error);
+  // At close: the last process out writes a clean checkpoint.
+  void walClose();
+  void checkpointerLoop();
+  bool replayLog(const wal::Checkpoint& c, std::string& error);
+  bool readableWithoutReplay(std::string& error);
 
   LmdbOptions opts;
   const Clock& clock;
@@ -219,6 +247,27 @@ struct LmdbStore::Impl {
 
   std::mutex observer_mu;
   CommitObserver observer;
+
+  std::unique_ptr<wal::LogFile> wal_file;  // null: the store commits without a log
+  wal::Presence presence;                  // writable opens only
+  bool wal_alone = false;                  // opening: nobody else has the store open to write
+  bool wal_replaying = false;              // writer: changes are not logged while replaying
+  bool wal_retrying = false;               // writer: a group re-run after a checkpoint
+  bool wal_broken = false;  // writer: a sync failed; nothing more is appended (503) until restart
+  std::atomic<bool> wal_dirty{false};  // committed through the log since the checkpoint
+  size_t replayed_at_open = 0;         // changes replayed from the log when opening
+  std::string wal_pending;             // writer: the changes of the group being applied
+  uint64_t wal_group_at = 0;           // writer: where walAppend put the last group
+  uint64_t wal_used = 0;               // writer: log bytes used since the checkpoint
+  MDB_txn* pin = nullptr;              // writer: read transaction at this process's last checkpoint
+  size_t pin_last_page = 0;            // writer: the data file's last page at that checkpoint
+  // The checkpointer thread: syncs the data file ahead of a checkpoint, then queues it.
+  std::thread checkpointer;
+  std::mutex ck_mu;
+  std::condition_variable ck_cv;
+  bool ck_stopping = false;
+  bool ck_wanted = false;  // the log is half full: checkpoint soon
+  std::atomic<uint64_t> checkpoints{0};
 
   std::atomic<uint64_t> commits{0};
   std::atomic<uint64_t> operations{0};

@@ -95,13 +95,6 @@ int LmdbStore::Impl::measureFreePages(MDB_txn* txn) {
 
 int LmdbStore::Impl::put(MDB_txn* txn, const RecordId& id, const Record& rec, const Record* old) {
   const std::string bytes = encodeRecord(rec);
-  // Estimate in bytes: a small value shares a leaf page, a large one (over half a page) takes
-  // whole overflow pages; plus both keys and node headers. Page splits and the paths copied
-  // once per transaction are covered by the headroom.
-  const size_t value = bytes.size() + 16;
-  const int64_t need = static_cast<int64_t>(
-      (value > page_size / 2 ? (value + page_size - 1) / page_size * page_size : value) +
-      sizeof(RecordId) + sizeof(ExpiryKey) + 32);
   // A compact outcome (not replayable, small) settles a key that is already reserved: it may use
   // the headroom, so that a reservation the store admitted can always get its outcome recorded
   // and the client its answer (the request core falls back to one when a full answer does not
@@ -109,16 +102,29 @@ int LmdbStore::Impl::put(MDB_txn* txn, const RecordId& id, const Record& rec, co
   const bool compactOutcome = rec.state == RecordState::Completed &&
                               (rec.flags & kFlagNotReplayable) != 0 &&
                               bytes.size() <= kCompactOutcomeMaxBytes;
-  if (need > grow_budget + (compactOutcome ? headroom_bytes : 0)) return MDB_MAP_FULL;
+  return putEncoded(txn, id, bytes, rec.expires_at_ms, old, compactOutcome, true);
+}
+
+int LmdbStore::Impl::putEncoded(MDB_txn* txn, const RecordId& id, std::string_view bytes,
+                                int64_t expires_at_ms, const Record* old, bool compact_outcome,
+                                bool budget) {
+  // Estimate in bytes: a small value shares a leaf page, a large one (over half a page) takes
+  // whole overflow pages; plus both keys and node headers. Page splits and the paths copied
+  // once per transaction are covered by the headroom.
+  const size_t value = bytes.size() + 16;
+  const int64_t need = static_cast<int64_t>(
+      (value > page_size / 2 ? (value + page_size - 1) / page_size * page_size : value) +
+      sizeof(RecordId) + sizeof(ExpiryKey) + 32);
+  if (budget && need > grow_budget + (compact_outcome ? headroom_bytes : 0)) return MDB_MAP_FULL;
   int rc;
-  if (old != nullptr && old->expires_at_ms != rec.expires_at_ms) {
+  if (old != nullptr && old->expires_at_ms != expires_at_ms) {
     ExpiryKey ok = expiryKey(old->expires_at_ms, id);
     MDB_val k = mdbVal(ok.data(), ok.size());
     rc = mdb_del(txn, expiry, &k, nullptr);
     if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return rc;
   }
-  if (old == nullptr || old->expires_at_ms != rec.expires_at_ms) {
-    ExpiryKey nk = expiryKey(rec.expires_at_ms, id);
+  if (old == nullptr || old->expires_at_ms != expires_at_ms) {
+    ExpiryKey nk = expiryKey(expires_at_ms, id);
     MDB_val k = mdbVal(nk.data(), nk.size());
     MDB_val empty{0, nullptr};
     rc = mdb_put(txn, expiry, &k, &empty, 0);
@@ -127,14 +133,17 @@ int LmdbStore::Impl::put(MDB_txn* txn, const RecordId& id, const Record& rec, co
   MDB_val k = mdbVal(id);
   MDB_val v = mdbVal(bytes);
   rc = mdb_put(txn, records, &k, &v, 0);
-  if (rc == MDB_SUCCESS) grow_budget -= need;
-  return rc;
+  if (rc != MDB_SUCCESS) return rc;
+  if (budget) grow_budget -= need;
+  if (wal_file && !wal_replaying) wal::addPut(wal_pending, id, bytes);
+  return MDB_SUCCESS;
 }
 
 int LmdbStore::Impl::erase(MDB_txn* txn, const RecordId& id, const Record* old) {
   MDB_val k = mdbVal(id);
   int rc = mdb_del(txn, records, &k, nullptr);
   if (rc != MDB_SUCCESS) return rc;
+  if (wal_file && !wal_replaying) wal::addErase(wal_pending, id);
   if (old != nullptr) {
     ExpiryKey ek = expiryKey(old->expires_at_ms, id);
     MDB_val ik = mdbVal(ek.data(), ek.size());
@@ -304,9 +313,15 @@ struct LmdbStore::Impl::SweepOp final : OpWith<WriteResult> {
       int rc = mdb_txn_begin(s.env, txn, 0, &nested);
       if (rc != MDB_SUCCESS) return rc;
       result = WriteResult{};
+      const size_t logged = s.wal_pending.size();  // this slice's changes, if it is undone
       rc = sweepSlice(s, nested, now, slice);
-      if (rc == MDB_SUCCESS) return mdb_txn_commit(nested);
+      if (rc == MDB_SUCCESS) {
+        rc = mdb_txn_commit(nested);
+        if (rc != MDB_SUCCESS) s.wal_pending.resize(logged);
+        return rc;
+      }
       mdb_txn_abort(nested);
+      s.wal_pending.resize(logged);
       if (rc != MDB_MAP_FULL || slice <= 1) return rc;
     }
   }
@@ -346,6 +361,7 @@ struct LmdbStore::Impl::SweepOp final : OpWith<WriteResult> {
           if (de != DecodeError::None || rec.expired(now)) {
             rc = mdb_del(txn, s.records, &rk, nullptr);
             if (rc != MDB_SUCCESS) return rc;
+            if (s.wal_file) wal::addErase(s.wal_pending, id);
             ++result.removed;
           }
         } else if (rc != MDB_NOTFOUND) {
@@ -381,9 +397,16 @@ void LmdbStore::Impl::start() {
     writer_id = std::this_thread::get_id();
     writerLoop();
   });
+  if (wal_file) checkpointer = std::thread([this] { checkpointerLoop(); });
 }
 
 void LmdbStore::Impl::stop() {
+  {
+    std::lock_guard lock(ck_mu);
+    ck_stopping = true;
+  }
+  ck_cv.notify_all();
+  if (checkpointer.joinable()) checkpointer.join();
   {
     std::lock_guard lock(mu);
     stopping = true;
@@ -506,8 +529,10 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
   const int64_t now = clock.wallMs();
   std::vector<StoreError> errors;
   errors.reserve(ops.size());
+  wal_pending.clear();
   size_t n = 0;
   for (; n < ops.size(); ++n) {
+    const size_t logged = wal_pending.size();  // this op's changes, if it is undone
     MDB_txn* child = nullptr;
     rc = mdb_txn_begin(env, txn.get(), 0, &child);
     if (rc == MDB_SUCCESS) {
@@ -519,20 +544,55 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
         mdb_txn_abort(child);
       }
     }
+    if (rc != MDB_SUCCESS) wal_pending.resize(logged);
     if (rc == MDB_TXN_FULL && n > 0) break;  // commit what we have; this op goes next time
     errors.push_back(classify(rc));
   }
 
+  // Write-ahead log: this process's reader at its last checkpoint keeps LMDB from reusing the
+  // pages freed since, so a full map may only need a checkpoint (which moves the reader up) to
+  // have room again. Once per group.
+  if (wal_file && pin != nullptr && !wal_retrying &&
+      std::any_of(errors.begin(), errors.end(),
+                  [](StoreError e) { return e == StoreError::Full; }) &&
+      mdb_txn_id(pin) + 1 < mdb_txn_id(txn.get())) {
+    txn.abort();
+    map_lock.unlock();
+    std::string error;
+    if (checkpointNow(false, error)) {
+      wal_retrying = true;
+      const size_t done = runGroup(ops.first(n), dirty);
+      wal_retrying = false;
+      return done;
+    }
+    for (size_t i = 0; i < n; ++i) ops[i]->finish(StoreError::Io);
+    return n;
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
   if (plant_answer_before_commit) {
     // The planted bug (see the member's comment): answer first, commit later.
     for (size_t i = 0; i < n; ++i) ops[i]->finish(errors[i]);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::string ignored;
+    if (wal_file && !wal_pending.empty() && !walAppend(txn.get(), ignored)) return n;
     (void)txn.commit();
     dirty = true;
     return n;
   }
-  const auto t0 = std::chrono::steady_clock::now();
+  // Write-ahead log: the group's changes are durable in the log before the transaction commits
+  // (and so before any process can read them); the commit itself is not synced.
+  const bool logged = wal_file && !wal_pending.empty();
+  if (logged) {
+    std::string error;
+    if (!walAppend(txn.get(), error)) {
+      health = Health::Failing;
+      for (size_t i = 0; i < n; ++i) ops[i]->finish(StoreError::Io);
+      return n;
+    }
+  }
   rc = txn.commit();
+  if (rc != MDB_SUCCESS && logged) walForget();
   const auto took =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
   map_lock.unlock();

@@ -6,6 +6,7 @@
 
 #include "base/clock.h"
 #include "config/config.h"
+#include "store/lmdb/lmdb_wal.h"
 #include "store/store.h"
 
 namespace idem {
@@ -20,6 +21,15 @@ struct LmdbOptions {
   // Walk the whole store at open (see LmdbStore::verify) and refuse a damaged one. The daemon
   // and `keys forget` open with it; `keys list/show` and `store verify` report damage themselves.
   bool verify_at_open = true;
+  // durability full: create a write-ahead log (DIR/wal) if the store has none and this process
+  // has it to itself. A store with a log always uses it, whatever this says.
+  bool wal = false;
+  uint64_t wal_size = wal::kDefaultCapacity;            // bytes of log between checkpoints
+  std::chrono::milliseconds checkpoint_interval{5000};  // at most this long between them
+  // Refuse to replay a log into a data file other than the one it was written for (inode and
+  // birth time). Only the power-loss checker, which rebuilds the files of each crash state
+  // from recorded writes, turns it off.
+  bool wal_check_identity = true;
 };
 
 // What LmdbStore::verify found. `problems` is empty for a sound store; each entry says what is
@@ -68,6 +78,15 @@ class LmdbStore : public Store {
   VerifyReport verify();
   // Like list(), but reports what it could not read instead of skipping it.
   CheckedList listChecked() override;
+
+  // The write-ahead log: whether this store has one, checkpoints this process made, and how
+  // many changes it replayed when it opened the store.
+  struct WalStats {
+    bool active = false;
+    uint64_t checkpoints = 0;
+    size_t replayed_at_open = 0;
+  };
+  WalStats walStats() const;
 
   struct Impl;
   explicit LmdbStore(std::unique_ptr<Impl> impl);

@@ -145,6 +145,8 @@ TEST(Config, MinimalFileTakesEveryDefault) {
   EXPECT_EQ(c.store.path, "/var/lib/idemproxy");
   EXPECT_EQ(c.store.max_size, 1ull << 30);
   EXPECT_EQ(c.store.durability, Durability::Full);
+  EXPECT_TRUE(c.store.wal);
+  EXPECT_EQ(c.store.wal_size, 32u << 20);
   EXPECT_EQ(c.store.sweep_interval, 30s);
   EXPECT_EQ(c.log.level, LogLevel::Info);
   ASSERT_EQ(c.upstreams.size(), 1u);
@@ -206,6 +208,8 @@ store:
   path: /tmp/idem
   max_size: 64MiB
   durability: relaxed
+  wal: false
+  wal_size: 4MiB
   sweep_interval: 1m
 upstreams:
   pay:
@@ -249,6 +253,8 @@ log:
   EXPECT_EQ(c.store.path, "/tmp/idem");
   EXPECT_EQ(c.store.max_size, 64u << 20);
   EXPECT_EQ(c.store.durability, Durability::Relaxed);
+  EXPECT_FALSE(c.store.wal);
+  EXPECT_EQ(c.store.wal_size, 4u << 20);
   EXPECT_EQ(c.store.sweep_interval, 1min);
   const UpstreamConfig& up = c.upstreams.at("pay");
   EXPECT_EQ(up.url, "https://pay.example.com:8443/base");  // scheme lower-cased, '/' trimmed
@@ -577,6 +583,8 @@ TEST(ConfigErrors, StoreAndLogEnums) {
                  "unsupported store backend 'memcached'; supported: lmdb, postgres, redis");
   expectOneError(std::string(kMinimal) + "store:\n  durability: none\n", 9, 15,
                  "expected one of full, relaxed, got 'none'");
+  expectOneError(std::string(kMinimal) + "store:\n  wal_size: 4KiB\n", 9, 13,
+                 "must be at least 64KiB (the log between two checkpoints)");
   expectOneError(std::string(kMinimal) + "log:\n  level: trace\n", 9, 10,
                  "expected one of debug, info, warn, error, got 'trace'");
 }

@@ -93,6 +93,12 @@ class LmdbStoreTest : public ::testing::Test {
     LmdbOptions o;
     o.path = dir.path() + "/store";
     o.max_size = 64ull << 20;
+    // The whole suite runs a second time on a store with a write-ahead log (ctest
+    // unit.lmdb_wal), small enough that it wraps and checkpoints.
+    if (const char* w = std::getenv("IDEMPROXY_TEST_LMDB_WAL"); w != nullptr && *w == '1') {
+      o.wal = true;
+      o.wal_size = 256 << 10;
+    }
     return o;
   }
   void open(const LmdbOptions& o) {
@@ -856,6 +862,203 @@ TEST_F(LmdbStoreProcessTest, AReservationIsSeenByAnotherProcess) {
   auto rec = store->lookup(idFor("from-child"));
   ASSERT_TRUE(rec.has_value());
   EXPECT_EQ(rec->owner, "child");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write-ahead log (store.wal)
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+void spit(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+class LmdbWalProcessTest : public LmdbStoreTest {
+ protected:
+  LmdbOptions walOptions() const {
+    LmdbOptions o = options();
+    o.wal = true;
+    o.wal_size = 1 << 20;
+    o.checkpoint_interval = std::chrono::hours(1);  // only at open, when half full, at close
+    return o;
+  }
+  void SetUp() override { open(walOptions()); }
+  std::string file(const std::string& name) const { return dir.path() + "/store/" + name; }
+
+  // Runs `work` on the store in a child process that then dies without closing it (as if the
+  // power went: the data file is put back to what it was on disk after the child's own
+  // checkpoint at open, so none of its unsynced commits reached the disk). `damage` may then
+  // change the log.
+  void crashAfter(const std::function<void(LmdbStore&)>& work,
+                  const std::function<void(std::string& log)>& damage = {}) {
+    store.reset();  // closed cleanly: the child opens it alone
+    const LmdbOptions o = walOptions();
+    const std::string snapshot = dir.path() + "/data.on-disk";
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      std::string error;
+      auto child = openLmdbStore(o, clock, error);
+      if (!child) std::_Exit(91);
+      // Synced at open (its checkpoint): this is what the disk holds.
+      spit(snapshot, slurp(file("data.mdb")));
+      work(*child);
+      std::_Exit(0);  // no close: no clean checkpoint
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+    spit(file("data.mdb"), slurp(snapshot));
+    if (damage) {
+      std::string log = slurp(file("wal"));
+      damage(log);
+      spit(file("wal"), log);
+    }
+  }
+};
+
+TEST_F(LmdbWalProcessTest, EveryGroupGoesThroughTheLog) {
+  ASSERT_TRUE(store->walStats().active);
+  ASSERT_EQ(reserveSync(*store, reserveReq("through-the-log", "A")).status, ReserveStatus::Won);
+  EXPECT_NE(slurp(file("wal")).find("through-the-log"), std::string::npos);
+}
+
+TEST_F(LmdbWalProcessTest, ADataFileThatLostEveryCommitSinceTheCheckpointIsRebuiltFromTheLog) {
+  constexpr int kKeys = 50;
+  crashAfter([](LmdbStore& s) {
+    for (int i = 0; i < kKeys; ++i) {
+      const std::string key = "lost-" + std::to_string(i);
+      if (reserveSync(s, reserveReq(key, "A")).status != ReserveStatus::Won) std::_Exit(92);
+      if (i % 2 == 0 && recordSync(s, recordReq(key, "A", answer(201, "paid " + key))).status !=
+                            RecordStatus::Recorded) {
+        std::_Exit(93);
+      }
+    }
+  });
+  open(walOptions());
+  EXPECT_EQ(store->walStats().replayed_at_open, static_cast<size_t>(kKeys + kKeys / 2));
+  EXPECT_TRUE(store->verify().ok());
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = "lost-" + std::to_string(i);
+    auto rec = store->lookup(idFor(key));
+    ASSERT_TRUE(rec.has_value()) << key;
+    if (i % 2 == 0) {
+      EXPECT_EQ(rec->state, RecordState::Completed) << key;
+      EXPECT_EQ(rec->answer.body, "paid " + key);
+    } else {
+      EXPECT_EQ(rec->state, RecordState::InFlight) << key;
+    }
+  }
+  // Replayed and checkpointed: a clean close and another open replay nothing.
+  open(walOptions());
+  EXPECT_EQ(store->walStats().replayed_at_open, 0u);
+  EXPECT_TRUE(store->lookup(idFor("lost-0")).has_value());
+}
+
+TEST_F(LmdbWalProcessTest, ATornGroupIsNotReplayedNorAnythingAfterIt) {
+  crashAfter(
+      [](LmdbStore& s) {
+        for (const char* key : {"torn-a", "torn-b", "torn-c"}) {
+          if (reserveSync(s, reserveReq(key, "A")).status != ReserveStatus::Won) std::_Exit(92);
+        }
+      },
+      [](std::string& log) {
+        const size_t at = log.find("torn-b");
+        ASSERT_NE(at, std::string::npos);
+        log[at] ^= 0x20;  // one byte of the second group, as a write that half reached the disk
+      });
+  open(walOptions());
+  EXPECT_EQ(store->walStats().replayed_at_open, 1u);
+  EXPECT_TRUE(store->lookup(idFor("torn-a")).has_value());
+  EXPECT_FALSE(store->lookup(idFor("torn-b")).has_value());
+  EXPECT_FALSE(store->lookup(idFor("torn-c")).has_value());
+  EXPECT_TRUE(store->verify().ok());
+}
+
+TEST_F(LmdbWalProcessTest, ReadOnlyRefusesAStoreNotClosedCleanlyUntilAWriterHasReplayedIt) {
+  crashAfter([](LmdbStore& s) {
+    if (reserveSync(s, reserveReq("unclean", "A")).status != ReserveStatus::Won) std::_Exit(92);
+  });
+  LmdbOptions ro = walOptions();
+  ro.read_only = true;
+  std::string error;
+  EXPECT_EQ(openLmdbStore(ro, clock, error), nullptr);
+  EXPECT_NE(error.find("not closed cleanly"), std::string::npos) << error;
+  open(walOptions());
+  store.reset();
+  error.clear();
+  auto reader = openLmdbStore(ro, clock, error);
+  ASSERT_NE(reader, nullptr) << error;
+  EXPECT_TRUE(reader->lookup(idFor("unclean")).has_value());
+}
+
+TEST_F(LmdbWalProcessTest, ALogIsNeverAppliedToAnotherDataFile) {
+  crashAfter([](LmdbStore& s) {
+    if (reserveSync(s, reserveReq("other-file", "A")).status != ReserveStatus::Won) std::_Exit(92);
+  });
+  // A backup restored over the data file (a new file) while the log was not closed cleanly.
+  const std::string restored = slurp(file("data.mdb"));
+  ASSERT_EQ(::unlink(file("data.mdb").c_str()), 0);
+  spit(file("data.mdb"), restored);
+  std::string error;
+  EXPECT_EQ(openLmdbStore(walOptions(), clock, error), nullptr);
+  EXPECT_NE(error.find("belongs to another data.mdb"), std::string::npos) << error;
+  // As the message says: the log moved aside, the data file opens alone (with a new log).
+  ASSERT_EQ(::rename(file("wal").c_str(), (dir.path() + "/wal.aside").c_str()), 0);
+  open(walOptions());
+  EXPECT_TRUE(store->walStats().active);
+  EXPECT_TRUE(store->verify().ok());
+}
+
+TEST_F(LmdbWalProcessTest, ALogWrapsThroughCheckpointsAndKeepsEverything) {
+  LmdbOptions o = walOptions();
+  o.wal_size = 16 << 10;
+  store.reset();
+  std::filesystem::remove_all(dir.path() + "/store");
+  open(o);
+  constexpr int kKeys = 200;
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = "wrap-" + std::to_string(i);
+    ASSERT_EQ(reserveSync(*store, reserveReq(key, "A")).status, ReserveStatus::Won);
+    ASSERT_EQ(recordSync(*store, recordReq(key, "A", answer(201, std::string(300, 'x')))).status,
+              RecordStatus::Recorded);
+  }
+  EXPECT_GT(store->walStats().checkpoints, 5u);
+  open(o);
+  for (int i = 0; i < kKeys; ++i) {
+    auto rec = store->lookup(idFor("wrap-" + std::to_string(i)));
+    ASSERT_TRUE(rec.has_value()) << i;
+    EXPECT_EQ(rec->state, RecordState::Completed);
+  }
+  EXPECT_TRUE(store->verify().ok());
+}
+
+TEST_F(LmdbWalProcessTest, AStoreGetsALogOnlyWhenNoOtherProcessHasItOpen) {
+  store.reset();
+  std::filesystem::remove_all(dir.path() + "/store");
+  LmdbOptions classic = walOptions();
+  classic.wal = false;
+  open(classic);
+  std::string error;
+  auto second = openLmdbStore(walOptions(), clock, error);  // another open file: another process
+  ASSERT_NE(second, nullptr) << error;
+  EXPECT_FALSE(second->walStats().active);
+  EXPECT_FALSE(std::filesystem::exists(file("wal")));
+  second.reset();
+  store.reset();
+  open(walOptions());
+  EXPECT_TRUE(store->walStats().active);
+  // The store's files decide from then on.
+  error.clear();
+  second = openLmdbStore(classic, clock, error);
+  ASSERT_NE(second, nullptr) << error;
+  EXPECT_TRUE(second->walStats().active);
+  ASSERT_EQ(reserveSync(*second, reserveReq("shared", "B")).status, ReserveStatus::Won);
+  EXPECT_NE(slurp(file("wal")).find("shared"), std::string::npos);
 }
 
 }  // namespace
