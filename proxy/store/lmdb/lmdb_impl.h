@@ -251,6 +251,7 @@ struct LmdbStore::Impl {
   std::unique_ptr<wal::LogFile> wal_file;  // null: the store commits without a log
   wal::Presence presence;                  // writable opens only
   bool wal_alone = false;                  // opening: nobody else has the store open to write
+  bool wal_started = false;                // walStart completed: the store is open
   bool wal_replaying = false;              // writer: changes are not logged while replaying
   bool wal_retrying = false;               // writer: a group re-run after a checkpoint
   bool wal_broken = false;  // writer: a sync failed; nothing more is appended (503) until restart

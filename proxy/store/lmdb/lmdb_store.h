@@ -26,6 +26,9 @@ struct LmdbOptions {
   bool wal = false;
   uint64_t wal_size = wal::kDefaultCapacity;            // bytes of log between checkpoints
   std::chrono::milliseconds checkpoint_interval{5000};  // at most this long between them
+  // Growth of the data file since the last checkpoint (4 KiB pages) that starts the next one;
+  // 0: an eighth of the file, at least 256 and at most 8192 pages.
+  size_t checkpoint_growth_pages = 0;
   // Refuse to replay a log into a data file other than the one it was written for (inode and
   // birth time). Only the power-loss checker, which rebuilds the files of each crash state
   // from recorded writes, turns it off.

@@ -36,6 +36,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
@@ -46,7 +47,11 @@ using namespace lmdb;  // NOLINT: the store's own helpers
 namespace {
 
 constexpr std::string_view kStateKey = "idemproxy-wal";
-constexpr size_t kCheckpointGrowthPages = 2048;  // 8 MiB of 4 KiB pages
+// Growth of the data file (in pages) since the checkpoint that asks for the next one: an eighth
+// of the file, at least 1 MiB and at most 32 MiB of 4 KiB pages.
+size_t checkpointGrowthPages(size_t last_page) {
+  return std::clamp<size_t>(last_page / 8, 256, 8192);
+}
 constexpr MDB_dbi kMainDbi = 1;
 
 struct LogState {
@@ -207,6 +212,7 @@ bool LmdbStore::Impl::walStart(bool create_wal, std::string& error) {
   }
   if (wal_alone) presence.share();
   presence.leave();
+  wal_started = true;
   return true;
 }
 
@@ -260,7 +266,9 @@ bool LmdbStore::Impl::replayLog(const wal::Checkpoint& c, std::string& error) {
 }
 
 void LmdbStore::Impl::walClose() {
-  if (!wal_file || opts.read_only) return;
+  if (pin != nullptr && !wal_started) mdb_txn_abort(std::exchange(pin, nullptr));
+  // A store that did not finish opening (a replay that failed, say) is never marked clean.
+  if (!wal_file || opts.read_only || !wal_started) return;
   std::string error;
   if (presence.enterAgain() && presence.tryAlone()) {
     // The last one out: sync everything and say so, so the next open replays nothing.
@@ -321,8 +329,11 @@ bool LmdbStore::Impl::walAppend(MDB_txn* txn, std::string& error) {
   // While this process's reader holds the checkpoint, LMDB writes new pages instead of reusing
   // freed ones: a checkpoint soon also bounds that growth (and what the next one must sync).
   MDB_envinfo info;
-  const bool grown = mdb_env_info(env, &info) == MDB_SUCCESS &&
-                     info.me_last_pgno > pin_last_page + kCheckpointGrowthPages;
+  const bool grown =
+      mdb_env_info(env, &info) == MDB_SUCCESS &&
+      info.me_last_pgno > pin_last_page + (opts.checkpoint_growth_pages != 0
+                                               ? opts.checkpoint_growth_pages
+                                               : checkpointGrowthPages(pin_last_page));
   if (grown || wal_used > wal_file->capacity() / 2) {
     std::lock_guard lock(ck_mu);
     if (!ck_wanted) {

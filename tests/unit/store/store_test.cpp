@@ -883,7 +883,9 @@ class LmdbWalProcessTest : public LmdbStoreTest {
     LmdbOptions o = options();
     o.wal = true;
     o.wal_size = 1 << 20;
-    o.checkpoint_interval = std::chrono::hours(1);  // only at open, when half full, at close
+    // Checkpoints only at open, when the log is half full, and at close.
+    o.checkpoint_interval = std::chrono::hours(1);
+    o.checkpoint_growth_pages = size_t{1} << 30;
     return o;
   }
   void SetUp() override { open(walOptions()); }
@@ -994,6 +996,27 @@ TEST_F(LmdbWalProcessTest, ReadOnlyRefusesAStoreNotClosedCleanlyUntilAWriterHasR
   auto reader = openLmdbStore(ro, clock, error);
   ASSERT_NE(reader, nullptr) << error;
   EXPECT_TRUE(reader->lookup(idFor("unclean")).has_value());
+}
+
+TEST_F(LmdbWalProcessTest, AReplayThatFailsLeavesTheLogUncleanForTheNextOpen) {
+  crashAfter([](LmdbStore&) {});
+  // A group that passes its checksum but holds a record that does not decode.
+  wal::LogFile log;
+  bool missing = false;
+  std::string error;
+  ASSERT_TRUE(log.open(dir.path() + "/store", 1 << 20, missing, error)) << error;
+  const auto c = log.readCheckpoint();
+  ASSERT_TRUE(c.has_value());
+  ASSERT_FALSE(c->clean);
+  std::string payload;
+  wal::addPut(payload, idFor("undecodable"), "not a record");
+  uint64_t length = 0;
+  ASSERT_TRUE(log.append(wal::kLogStart, c->salt, c->next_seq, payload, length, error)) << error;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    error.clear();
+    EXPECT_EQ(openLmdbStore(walOptions(), clock, error), nullptr) << attempt;
+    EXPECT_NE(error.find("cannot replay the write-ahead log"), std::string::npos) << error;
+  }
 }
 
 TEST_F(LmdbWalProcessTest, ALogIsNeverAppliedToAnotherDataFile) {
