@@ -551,22 +551,25 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
 
   // Write-ahead log: this process's reader at its last checkpoint keeps LMDB from reusing the
   // pages freed since, so a full map may only need a checkpoint (which moves the reader up) to
-  // have room again. Once per group.
-  if (wal_file && pin != nullptr && !wal_retrying &&
-      std::any_of(errors.begin(), errors.end(),
-                  [](StoreError e) { return e == StoreError::Full; }) &&
-      mdb_txn_id(pin) + 1 < mdb_txn_id(txn.get())) {
+  // have room again. Once per group, whether an operation or the commit found the map full.
+  const bool can_retry =
+      wal_file && pin != nullptr && !wal_retrying && mdb_txn_id(pin) + 1 < mdb_txn_id(txn.get());
+  auto retryAfterCheckpoint = [&]() -> size_t {
+    std::string error;
+    if (!checkpointNow(false, error)) {
+      for (size_t i = 0; i < n; ++i) ops[i]->finish(StoreError::Io);
+      return n;
+    }
+    wal_retrying = true;
+    const size_t done = runGroup(ops.first(n), dirty);
+    wal_retrying = false;
+    return done;
+  };
+  if (can_retry && std::any_of(errors.begin(), errors.end(),
+                               [](StoreError e) { return e == StoreError::Full; })) {
     txn.abort();
     map_lock.unlock();
-    std::string error;
-    if (checkpointNow(false, error)) {
-      wal_retrying = true;
-      const size_t done = runGroup(ops.first(n), dirty);
-      wal_retrying = false;
-      return done;
-    }
-    for (size_t i = 0; i < n; ++i) ops[i]->finish(StoreError::Io);
-    return n;
+    return retryAfterCheckpoint();
   }
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -596,6 +599,8 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
   const auto took =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
   map_lock.unlock();
+
+  if (rc == MDB_MAP_FULL && can_retry) return retryAfterCheckpoint();
 
   if (rc == MDB_MAP_FULL && n > 1) {
     // Saving the free list needed pages the map does not have. Run the ops one per
