@@ -288,6 +288,35 @@ def mode_perf(r, a):
     return "\n".join(md)
 
 
+def mode_latency(r, a):
+    """Where a request's wall time goes: perf trace -s (system calls per thread with their
+    durations) attached to the server under wrk; the blocking calls (fdatasync, futex,
+    epoll_wait) show the waits between threads and on the disk."""
+    md = []
+    for kind in a.scenarios:
+        srv = r.start(kind)
+        out = os.path.join(a.out, f"trace-{kind}.txt")
+        try:
+            script, args = r.load(kind, srv)
+            r.wrk(srv, script, args, 1, f"{kind} warm-up")
+            pt = subprocess.Popen(["perf", "trace", "-s", "-o", out, "-p",
+                                   ",".join(str(p) for p in srv.worker_pids)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+            time.sleep(0.5)
+            res = r.wrk(srv, script, args, a.duration, kind)
+            pt.send_signal(signal.SIGINT)
+            pt.wait(60)
+        finally:
+            if srv is not r.b.backend:
+                r.b.stop(srv)
+        with open(out) as f:
+            text = f.read()
+        md.append(f"### perf trace -s: {kind}, wrk -c{a.conns}, {res['requests']} requests "
+                  f"(msec; per thread)\n\n```\n{text.strip()}\n```\n")
+    return "\n".join(md)
+
+
 def mode_disk(r, a):
     exe = os.path.join(a.out, "disk_limits")
     subprocess.run(["c++", "-O2", "-std=c++20", "-o", exe, os.path.join(BENCH_DIR, "disk_limits.cpp"),
@@ -301,12 +330,30 @@ def mode_disk(r, a):
     return cp.stdout
 
 
+def mode_handoff(r, a):
+    if not os.path.exists("/usr/include/liburing.h"):
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "liburing-dev"],
+                       check=True, stdout=subprocess.DEVNULL)
+    exe = os.path.join(a.out, "handoff_limits")
+    subprocess.run(["c++", "-O2", "-std=c++20", "-pthread", "-o", exe,
+                    os.path.join(BENCH_DIR, "handoff_limits.cpp"), "-luring"], check=True)
+    d = os.path.join(a.store_dir or a.out, "handoff")
+    os.makedirs(d, exist_ok=True)
+    try:
+        # pinned to the servers' CPU, as the bench pins them
+        cp = subprocess.run(["taskset", "-c", str(r.b.a.server_cpu), exe, d], capture_output=True, text=True, check=True)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return cp.stdout
+
+
 MODES = {"alloc": mode_alloc, "syscalls": mode_syscalls, "sysrate": mode_sysrate, "fsync": mode_fsync, "perf": mode_perf,
-         "disk": mode_disk}
+         "latency": mode_latency, "disk": mode_disk, "handoff": mode_handoff}
 DEFAULT_SCENARIOS = {"alloc": "direct,proxy_pass,passthrough,replay",
                      "syscalls": "direct,proxy_pass,passthrough,replay",
                      "sysrate": "direct,proxy_pass,passthrough,replay",
-                     "perf": "replay,passthrough", "fsync": "", "disk": ""}
+                     "perf": "replay,passthrough", "latency": "new-full", "fsync": "", "disk": "", "handoff": ""}
 
 
 def main():
@@ -340,7 +387,7 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     rc = 0
     try:
-        if a.mode != "disk":
+        if a.mode not in ("disk", "handoff"):
             b.backend = b.start_nginx("backend", "nginx-backend.conf.in", b.a.port_base + 10, {})
         md = MODES[a.mode](r, a)
         print(md)

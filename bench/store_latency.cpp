@@ -4,7 +4,7 @@
 //   store_latency DIR SECONDS CLIENTS wal|pages
 // Prints p50/p99 of one operation (µs) and operations per second. Built with the release preset
 // (build/release/store_latency); CK_MS=N in the environment
-// sets the write-ahead log's checkpoint interval (ms).
+// sets the write-ahead log's checkpoint interval (ms), CK_PAGES=N its growth trigger (pages).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -30,6 +30,8 @@ int main(int argc, char** argv) {
   o.wal = std::string(argv[4]) != "pages";
   if (const char* ci = std::getenv("CK_MS"))
     o.checkpoint_interval = std::chrono::milliseconds(std::atoi(ci));
+  if (const char* cg = std::getenv("CK_PAGES"))
+    o.checkpoint_growth_pages = static_cast<size_t>(std::atoll(cg));
   const double seconds = std::atof(argv[2]);
   const int clients = std::atoi(argv[3]);
   std::string error;

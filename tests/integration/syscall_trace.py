@@ -38,8 +38,14 @@ class Call:
         return "Call(%s@%s-%s %s)" % (self.name, self.start, self.end, self.text[:120])
 
 
-def strace_command(log_path, argv):
-    return [STRACE, "-f", "-qq", "-yy", "-s", "65536", "-e", "trace=" + TRACED, "-o", log_path] \
+# Calls that read a file's attributes (traced on request, see Trace.time_stats).
+STATS = "newfstatat,fstat,stat,lstat,statx"
+_STATX_TIMES = re.compile(r"STATX_(BASIC_STATS|ALL|MTIME|CTIME)")
+
+
+def strace_command(log_path, argv, stats=False):
+    traced = TRACED + ("," + STATS if stats else "")
+    return [STRACE, "-f", "-qq", "-yy", "-s", "65536", "-e", "trace=" + traced, "-o", log_path] \
         + list(argv)
 
 
@@ -114,6 +120,22 @@ class Trace:
             if line < call.start and fd == call.fd:
                 dsync = flag
         return dsync
+
+    def time_stats(self, path):
+        """Attribute reads of `path` (by name or by an fd open on it) that ask for its
+        modification or change time: on Linux 6.13+ (multigrain timestamps) such a read makes
+        the kernel keep the file's times to the nanosecond, so that the next write dirties its
+        inode and the next fdatasync writes the inode as well. Needs strace_command(stats=True).
+        """
+        found = []
+        for c in self.calls:
+            if c.name not in STATS.split(",") or not (path + ">" in c.text
+                                                      or '"%s"' % path in c.text):
+                continue
+            if c.name == "statx" and not _STATX_TIMES.search(c.text):
+                continue
+            found.append(c)
+        return found
 
     def first_send(self, sends, token):
         for c in sends:

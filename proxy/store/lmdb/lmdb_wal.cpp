@@ -281,13 +281,17 @@ bool LogFile::append(uint64_t offset, uint64_t salt, uint64_t seq, std::string_v
   putLe(head, 0, 4);
   const uint32_t crc = crc32c(payload, crc32c(std::string_view(head).substr(8)));
   for (int i = 0; i < 4; ++i) head[4 + static_cast<size_t>(i)] = static_cast<char>(crc >> (8 * i));
-  struct stat st {};
-  if (::fstat(fd_, &st) != 0) {
-    error = std::string("cannot append to the write-ahead log: ") + std::strerror(errno);
-    return false;
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
   const uint64_t need = offset + kGroupHeader + payload.size();
+  if (need > known_size_) {
+    // Another process may have extended it: only past what we know is the kernel asked.
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) {
+      error = std::string("cannot append to the write-ahead log: ") + std::strerror(errno);
+      return false;
+    }
+    known_size_ = static_cast<uint64_t>(st.st_size);
+  }
+  const uint64_t size = known_size_;
   if (need > size) {
     // Zeros written, not a hole or fallocate: later groups overwrite allocated, written blocks.
     const uint64_t target = std::max(need, std::min(size + kGrowStep, kLogStart + capacity_));
@@ -299,6 +303,7 @@ bool LogFile::append(uint64_t offset, uint64_t salt, uint64_t seq, std::string_v
         return false;
       }
     }
+    known_size_ = target;
   }
   const struct iovec iov[2] = {{head.data(), head.size()},
                                {const_cast<char*>(payload.data()), payload.size()}};

@@ -102,6 +102,11 @@ class LogFile {
 
   int fd_ = -1;
   uint64_t capacity_ = 0;
+  // The file's size as this process last learned it (it only grows). An append within it
+  // asks the kernel nothing: a stat of the file would make the kernel keep its modification
+  // time to the nanosecond (multigrain timestamps, Linux 6.13+), so every group's write would
+  // change the inode and each fdatasync would write the inode too (one more I/O per group).
+  uint64_t known_size_ = 0;
 };
 
 template <typename Fn>
