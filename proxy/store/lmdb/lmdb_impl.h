@@ -131,6 +131,9 @@ struct LmdbStore::Impl {
     virtual bool isBarrier() const { return false; }
     // Takes room in the map (reserve, record): its success means the store is not full.
     virtual bool grows() const { return false; }
+    // Can share the group's transaction without a nested one of its own (reserve, record): a
+    // failure then runs the group again with one nested transaction per operation.
+    virtual bool flat() const { return false; }
   };
   template <typename Result>
   struct OpWith : Op {
@@ -258,6 +261,7 @@ struct LmdbStore::Impl {
   std::atomic<bool> wal_dirty{false};  // committed through the log since the checkpoint
   size_t replayed_at_open = 0;         // changes replayed from the log when opening
   std::string wal_pending;             // writer: the changes of the group being applied
+  bool nested_only = false;            // writer: this group runs each op in a nested transaction
   uint64_t wal_group_at = 0;           // writer: where walAppend put the last group
   uint64_t wal_used = 0;               // writer: log bytes used since the checkpoint
   MDB_txn* pin = nullptr;              // writer: read transaction at this process's last checkpoint

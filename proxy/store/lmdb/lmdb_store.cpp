@@ -159,6 +159,7 @@ int LmdbStore::Impl::erase(MDB_txn* txn, const RecordId& id, const Record* old) 
 
 struct LmdbStore::Impl::ReserveOp final : OpWith<ReserveResult> {
   bool grows() const override { return true; }
+  bool flat() const override { return true; }
   ReserveOp(ReserveRequest r, std::function<void(ReserveResult)> d)
       : OpWith(std::move(d)), req(std::move(r)) {}
 
@@ -224,6 +225,7 @@ struct LmdbStore::Impl::ReserveOp final : OpWith<ReserveResult> {
 
 struct LmdbStore::Impl::RecordOp final : OpWith<RecordResult> {
   bool grows() const override { return true; }
+  bool flat() const override { return true; }
   RecordOp(RecordRequest r, std::function<void(RecordResult)> d)
       : OpWith(std::move(d)), req(std::move(r)) {}
 
@@ -532,6 +534,25 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
   errors.reserve(ops.size());
   wal_pending.clear();
   size_t n = 0;
+  if (!nested_only && std::all_of(ops.begin(), ops.end(), [](Op* op) { return op->flat(); })) {
+    // The usual group (reservations and records): every operation in the group's transaction
+    // itself. A nested transaction per operation costs more than the operation (LMDB allocates
+    // and merges a dirty-page list for each); it is needed only when one fails, because LMDB
+    // then refuses to commit the transaction the failure happened in.
+    for (; n < ops.size(); ++n) {
+      ops[n]->reset();
+      if (ops[n]->apply(*this, txn.get(), now) != MDB_SUCCESS) break;
+    }
+    if (n < ops.size()) {
+      txn.abort();
+      map_lock.unlock();
+      nested_only = true;
+      const size_t done = runGroup(ops, dirty);
+      nested_only = false;
+      return done;
+    }
+    errors.assign(n, StoreError::None);
+  }
   for (; n < ops.size(); ++n) {
     const size_t logged = wal_pending.size();  // this op's changes, if it is undone
     MDB_txn* child = nullptr;
