@@ -254,25 +254,31 @@ def mode_fsync(r, a):
     return "\n".join(md)
 
 
+def attached_run(r, a, kind, tool_argv):
+    """Starts `kind`, warms it up, attaches `tool_argv(worker_pids)` (a perf command, stopped by
+    SIGINT) for one measured wrk run, and returns wrk's result."""
+    srv = r.start(kind)
+    try:
+        script, args = r.load(kind, srv)
+        r.wrk(srv, script, args, 1, f"{kind} warm-up")
+        tool = subprocess.Popen(tool_argv(srv.worker_pids), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(0.5)
+        res = r.wrk(srv, script, args, a.duration, kind)
+        tool.send_signal(signal.SIGINT)
+        tool.wait(60)
+        return res
+    finally:
+        if srv is not r.b.backend:
+            r.b.stop(srv)
+
+
 def mode_perf(r, a):
     md = []
     for kind in a.scenarios:
-        srv = r.start(kind)
         data = os.path.join(a.out, f"perf-{kind}.data")
-        try:
-            script, args = r.load(kind, srv)
-            r.wrk(srv, script, args, 1, f"{kind} warm-up")
-            pid = srv.worker_pids[0]
-            pr = subprocess.Popen(["perf", "record", "-F", "4999", "-g", "-o", data, "-p", str(pid)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
-            time.sleep(0.5)
-            res = r.wrk(srv, script, args, a.duration, kind)
-            pr.send_signal(signal.SIGINT)
-            pr.wait(60)
-        finally:
-            if srv is not r.b.backend:
-                r.b.stop(srv)
+        res = attached_run(r, a, kind, lambda pids: ["perf", "record", "-F", "4999", "-g", "-o", data,
+                                                     "-p", str(pids[0])])
         rep = {}
         for sort in ("dso", "dso,sym"):
             cp = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort,
@@ -294,22 +300,9 @@ def mode_latency(r, a):
     epoll_wait) show the waits between threads and on the disk."""
     md = []
     for kind in a.scenarios:
-        srv = r.start(kind)
         out = os.path.join(a.out, f"trace-{kind}.txt")
-        try:
-            script, args = r.load(kind, srv)
-            r.wrk(srv, script, args, 1, f"{kind} warm-up")
-            pt = subprocess.Popen(["perf", "trace", "-s", "-o", out, "-p",
-                                   ",".join(str(p) for p in srv.worker_pids)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
-            time.sleep(0.5)
-            res = r.wrk(srv, script, args, a.duration, kind)
-            pt.send_signal(signal.SIGINT)
-            pt.wait(60)
-        finally:
-            if srv is not r.b.backend:
-                r.b.stop(srv)
+        res = attached_run(r, a, kind, lambda pids: ["perf", "trace", "-s", "-o", out, "-p",
+                                                     ",".join(str(p) for p in pids)])
         with open(out) as f:
             text = f.read()
         md.append(f"### perf trace -s: {kind}, wrk -c{a.conns}, {res['requests']} requests "
@@ -317,17 +310,23 @@ def mode_latency(r, a):
     return "\n".join(md)
 
 
-def mode_disk(r, a):
-    exe = os.path.join(a.out, "disk_limits")
-    subprocess.run(["c++", "-O2", "-std=c++20", "-o", exe, os.path.join(BENCH_DIR, "disk_limits.cpp"),
-                    "-llmdb"], check=True)
-    d = os.path.join(a.store_dir or a.out, "disk")
+def run_probe(a, name, compile_flags, run_prefix, run_args):
+    """Builds bench/NAME.cpp with c++ and runs it on a fresh directory of the store's file
+    system (removed afterwards); returns what it printed."""
+    exe = os.path.join(a.out, name)
+    subprocess.run(["c++", "-O2", "-std=c++20", "-o", exe, os.path.join(BENCH_DIR, name + ".cpp")]
+                   + compile_flags, check=True)
+    d = os.path.join(a.store_dir or a.out, name + ".d")
     os.makedirs(d, exist_ok=True)
     try:
-        cp = subprocess.run([exe, d, str(a.disk_seconds)], capture_output=True, text=True, check=True)
+        return subprocess.run(run_prefix + [exe, d] + run_args, capture_output=True, text=True,
+                              check=True).stdout
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    return cp.stdout
+
+
+def mode_disk(r, a):
+    return run_probe(a, "disk_limits", ["-llmdb"], [], [str(a.disk_seconds)])
 
 
 def mode_handoff(r, a):
@@ -335,17 +334,9 @@ def mode_handoff(r, a):
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "liburing-dev"],
                        check=True, stdout=subprocess.DEVNULL)
-    exe = os.path.join(a.out, "handoff_limits")
-    subprocess.run(["c++", "-O2", "-std=c++20", "-pthread", "-o", exe,
-                    os.path.join(BENCH_DIR, "handoff_limits.cpp"), "-luring"], check=True)
-    d = os.path.join(a.store_dir or a.out, "handoff")
-    os.makedirs(d, exist_ok=True)
-    try:
-        # pinned to the servers' CPU, as the bench pins them
-        cp = subprocess.run(["taskset", "-c", str(r.b.a.server_cpu), exe, d], capture_output=True, text=True, check=True)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    return cp.stdout
+    # pinned to the servers' CPU, as the bench pins them
+    return run_probe(a, "handoff_limits", ["-pthread", "-luring"],
+                     ["taskset", "-c", str(r.b.a.server_cpu)], [])
 
 
 MODES = {"alloc": mode_alloc, "syscalls": mode_syscalls, "sysrate": mode_sysrate, "fsync": mode_fsync, "perf": mode_perf,
