@@ -34,6 +34,7 @@ class Cluster:
     def stop(self):
         if self.conninfo:
             subprocess.run([SCRIPT, "stop", self.dir], capture_output=True, timeout=120)
+            subprocess.run([SCRIPT, "destroy", self.dir], capture_output=True, timeout=120)
             self.conninfo = None
 
     def store_block(self, name, connections=4):

@@ -89,7 +89,7 @@ class Cluster:
             self.freeze(False)
         except OSError:
             pass
-        _script("stop", self.dir, "immediate")
+        _script("destroy", self.dir)
         if not os.environ.get("IDEMPROXY_KEEP_TMP"):
             import shutil
             shutil.rmtree(self.base, ignore_errors=True)

@@ -193,6 +193,34 @@ class FakeUpstreamTest(unittest.TestCase):
         self.assertEqual(request(port, "POST", "/x", [], b"").status, 201)
 
 
+@unittest.skipUnless(os.path.isdir("/usr/lib/postgresql") and os.geteuid() == 0,
+                     "needs PostgreSQL and root")
+class PgClusterScriptTest(unittest.TestCase):
+    """tests/support/pg-cluster.sh as root: PostgreSQL runs as `nobody`, which cannot enter a
+    0700 directory such as a `mktemp -d` or /root, where a clone (and its build tree) may live."""
+
+    def test_a_cluster_under_a_directory_nobody_cannot_enter_starts_and_is_destroyed(self):
+        import pg
+        tmp = tempfile.mkdtemp(prefix="idemproxy-private-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        os.chmod(tmp, 0o700)
+        where = os.path.join(tmp, "build", "cluster")
+        r = pg._script("start", where)
+        self.addCleanup(pg._script, "destroy", where)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = subprocess.run(["psql", "-X", "-At", "-d", r.stdout.strip(), "-c", "SELECT 6*7"],
+                             capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.stdout.strip(), "42", out.stderr)
+        real = os.path.realpath(where)
+        # A second start (the ctest fixture's shared cluster) reuses the running one.
+        again = pg._script("start", where)
+        self.assertEqual((again.returncode, again.stdout), (0, r.stdout), again.stderr)
+        r = pg._script("destroy", where)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertFalse(os.path.lexists(where))
+        self.assertFalse(os.path.exists(real), "the cluster's own directory is left behind")
+
+
 class HarnessTest(unittest.TestCase):
     def test_yaml_emitter_shapes(self):
         cfg = harness.make_config(8080, "/tmp/st ore", "http://127.0.0.1:9000/base")

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster for the tests, on a unix socket inside its own directory (no
-# TCP port). PostgreSQL refuses to run as root, so as root the cluster runs as `nobody`.
+# TCP port). PostgreSQL refuses to run as root, so as root the cluster runs as `nobody`, and
+# `nobody` may not be able to reach DIR (a clone under /root or under a 0700 `mktemp -d`): as
+# root, DIR is a symbolic link to a directory of the cluster's own in /tmp (a short socket path
+# too), which `destroy` removes.
 #   pg-cluster.sh start DIR   initdb (first time) and start; prints the libpq connection string
 #   pg-cluster.sh stop DIR [MODE]   pg_ctl stop -m MODE (default fast)
 #   pg-cluster.sh restart DIR       start again after a stop (same data)
+#   pg-cluster.sh destroy DIR       stop (immediate) if running, then delete the cluster and DIR
 #   pg-cluster.sh pid DIR           the postmaster's pid
 # PG_CLUSTER_OPTIONS: more server options (-c name=value ...), after the defaults (fsync=off:
 # a benchmark turns it back on).
 set -euo pipefail
-cmd=${1:?command} dir=${2:?directory}
+cmd=${1:?command} link=${2:?directory}
+dir=$link
+[ -L "$link" ] && dir=$(readlink -f "$link")
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 [ -x "$bin/initdb" ] || { echo "pg-cluster.sh: no PostgreSQL server installed" >&2; exit 77; }
 as_owner() {
@@ -25,11 +31,17 @@ start() {
 }
 case $cmd in
   start)
-    mkdir -p "$dir"
-    if [ "$(id -u)" -eq 0 ]; then
-      chown nobody:nogroup "$dir"
-      chmod a+x "$(dirname "$dir")"  # a test's private temp dir: let the cluster's owner through
+    if [ "$(id -u)" -eq 0 ] && [ ! -d "$dir" ]; then
+      rm -f "$link"  # a link left dangling (/tmp was emptied)
+      mkdir -p "$(dirname "$link")"
+      base=$(mktemp -d /tmp/idemproxy-pg.XXXXXX)
+      chmod 0711 "$base"
+      dir=$base/cluster
+      mkdir "$dir"
+      ln -s "$dir" "$link"
     fi
+    mkdir -p "$dir"
+    [ "$(id -u)" -eq 0 ] && chown nobody:nogroup "$dir"
     chmod 0700 "$dir"
     if [ ! -d "$dir/data" ]; then
       as_owner "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C --no-sync \
@@ -40,6 +52,17 @@ case $cmd in
     echo "host=$dir user=postgres dbname=postgres"
     ;;
   restart) start ;;
+  destroy)
+    if [ -f "$dir/data/postmaster.pid" ]; then
+      as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    if [ -L "$link" ]; then
+      rm -f "$link"
+      case $dir in /tmp/idemproxy-pg.*/cluster) rm -rf "$(dirname "$dir")" ;; esac
+    else
+      rm -rf "$dir"
+    fi
+    ;;
   stop) as_owner "$bin/pg_ctl" -D "$dir/data" -m "${3:-fast}" -w stop >/dev/null ;;
   pid) head -n1 "$dir/data/postmaster.pid" ;;
   *) echo "pg-cluster.sh: unknown command $cmd" >&2; exit 2 ;;

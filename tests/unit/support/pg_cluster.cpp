@@ -75,7 +75,7 @@ PgCluster* PgCluster::shared(std::string& error) {
 PgCluster::~PgCluster() {
   if (!owned_) return;
   freeze(false);
-  script("stop " + dir_ + "/cluster immediate");
+  script("destroy " + dir_ + "/cluster");
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
 }
