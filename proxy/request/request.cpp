@@ -374,7 +374,7 @@ void ProxyRequest::waitForOwner(const Record& inFlight, bool pollOnly) {
       if (self->wait_ticket_ == ticket && self->parked_) {
         self->parked_ = false;
         self->shared_.observer().waitWoken("owner");
-        self->onWaitWake();
+        self->onWaitWake(/*from_owner=*/true);
       }
     });
   };
@@ -437,12 +437,15 @@ void ProxyRequest::onWaitTimerFired() {
   onWaitWake();
 }
 
-void ProxyRequest::onWaitWake() {
+void ProxyRequest::onWaitWake(bool from_owner) {
   auto self = shared_from_this();
   keepalive_.reset();
   if (wait_timer_) evtimer_del(wait_timer_.get());
-  if (!shared_.store().localReads()) {
-    reserve();  // classifies again in one round trip: replay, mismatch, still in flight, or won
+  if (!shared_.store().localReads() || from_owner) {
+    // Classifies again in one round trip: replay, mismatch, still in flight, or won. Woken by
+    // its owner, a local store is asked the same way: its reads may not show yet what it has
+    // acknowledged (the LMDB store's writer sees it at once).
+    reserve();
     return;
   }
   auto rec = shared_.store().lookup(id_);

@@ -63,7 +63,7 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   // Waits for `inFlight`'s owner (parked when it is in this process, else polling the store);
   // `pollOnly`: always poll (a reconcile claim held elsewhere: no owner will wake us).
   void waitForOwner(const Record& inFlight, bool pollOnly = false);
-  void onWaitWake();
+  void onWaitWake(bool from_owner = false);
 
  public:
   void onWaitTimerFired();

@@ -98,9 +98,9 @@ bool LmdbStore::Impl::open(std::string& error) {
     error = "store path is empty";
     return false;
   }
-  if (const char* plant = std::getenv("IDEMPROXY_TEST_PLANT");
-      plant != nullptr && std::string_view(plant) == "answer-before-commit") {
-    plant_answer_before_commit = true;
+  if (const char* plant = std::getenv("IDEMPROXY_TEST_PLANT"); plant != nullptr) {
+    plant_answer_before_commit = std::string_view(plant) == "answer-before-commit";
+    plant_exit_holding_transaction = std::string_view(plant) == "exit-holding-transaction";
   }
   if (!opts.read_only && !makeDirectories(opts.path, error)) return false;
   struct stat st {};

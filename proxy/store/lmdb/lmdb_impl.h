@@ -7,6 +7,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -167,6 +168,17 @@ struct LmdbStore::Impl {
   void stop();
 
   void submit(std::unique_ptr<Op> op);
+  // The write transaction, with the lock that lets the map not be resized under it. Before
+  // returning, applies and commits whatever a process synced to the log but did not commit
+  // (rollForward), so no transaction starts behind the log.
+  int beginWrite(lmdb::Txn& txn, std::shared_lock<std::shared_mutex>& map_lock);
+  // Writer: the transaction groups run in (open_txn) ends. commitOpen: every group in it was
+  // synced to the log and acknowledged; if the commit fails they stay in the log, and the next
+  // write transaction (of any process) rolls them forward. abortOpen: the same, without trying.
+  int commitOpen();
+  void abortOpen();
+  // Writer: whether the group just logged may leave open_txn open for the next.
+  bool mayDefer(bool more_queued);
   void writerLoop();
   void process(std::span<const std::unique_ptr<Op>> batch, bool& dirty);
   size_t runGroup(std::span<Op* const> ops, bool& dirty);
@@ -213,6 +225,12 @@ struct LmdbStore::Impl {
   void walClose();
   void checkpointerLoop();
   bool replayLog(const wal::Checkpoint& c, std::string& error);
+  // Applies the groups after the last committed one that are valid in the log (synced by a
+  // process that then died, or failed to commit, holding the write transaction), in `txn`, and
+  // moves the log position past them. `found`: how many changes.
+  int rollForward(MDB_txn* txn, size_t& found);
+  // Applies logged changes (replay, roll forward), without logging them again.
+  int applyChanges(MDB_txn* txn, const std::vector<wal::Change>& changes);
   bool readableWithoutReplay(std::string& error);
 
   LmdbOptions opts;
@@ -235,6 +253,12 @@ struct LmdbStore::Impl {
   // 20 ms and commits. It exists so that the sync-order test and the power-loss simulator can
   // show that they catch an answer given before it is durable. Never set it in production.
   bool plant_answer_before_commit = false;
+  // TEST ONLY (IDEMPROXY_TEST_PLANT=exit-holding-transaction): keeps the write transaction open
+  // across groups whatever is queued, and ends the process (std::_Exit) right after the third
+  // group is acknowledged, still holding it: a process that dies with acknowledged groups not
+  // yet committed, for the test that another process rolls them forward.
+  bool plant_exit_holding_transaction = false;
+  int planted_groups = 0;
 
   std::shared_mutex map_mu;  // shared: a transaction is active; exclusive: resizing the map
 
@@ -262,10 +286,16 @@ struct LmdbStore::Impl {
   size_t replayed_at_open = 0;         // changes replayed from the log when opening
   std::string wal_pending;             // writer: the changes of the group being applied
   bool nested_only = false;            // writer: this group runs each op in a nested transaction
-  uint64_t wal_group_at = 0;           // writer: where walAppend put the last group
-  uint64_t wal_used = 0;               // writer: log bytes used since the checkpoint
-  MDB_txn* pin = nullptr;              // writer: read transaction at this process's last checkpoint
-  size_t pin_last_page = 0;            // writer: the data file's last page at that checkpoint
+  bool wal_needs_commit = false;       // writer: the log is full and open_txn has groups in it
+  // Writer: the write transaction groups run in, open across groups while more are queued.
+  lmdb::Txn open_txn;
+  std::shared_lock<std::shared_mutex> open_lock;  // map_mu, while open_txn is
+  size_t open_groups = 0;                         // acknowledged groups in open_txn
+  std::chrono::steady_clock::time_point open_since;
+  uint64_t wal_group_at = 0;  // writer: where walAppend put the last group
+  uint64_t wal_used = 0;      // writer: log bytes used since the checkpoint
+  MDB_txn* pin = nullptr;     // writer: read transaction at this process's last checkpoint
+  size_t pin_last_page = 0;   // writer: the data file's last page at that checkpoint
   // The checkpointer thread: syncs the data file ahead of a checkpoint, then queues it.
   std::thread checkpointer;
   std::mutex ck_mu;
@@ -274,7 +304,9 @@ struct LmdbStore::Impl {
   bool ck_wanted = false;  // the log is half full: checkpoint soon
   std::atomic<uint64_t> checkpoints{0};
 
-  std::atomic<uint64_t> commits{0};
+  std::atomic<uint64_t> commits{0};  // groups acknowledged
+  std::atomic<uint64_t> lmdb_commits{0};
+  std::atomic<uint64_t> rolled_forward{0};
   std::atomic<uint64_t> operations{0};
   std::atomic<uint64_t> decode_errors{0};
 };

@@ -446,6 +446,12 @@ void LmdbStore::Impl::writerLoop() {
     {
       std::unique_lock lock(mu);
       auto ready = [this] { return !queue.empty() || stopping; };
+      if (open_txn && !ready() && !plant_exit_holding_transaction) {
+        // (runGroup commits when nothing more is queued; never wait holding the lock)
+        lock.unlock();
+        commitOpen();
+        lock.lock();
+      }
       if (relaxed && dirty) {
         cv.wait_until(lock, next_sync, ready);
       } else {
@@ -472,6 +478,7 @@ void LmdbStore::Impl::writerLoop() {
       }
     }
   }
+  commitOpen();
   if (relaxed && dirty) syncToDisk();
 }
 
@@ -490,6 +497,7 @@ void LmdbStore::Impl::process(std::span<const std::unique_ptr<Op>> batch, bool& 
     i += runGroup(std::span<Op* const>(work).subspan(i), dirty);
   }
   if (barrier) {
+    commitOpen();  // what was queued before the barrier is committed when it completes
     if (opts.durability == Durability::Relaxed && dirty) {
       syncToDisk();
       dirty = false;
@@ -500,40 +508,106 @@ void LmdbStore::Impl::process(std::span<const std::unique_ptr<Op>> batch, bool& 
   }
 }
 
-// Applies a prefix of `ops` in one write transaction, commits, and completes them. Returns how
-// many were consumed (at least one).
+int LmdbStore::Impl::beginWrite(Txn& txn, std::shared_lock<std::shared_mutex>& map_lock) {
+  for (;;) {
+    std::shared_lock lock(map_mu);
+    MDB_txn* raw = nullptr;
+    int rc = MDB_SUCCESS;
+    for (int attempt = 0;; ++attempt) {
+      rc = mdb_txn_begin(env, nullptr, 0, &raw);
+      if (rc != MDB_MAP_RESIZED || attempt == kResizeAttempts) break;
+      lock.unlock();
+      adoptMapSize();
+      lock.lock();
+    }
+    if (rc != MDB_SUCCESS) return rc;
+    Txn begun(raw);
+    size_t found = 0;
+    if (wal_file) {
+      rc = rollForward(begun.get(), found);
+      if (rc != MDB_SUCCESS) return rc;
+    }
+    if (found == 0) {
+      txn = std::move(begun);
+      map_lock = std::move(lock);
+      return MDB_SUCCESS;
+    }
+    // Durable in the log already: committed as it is, then a transaction of its own.
+    rc = begun.commit();
+    if (rc != MDB_SUCCESS) return rc;
+    lmdb_commits.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+int LmdbStore::Impl::commitOpen() {
+  if (!open_txn) return MDB_SUCCESS;
+  const int rc = open_txn.commit();
+  if (open_lock.owns_lock()) open_lock.unlock();
+  open_groups = 0;
+  if (rc == MDB_SUCCESS) {
+    lmdb_commits.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
+  }
+  return rc;
+}
+
+void LmdbStore::Impl::abortOpen() {
+  open_txn.abort();
+  if (open_lock.owns_lock()) open_lock.unlock();
+  open_groups = 0;
+}
+
+bool LmdbStore::Impl::mayDefer(bool more_queued) {
+  if (plant_exit_holding_transaction) return true;
+  if (!more_queued || opts.defer_groups <= 1 || open_groups + 1 >= opts.defer_groups) {
+    return false;
+  }
+  // Room for the groups to come without a commit: LMDB must not find the map full when the
+  // transaction finally commits (its groups are acknowledged by then), and a checkpoint,
+  // which needs it committed, must not be kept waiting.
+  constexpr int64_t kDeferBudget = int64_t{8} << 20;
+  if (grow_budget < kDeferBudget || wal_used > wal_file->capacity() / 2) return false;
+  return std::chrono::steady_clock::now() - open_since < opts.defer_for;
+}
+
+// Applies a prefix of `ops` in the write transaction, makes them durable, and completes them.
+// Returns how many were consumed (at least one).
+//
+// With a log, while more operations are queued, the transaction stays open for the next group
+// (open_txn): each group is acknowledged once its changes are synced to the log, and the
+// transaction commits after a few groups (mayDefer), and always before the writer waits for
+// work. Nothing in it is visible to a reader before it commits, so nothing is read before it
+// is durable; reads that miss it fall through to reserve(), which runs here and sees it. If
+// the transaction cannot commit (or is aborted: an operation failed, the log must start over),
+// its groups are still in the log after the last committed one, and the next write
+// transaction of any process applies and commits them first (beginWrite, rollForward): so a
+// process that dies holding it loses nothing it acknowledged either.
 size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
   if (filesGone()) {
+    abortOpen();
     health = Health::FilesGone;
     for (Op* op : ops) op->finish(StoreError::Io);
     return ops.size();
   }
-  std::shared_lock map_lock(map_mu);
-  MDB_txn* raw = nullptr;
-  int rc = MDB_SUCCESS;
-  for (int attempt = 0;; ++attempt) {
-    rc = mdb_txn_begin(env, nullptr, 0, &raw);
-    if (rc != MDB_MAP_RESIZED || attempt == kResizeAttempts) break;
-    map_lock.unlock();
-    adoptMapSize();
-    map_lock.lock();
+  if (!open_txn) {
+    int rc = beginWrite(open_txn, open_lock);
+    if (rc == MDB_SUCCESS) rc = measureFreePages(open_txn.get());
+    if (rc != MDB_SUCCESS) {
+      abortOpen();
+      for (Op* op : ops) op->finish(StoreError::Io);
+      return ops.size();
+    }
+    open_since = std::chrono::steady_clock::now();
   }
-  if (rc != MDB_SUCCESS) {
-    for (Op* op : ops) op->finish(StoreError::Io);
-    return ops.size();
-  }
-  Txn txn(raw);
-  rc = measureFreePages(txn.get());
-  if (rc != MDB_SUCCESS) {
-    for (Op* op : ops) op->finish(StoreError::Io);
-    return ops.size();
-  }
+  MDB_txn* const txn = open_txn.get();
 
   const int64_t now = clock.wallMs();
   std::vector<StoreError> errors;
   errors.reserve(ops.size());
   wal_pending.clear();
   size_t n = 0;
+  int rc = MDB_SUCCESS;
   if (!nested_only && std::all_of(ops.begin(), ops.end(), [](Op* op) { return op->flat(); })) {
     // The usual group (reservations and records): every operation in the group's transaction
     // itself. A nested transaction per operation costs more than the operation (LMDB allocates
@@ -541,11 +615,10 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
     // then refuses to commit the transaction the failure happened in.
     for (; n < ops.size(); ++n) {
       ops[n]->reset();
-      if (ops[n]->apply(*this, txn.get(), now) != MDB_SUCCESS) break;
+      if (ops[n]->apply(*this, txn, now) != MDB_SUCCESS) break;
     }
     if (n < ops.size()) {
-      txn.abort();
-      map_lock.unlock();
+      abortOpen();  // groups acknowledged in it are rolled forward from the log
       nested_only = true;
       const size_t done = runGroup(ops, dirty);
       nested_only = false;
@@ -556,7 +629,7 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
   for (; n < ops.size(); ++n) {
     const size_t logged = wal_pending.size();  // this op's changes, if it is undone
     MDB_txn* child = nullptr;
-    rc = mdb_txn_begin(env, txn.get(), 0, &child);
+    rc = mdb_txn_begin(env, txn, 0, &child);
     if (rc == MDB_SUCCESS) {
       ops[n]->reset();
       rc = ops[n]->apply(*this, child, now);
@@ -575,7 +648,7 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
   // pages freed since, so a full map may only need a checkpoint (which moves the reader up) to
   // have room again. Once per group, whether an operation or the commit found the map full.
   const bool can_retry =
-      wal_file && pin != nullptr && !wal_retrying && mdb_txn_id(pin) + 1 < mdb_txn_id(txn.get());
+      wal_file && pin != nullptr && !wal_retrying && mdb_txn_id(pin) + 1 < mdb_txn_id(txn);
   auto retryAfterCheckpoint = [&]() -> size_t {
     std::string error;
     if (!checkpointNow(false, error)) {
@@ -589,8 +662,7 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
   };
   if (can_retry && std::any_of(errors.begin(), errors.end(),
                                [](StoreError e) { return e == StoreError::Full; })) {
-    txn.abort();
-    map_lock.unlock();
+    abortOpen();
     return retryAfterCheckpoint();
   }
 
@@ -600,8 +672,11 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
     for (size_t i = 0; i < n; ++i) ops[i]->finish(errors[i]);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
     std::string ignored;
-    if (wal_file && !wal_pending.empty() && !walAppend(txn.get(), ignored)) return n;
-    (void)txn.commit();
+    if (wal_file && !wal_pending.empty() && !walAppend(txn, ignored)) {
+      abortOpen();
+      return n;
+    }
+    (void)commitOpen();
     dirty = true;
     return n;
   }
@@ -610,31 +685,49 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
   const bool logged = wal_file && !wal_pending.empty();
   if (logged) {
     std::string error;
-    if (!walAppend(txn.get(), error)) {
+    if (!walAppend(txn, error)) {
+      abortOpen();
+      if (std::exchange(wal_needs_commit, false)) {
+        // The log must start over, and the groups acknowledged in the transaction are only
+        // in it: commit them (rolled forward from the log), then run this group afresh.
+        Txn settle;
+        std::shared_lock<std::shared_mutex> settle_lock;
+        rc = beginWrite(settle, settle_lock);
+        if (rc == MDB_SUCCESS) rc = settle.commit();
+        if (rc == MDB_SUCCESS) {
+          lmdb_commits.fetch_add(1, std::memory_order_relaxed);
+          return runGroup(ops.first(n), dirty);
+        }
+      }
       health = Health::Failing;
       for (size_t i = 0; i < n; ++i) ops[i]->finish(StoreError::Io);
       return n;
     }
   }
-  rc = txn.commit();
-  if (rc != MDB_SUCCESS && logged) walForget();
+  const bool more_queued = n < ops.size() || [this] {
+    std::lock_guard lock(mu);
+    return !queue.empty();
+  }();
+  if (logged && mayDefer(more_queued)) {
+    ++open_groups;  // acknowledged below; committed with a later group
+  } else {
+    const bool earlier_groups = open_groups > 0;
+    rc = commitOpen();
+    if (rc != MDB_SUCCESS && logged) walForget();
+    if (rc == MDB_MAP_FULL && can_retry) return retryAfterCheckpoint();
+    if (rc == MDB_MAP_FULL && n > 1 && !earlier_groups) {
+      // Saving the free list needed pages the map does not have. Run the ops one per
+      // transaction so that only those that do not fit fail.
+      for (size_t i = 0; i < n;) i += runGroup(ops.subspan(i, n - i).first(1), dirty);
+      return n;
+    }
+    if (rc != MDB_SUCCESS) {
+      for (size_t i = 0; i < n; ++i) ops[i]->finish(classify(rc));
+      return n;
+    }
+  }
   const auto took =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
-  map_lock.unlock();
-
-  if (rc == MDB_MAP_FULL && can_retry) return retryAfterCheckpoint();
-
-  if (rc == MDB_MAP_FULL && n > 1) {
-    // Saving the free list needed pages the map does not have. Run the ops one per
-    // transaction so that only those that do not fit fail.
-    for (size_t i = 0; i < n;) i += runGroup(ops.subspan(i, n - i).first(1), dirty);
-    return n;
-  }
-  if (rc != MDB_SUCCESS) {
-    health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
-    for (size_t i = 0; i < n; ++i) ops[i]->finish(classify(rc));
-    return n;
-  }
 
   dirty = true;
   // Full while a growing write did not fit; ready again once one does (a sweep made room).
@@ -658,6 +751,7 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
     if (observer) observer(took, n);
   }
   for (size_t i = 0; i < n; ++i) ops[i]->finish(errors[i]);
+  if (plant_exit_holding_transaction && open_txn && ++planted_groups == 3) std::_Exit(0);
   return n;
 }
 

@@ -29,6 +29,11 @@ struct LmdbOptions {
   // Growth of the data file since the last checkpoint (4 KiB pages) that starts the next one;
   // 0: an eighth of the file, at least 256 and at most 8192 pages.
   size_t checkpoint_growth_pages = 0;
+  // With a log, while more operations are queued, groups share one LMDB transaction: each is
+  // acknowledged once its log group is synced, and the transaction commits after `defer_groups`
+  // groups, after `defer_for`, or as soon as nothing more is queued (1: a commit per group).
+  size_t defer_groups = 16;
+  std::chrono::microseconds defer_for{5000};
   // Refuse to replay a log into a data file other than the one it was written for (inode and
   // birth time). Only the power-loss checker, which rebuilds the files of each crash state
   // from recorded writes, turns it off.
@@ -88,6 +93,9 @@ class LmdbStore : public Store {
     bool active = false;
     uint64_t checkpoints = 0;
     size_t replayed_at_open = 0;
+    uint64_t groups = 0;          // groups synced to the log and acknowledged
+    uint64_t lmdb_commits = 0;    // LMDB transactions committed by this process's writer
+    uint64_t rolled_forward = 0;  // changes applied from the log that a process left uncommitted
   };
   WalStats walStats() const;
 

@@ -89,7 +89,14 @@ class LogFile {
   // (returning false) if `fn` does. `end` is set to the offset after the last group read and
   // `next_seq` to the sequence number the next group would carry.
   template <typename Fn>
-  bool replay(const Checkpoint& c, uint64_t& end, uint64_t& next_seq, Fn&& fn) const;
+  bool replay(const Checkpoint& c, uint64_t& end, uint64_t& next_seq, Fn&& fn) const {
+    return replayFrom(c.salt, kLogStart, c.next_seq, end, next_seq, fn);
+  }
+  // The same from the group expected at `offset` with sequence number `seq` (the groups that
+  // follow the last one committed).
+  template <typename Fn>
+  bool replayFrom(uint64_t salt, uint64_t offset, uint64_t seq, uint64_t& end, uint64_t& next_seq,
+                  Fn&& fn) const;
 
   uint64_t capacity() const { return capacity_; }
   int fd() const { return fd_; }
@@ -110,12 +117,13 @@ class LogFile {
 };
 
 template <typename Fn>
-bool LogFile::replay(const Checkpoint& c, uint64_t& end, uint64_t& next_seq, Fn&& fn) const {
-  end = kLogStart;
-  next_seq = c.next_seq;
+bool LogFile::replayFrom(uint64_t salt, uint64_t offset, uint64_t seq, uint64_t& end,
+                         uint64_t& next_seq, Fn&& fn) const {
+  end = offset;
+  next_seq = seq;
   std::string payload;
   std::vector<Change> changes;
-  for (uint64_t length = 0; readGroup(end, c.salt, next_seq, payload, length);) {
+  for (uint64_t length = 0; readGroup(end, salt, next_seq, payload, length);) {
     changes.clear();
     if (!parseChanges(payload, changes)) break;  // a valid checksum over a bad encoding
     if (!fn(changes)) return false;

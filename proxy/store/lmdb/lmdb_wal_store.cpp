@@ -10,10 +10,13 @@
 // before it is durable, and every completed operation is in the log or in a synced data file.
 // Where the next group goes is kept in the transaction itself (the key kStateKey in LMDB's main
 // table: checkpoint number, end offset, next sequence number), so every process appends after
-// the last committed group. A group that was synced but whose transaction then did not commit
-// has its header overwritten (walForget) before anyone is told; a process that dies in between
-// leaves a group that the next group overwrites, or that replays as a reservation whose owner
-// died (what a crash after a classic commit leaves too).
+// the last committed group. While more operations are queued, the transaction stays open for
+// the next groups (a few, for a few ms): each group is acknowledged once it is synced, and the
+// transaction commits later, so several groups share one LMDB commit. Every write transaction,
+// of any process, begins by applying and committing the groups valid in the log after the last
+// committed one (rollForward): those of a process that died holding the transaction, or whose
+// commit failed. A group that was synced but whose transaction then did not commit has its
+// header overwritten (walForget) before anyone is told, unless it was acknowledged.
 //
 // Checkpoint: with the write lock held (no commit can happen), a read transaction is begun
 // (so it sees transaction C, the newest) and kept: LMDB reuses no page that a reader may still
@@ -229,26 +232,9 @@ bool LmdbStore::Impl::replayLog(const wal::Checkpoint& c, std::string& error) {
   uint64_t next_seq = 0;
   size_t replayed = 0;
   const bool read = wal_file->replay(c, end, next_seq, [&](const std::vector<wal::Change>& cs) {
-    for (const wal::Change& ch : cs) {
-      Record old;
-      rc = get(txn.get(), ch.id, old);
-      if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return false;
-      const Record* prev = rc == MDB_SUCCESS ? &old : nullptr;
-      if (ch.put) {
-        Record rec;
-        if (decodeRecord(ch.bytes, rec) != DecodeError::None) {
-          rc = MDB_CORRUPTED;
-          return false;
-        }
-        rc = putEncoded(txn.get(), ch.id, ch.bytes, rec.expires_at_ms, prev, false, false);
-      } else {
-        rc = erase(txn.get(), ch.id, prev);
-        if (rc == MDB_NOTFOUND) rc = MDB_SUCCESS;
-      }
-      if (rc != MDB_SUCCESS) return false;
-      ++replayed;
-    }
-    return true;
+    rc = applyChanges(txn.get(), cs);
+    replayed += rc == MDB_SUCCESS ? cs.size() : 0;
+    return rc == MDB_SUCCESS;
   });
   wal_replaying = false;
   if (!read) {
@@ -263,6 +249,54 @@ bool LmdbStore::Impl::replayLog(const wal::Checkpoint& c, std::string& error) {
   }
   replayed_at_open = replayed;
   return true;
+}
+
+int LmdbStore::Impl::applyChanges(MDB_txn* txn, const std::vector<wal::Change>& changes) {
+  for (const wal::Change& ch : changes) {
+    Record old;
+    int rc = get(txn, ch.id, old);
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return rc;
+    const Record* prev = rc == MDB_SUCCESS ? &old : nullptr;
+    if (ch.put) {
+      Record rec;
+      if (decodeRecord(ch.bytes, rec) != DecodeError::None) return MDB_CORRUPTED;
+      rc = putEncoded(txn, ch.id, ch.bytes, rec.expires_at_ms, prev, false, false);
+    } else {
+      rc = erase(txn, ch.id, prev);
+      if (rc == MDB_NOTFOUND) rc = MDB_SUCCESS;
+    }
+    if (rc != MDB_SUCCESS) return rc;
+  }
+  return MDB_SUCCESS;
+}
+
+int LmdbStore::Impl::rollForward(MDB_txn* txn, size_t& found) {
+  found = 0;
+  const auto c = wal_file->readCheckpoint();
+  if (!c) return MDB_SUCCESS;  // the next append reports the damaged log
+  LogState st;
+  uint64_t start = wal::kLogStart;
+  uint64_t seq = c->next_seq;
+  if (readState(txn, st) && st.checkpoint == c->number) {
+    start = st.end;
+    seq = st.next_seq;
+  }
+  uint64_t end = start;
+  uint64_t next_seq = seq;
+  int rc = MDB_SUCCESS;
+  wal_replaying = true;  // applied, not logged again
+  const bool read =
+      wal_file->replayFrom(c->salt, start, seq, end, next_seq, [&](const auto& changes) {
+        rc = applyChanges(txn, changes);
+        found += rc == MDB_SUCCESS ? changes.size() : 0;
+        return rc == MDB_SUCCESS;
+      });
+  wal_replaying = false;
+  if (!read) return rc;
+  if (end == start) return MDB_SUCCESS;
+  if (found == 0) found = 1;  // groups with no change still move the position
+  rolled_forward.fetch_add(found, std::memory_order_relaxed);
+  return writeState(txn, LogState{c->number, end, next_seq});
 }
 
 void LmdbStore::Impl::walClose() {
@@ -300,6 +334,13 @@ bool LmdbStore::Impl::walAppend(MDB_txn* txn, std::string& error) {
   }
   const uint64_t length = wal::kGroupHeader + wal_pending.size();
   if (end > wal::kLogStart && end + length > wal::kLogStart + wal_file->capacity()) {
+    if (open_groups > 0) {
+      // The groups already in this transaction are acknowledged but only in the log, which a
+      // checkpoint would start over: they must be committed first (runGroup does).
+      wal_needs_commit = true;
+      error = "the write-ahead log is full";
+      return false;
+    }
     // The log is full: checkpoint now (in this transaction, which holds the lock) and start
     // from its beginning. (The checkpointer normally comes first, at half full.)
     if (!checkpoint(txn, false, error)) return false;
@@ -396,21 +437,16 @@ bool LmdbStore::Impl::checkpoint(MDB_txn* txn, bool clean, std::string& error) {
 }
 
 bool LmdbStore::Impl::checkpointNow(bool clean, std::string& error) {
-  std::shared_lock map_lock(map_mu);
-  MDB_txn* raw = nullptr;
-  int rc = MDB_SUCCESS;
-  for (int attempt = 0;; ++attempt) {
-    rc = mdb_txn_begin(env, nullptr, 0, &raw);
-    if (rc != MDB_MAP_RESIZED || attempt == kResizeAttempts) break;
-    map_lock.unlock();
-    adoptMapSize();
-    map_lock.lock();
-  }
+  if (open_txn) commitOpen();  // (the writer commits before it checkpoints; this is a guard)
+  std::shared_lock<std::shared_mutex> map_lock;
+  Txn txn;  // aborted: the checkpoint changes nothing in LMDB
+  // beginWrite first commits what the log holds beyond the last commit: a checkpoint starts
+  // the log over.
+  const int rc = beginWrite(txn, map_lock);
   if (rc != MDB_SUCCESS) {
     error = "cannot checkpoint the write-ahead log: " + mdbError(rc);
     return false;
   }
-  Txn txn(raw);  // aborted: the checkpoint changes nothing in LMDB
   return checkpoint(txn.get(), clean, error);
 }
 
@@ -452,6 +488,9 @@ LmdbStore::WalStats LmdbStore::walStats() const {
   w.active = impl_->wal_file != nullptr;
   w.checkpoints = impl_->checkpoints.load(std::memory_order_relaxed);
   w.replayed_at_open = impl_->replayed_at_open;
+  w.groups = impl_->commits.load(std::memory_order_relaxed);
+  w.lmdb_commits = impl_->lmdb_commits.load(std::memory_order_relaxed);
+  w.rolled_forward = impl_->rolled_forward.load(std::memory_order_relaxed);
   return w;
 }
 
