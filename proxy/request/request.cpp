@@ -374,7 +374,7 @@ void ProxyRequest::waitForOwner(const Record& inFlight, bool pollOnly) {
       if (self->wait_ticket_ == ticket && self->parked_) {
         self->parked_ = false;
         self->shared_.observer().waitWoken("owner");
-        self->onWaitWake(/*from_owner=*/true);
+        self->onWaitWake(/*ask_writer=*/true);
       }
     });
   };
@@ -433,15 +433,16 @@ void ProxyRequest::onWaitTimerFired() {
     shared_.store().unwatch(id_, watch_handle_);
     watching_ = false;
   }
-  // Poll tick or deadline: either way look at the store once more before answering 409.
-  onWaitWake();
+  // Poll tick or deadline: either way look at the store once more before answering 409; the
+  // last look asks the writer (what it acknowledged may not be readable for a few ms yet).
+  onWaitWake(/*ask_writer=*/RequestSteady::now() >= wait_deadline_);
 }
 
-void ProxyRequest::onWaitWake(bool from_owner) {
+void ProxyRequest::onWaitWake(bool ask_writer) {
   auto self = shared_from_this();
   keepalive_.reset();
   if (wait_timer_) evtimer_del(wait_timer_.get());
-  if (!shared_.store().localReads() || from_owner) {
+  if (!shared_.store().localReads() || ask_writer) {
     // Classifies again in one round trip: replay, mismatch, still in flight, or won. Woken by
     // its owner, a local store is asked the same way: its reads may not show yet what it has
     // acknowledged (the LMDB store's writer sees it at once).

@@ -63,7 +63,9 @@ class ProxyRequest : public std::enable_shared_from_this<ProxyRequest> {
   // Waits for `inFlight`'s owner (parked when it is in this process, else polling the store);
   // `pollOnly`: always poll (a reconcile claim held elsewhere: no owner will wake us).
   void waitForOwner(const Record& inFlight, bool pollOnly = false);
-  void onWaitWake(bool from_owner = false);
+  // `ask_writer`: classify by reserving again rather than by a local read (woken by the owner,
+  // or the last look before the deadline).
+  void onWaitWake(bool ask_writer = false);
 
  public:
   void onWaitTimerFired();

@@ -176,6 +176,7 @@ struct LmdbStore::Impl {
   // synced to the log and acknowledged; if the commit fails they stay in the log, and the next
   // write transaction (of any process) rolls them forward. abortOpen: the same, without trying.
   int commitOpen();
+  void commitOpenReporting();  // commitOpen, a failure shown in `health`
   void abortOpen();
   // Writer: whether the group just logged may leave open_txn open for the next.
   bool mayDefer(bool more_queued);

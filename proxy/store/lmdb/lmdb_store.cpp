@@ -449,7 +449,7 @@ void LmdbStore::Impl::writerLoop() {
       if (open_txn && !ready() && !plant_exit_holding_transaction) {
         // (runGroup commits when nothing more is queued; never wait holding the lock)
         lock.unlock();
-        commitOpen();
+        commitOpenReporting();
         lock.lock();
       }
       if (relaxed && dirty) {
@@ -478,7 +478,7 @@ void LmdbStore::Impl::writerLoop() {
       }
     }
   }
-  commitOpen();
+  commitOpenReporting();
   if (relaxed && dirty) syncToDisk();
 }
 
@@ -497,7 +497,7 @@ void LmdbStore::Impl::process(std::span<const std::unique_ptr<Op>> batch, bool& 
     i += runGroup(std::span<Op* const>(work).subspan(i), dirty);
   }
   if (barrier) {
-    commitOpen();  // what was queued before the barrier is committed when it completes
+    commitOpenReporting();  // what was queued before the barrier is committed when it completes
     if (opts.durability == Durability::Relaxed && dirty) {
       syncToDisk();
       dirty = false;
@@ -532,7 +532,13 @@ int LmdbStore::Impl::beginWrite(Txn& txn, std::shared_lock<std::shared_mutex>& m
       map_lock = std::move(lock);
       return MDB_SUCCESS;
     }
-    // Durable in the log already: committed as it is, then a transaction of its own.
+    // A group read back may be in the page cache only (its process died before its sync):
+    // synced first, so that nothing is readable before it is durable. Then committed as it is,
+    // one group per transaction (each may take pages; a full map stops only the rest).
+    if (::fdatasync(wal_file->fd()) != 0) {
+      wal_broken = true;
+      return EIO;
+    }
     rc = begun.commit();
     if (rc != MDB_SUCCESS) return rc;
     lmdb_commits.fetch_add(1, std::memory_order_relaxed);
@@ -544,12 +550,14 @@ int LmdbStore::Impl::commitOpen() {
   const int rc = open_txn.commit();
   if (open_lock.owns_lock()) open_lock.unlock();
   open_groups = 0;
-  if (rc == MDB_SUCCESS) {
-    lmdb_commits.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
-  }
+  if (rc == MDB_SUCCESS) lmdb_commits.fetch_add(1, std::memory_order_relaxed);
   return rc;
+}
+
+void LmdbStore::Impl::commitOpenReporting() {
+  const int rc = commitOpen();
+  // Its groups are in the log, and the next write transaction tries them again.
+  if (rc != MDB_SUCCESS) health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
 }
 
 void LmdbStore::Impl::abortOpen() {
@@ -560,7 +568,8 @@ void LmdbStore::Impl::abortOpen() {
 
 bool LmdbStore::Impl::mayDefer(bool more_queued) {
   if (plant_exit_holding_transaction) return true;
-  if (!more_queued || opts.defer_groups <= 1 || open_groups + 1 >= opts.defer_groups) {
+  if (!more_queued || opts.durability != Durability::Full || opts.defer_groups <= 1 ||
+      open_groups + 1 >= opts.defer_groups) {
     return false;
   }
   // Room for the groups to come without a commit: LMDB must not find the map full when the
@@ -595,7 +604,10 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
     if (rc == MDB_SUCCESS) rc = measureFreePages(open_txn.get());
     if (rc != MDB_SUCCESS) {
       abortOpen();
-      for (Op* op : ops) op->finish(StoreError::Io);
+      // (Full: groups left in the log by a transaction that could not commit do not fit.)
+      health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
+      for (Op* op : ops)
+        op->finish(classify(rc) == StoreError::Full ? StoreError::Full : StoreError::Io);
       return ops.size();
     }
     open_since = std::chrono::steady_clock::now();
@@ -690,21 +702,21 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
       if (std::exchange(wal_needs_commit, false)) {
         // The log must start over, and the groups acknowledged in the transaction are only
         // in it: commit them (rolled forward from the log), then run this group afresh.
-        Txn settle;
-        std::shared_lock<std::shared_mutex> settle_lock;
-        rc = beginWrite(settle, settle_lock);
-        if (rc == MDB_SUCCESS) rc = settle.commit();
-        if (rc == MDB_SUCCESS) {
-          lmdb_commits.fetch_add(1, std::memory_order_relaxed);
-          return runGroup(ops.first(n), dirty);
-        }
+        {
+          Txn settle;
+          std::shared_lock<std::shared_mutex> settle_lock;
+          rc = beginWrite(settle, settle_lock);
+          if (rc == MDB_SUCCESS) rc = settle.commit();
+        }  // (map_mu released before the rerun, which may need to resize the map)
+        if (rc == MDB_SUCCESS) return runGroup(ops.first(n), dirty);
       }
       health = Health::Failing;
       for (size_t i = 0; i < n; ++i) ops[i]->finish(StoreError::Io);
       return n;
     }
   }
-  const bool more_queued = n < ops.size() || [this] {
+  // (A group cut short by MDB_TXN_FULL commits: the next one would not fit in it.)
+  const bool more_queued = n == ops.size() && [this] {
     std::lock_guard lock(mu);
     return !queue.empty();
   }();
@@ -722,6 +734,7 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
       return n;
     }
     if (rc != MDB_SUCCESS) {
+      health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
       for (size_t i = 0; i < n; ++i) ops[i]->finish(classify(rc));
       return n;
     }

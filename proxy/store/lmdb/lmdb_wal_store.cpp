@@ -272,6 +272,7 @@ int LmdbStore::Impl::applyChanges(MDB_txn* txn, const std::vector<wal::Change>& 
 
 int LmdbStore::Impl::rollForward(MDB_txn* txn, size_t& found) {
   found = 0;
+  if (wal_broken) return EIO;  // a failed sync: what the log reads back is not trusted
   const auto c = wal_file->readCheckpoint();
   if (!c) return MDB_SUCCESS;  // the next append reports the damaged log
   LogState st;
@@ -284,15 +285,17 @@ int LmdbStore::Impl::rollForward(MDB_txn* txn, size_t& found) {
   uint64_t end = start;
   uint64_t next_seq = seq;
   int rc = MDB_SUCCESS;
+  bool one = false;      // one group per call: beginWrite commits each on its own
   wal_replaying = true;  // applied, not logged again
   const bool read =
       wal_file->replayFrom(c->salt, start, seq, end, next_seq, [&](const auto& changes) {
+        if (std::exchange(one, true)) return false;
         rc = applyChanges(txn, changes);
         found += rc == MDB_SUCCESS ? changes.size() : 0;
         return rc == MDB_SUCCESS;
       });
   wal_replaying = false;
-  if (!read) return rc;
+  if (!read && rc != MDB_SUCCESS) return rc;
   if (end == start) return MDB_SUCCESS;
   if (found == 0) found = 1;  // groups with no change still move the position
   rolled_forward.fetch_add(found, std::memory_order_relaxed);
@@ -362,6 +365,10 @@ bool LmdbStore::Impl::walAppend(MDB_txn* txn, std::string& error) {
   uint64_t written = 0;
   if (!wal_file->append(end, c->salt, seq, wal_pending, written, error)) {
     wal_broken = true;  // a failed fdatasync may have dropped pages: nothing more is trusted
+    // The group may still read back whole from the page cache: unmade there at least, so that
+    // no process rolls forward what was never durable (best effort: the log already failed).
+    std::string ignored;
+    wal_file->invalidate(end, ignored);
     return false;
   }
   wal_group_at = end;

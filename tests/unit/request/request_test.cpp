@@ -84,10 +84,14 @@ TEST_F(RequestCoreTest, WaiterTimesOutWith409AndRetryAfter) {
   // Another process owns the key: the waiter polls the store until its deadline.
   store_.stored = inFlight("otherhost:1:abcd:0");
   completeReserve(ReserveStatus::InFlight, *store_.stored);
-  ASSERT_TRUE(loop_->runUntil([&] { return reply_.has_value(); }));
+  // Polls by reading; the last look, at the deadline, asks the writer (reads may lag it).
+  ASSERT_TRUE(loop_->runUntil([&] { return !store_.reserves.empty(); }));
+  EXPECT_GE(store_.lookups, 1) << "polled before the deadline";
+  EXPECT_FALSE(reply_);
+  completeReserve(ReserveStatus::InFlight, *store_.stored);
+  ASSERT_TRUE(reply_);
   EXPECT_EQ(reply_->status, 409);
   EXPECT_EQ(reply_->field("Retry-After"), "5");
-  EXPECT_GE(store_.lookups, 2) << "looked again before giving up";
   EXPECT_EQ(observer_.done.back().second, Outcome::Conflict);
 }
 
@@ -384,7 +388,15 @@ TEST_F(RequestCoreTest, WaiterTicketsAreUniqueAcrossRequests) {
     l->drain();
   }
   ASSERT_EQ(shared_->waiters().parked(), 2u);
-  ASSERT_TRUE(hastyLoop.runUntil([&] { return hasty.has_value(); }));
+  // The hasty one's deadline: a last look through the writer, still in flight, then 409.
+  ASSERT_TRUE(hastyLoop.runUntil([&] { return !store_.reserves.empty(); }));
+  {
+    auto [req, done] = std::move(store_.reserves.front());
+    store_.reserves.pop_front();
+    done({StoreError::None, ReserveStatus::InFlight, *store_.stored});
+    hastyLoop.drain();
+  }
+  ASSERT_TRUE(hasty.has_value());
   EXPECT_EQ(hasty->status, 409);
   EXPECT_EQ(shared_->waiters().parked(), 1u);
   // The owner finishes: the patient waiter is woken at once (no timer needed) and asks again.

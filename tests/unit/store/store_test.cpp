@@ -1097,6 +1097,50 @@ TEST_F(LmdbWalProcessTest, GroupsQueuedBehindEachOtherShareOneLmdbCommitAndAllAr
   EXPECT_TRUE(store->verify().ok());
 }
 
+TEST_F(LmdbWalProcessTest, ALogThatFillsWhileGroupsShareATransactionCommitsThemFirst) {
+  // The log wraps many times while groups are queued behind each other: a checkpoint (which
+  // starts the log over) must never leave acknowledged groups only in the old log.
+  LmdbOptions o = walOptions();
+  o.wal_size = 16 << 10;
+  o.max_batch = 2;
+  store.reset();
+  std::filesystem::remove_all(dir.path() + "/store");
+  open(o);
+  constexpr int kKeys = 300;
+  std::atomic<int> recorded{0};
+  std::latch done(kKeys);
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = "fill-" + std::to_string(i);
+    store->reserve(reserveReq(key, "A"), [&, key, i](ReserveResult r) {
+      if (r.status != ReserveStatus::Won) {
+        done.count_down();
+        return;
+      }
+      // Groups of every size up to most of the log: some find it full with groups in the
+      // transaction before them.
+      const size_t body = 100 + static_cast<size_t>(i % 7) * 1100;
+      store->record(recordReq(key, "A", answer(201, std::string(body, 'y'))), [&](RecordResult rr) {
+        recorded += rr.status == RecordStatus::Recorded;
+        done.count_down();
+      });
+    });
+  }
+  done.wait();
+  ASSERT_EQ(recorded.load(), kKeys);
+  const auto w = store->walStats();
+  EXPECT_GT(w.checkpoints, 5u);
+  EXPECT_LT(w.lmdb_commits, w.groups);
+  // As the power would leave it: nothing of data.mdb after the last checkpoint, then replay.
+  crashAfter([](LmdbStore&) {});
+  open(o);
+  for (int i = 0; i < kKeys; ++i) {
+    auto rec = store->lookup(idFor("fill-" + std::to_string(i)));
+    ASSERT_TRUE(rec.has_value()) << i;
+    EXPECT_EQ(rec->state, RecordState::Completed) << i;
+  }
+  EXPECT_TRUE(store->verify().ok());
+}
+
 TEST_F(LmdbWalProcessTest, GroupsAcknowledgedByAProcessThatDiedHoldingTheTransactionAreKept) {
   // This test's store stays open: another process on the store when the child dies.
   ASSERT_EQ(reserveSync(*store, reserveReq("before", "parent")).status, ReserveStatus::Won);
