@@ -1142,12 +1142,47 @@ TEST_F(LmdbWalProcessTest, ALogThatFillsWhileGroupsShareATransactionCommitsThemF
 }
 
 TEST_F(LmdbWalProcessTest, GroupsAcknowledgedByAProcessThatDiedHoldingTheTransactionAreKept) {
-  // This test's store stays open: another process on the store when the child dies.
   ASSERT_EQ(reserveSync(*store, reserveReq("before", "parent")).status, ReserveStatus::Won);
+  store.reset();  // forks from a process without threads (ThreadSanitizer)
   const LmdbOptions o = walOptions();
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  int ready[2], dead[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(dead), 0);
+  // The survivor has the store open when the holder dies (so nobody replays at open).
+  const pid_t survivor = ::fork();
+  ASSERT_GE(survivor, 0);
+  if (survivor == 0) {
+    ::close(ready[0]);
+    ::close(dead[1]);
+    std::string error;
+    auto mine = openLmdbStore(o, clock, error);
+    if (mine == nullptr) std::_Exit(81);
+    writeAll(ready[1], "r", 1);
+    char c = 0;
+    while (::read(dead[0], &c, 1) > 0) {
+    }  // end of file: the holder is gone
+    // Nothing of the holder's is committed; its groups are in the log after the last commit,
+    // and this process's next write transaction commits them before anything else.
+    if (mine->lookup(idFor("held-1")).has_value()) std::_Exit(82);
+    for (const char* key : {"held-1", "held-2", "held-3"}) {
+      const ReserveResult r = reserveSync(*mine, reserveReq(key, "survivor"));
+      if (r.status != ReserveStatus::InFlight) std::_Exit(83);  // forwarded twice
+      if (r.record.owner != "holder") std::_Exit(84);
+    }
+    if (mine->walStats().rolled_forward != 3) std::_Exit(85);
+    if (reserveSync(*mine, reserveReq("after", "survivor")).status != ReserveStatus::Won) {
+      std::_Exit(86);
+    }
+    mine.reset();
+    std::_Exit(0);
+  }
+  ::close(ready[1]);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  const pid_t holder = ::fork();
+  ASSERT_GE(holder, 0);
+  if (holder == 0) {
+    ::close(dead[0]);  // dead[1] stays open until this process ends
     // The plant keeps the transaction open across groups and ends the process right after the
     // third is acknowledged: three reservations in the log, none committed to LMDB.
     ::setenv("IDEMPROXY_TEST_PLANT", "exit-holding-transaction", 1);
@@ -1155,26 +1190,22 @@ TEST_F(LmdbWalProcessTest, GroupsAcknowledgedByAProcessThatDiedHoldingTheTransac
     auto child = openLmdbStore(o, clock, error);
     if (child == nullptr) std::_Exit(91);
     for (const char* key : {"held-1", "held-2", "held-3"}) {
-      if (reserveSync(*child, reserveReq(key, "child")).status != ReserveStatus::Won) {
+      if (reserveSync(*child, reserveReq(key, "holder")).status != ReserveStatus::Won) {
         std::_Exit(92);
       }
     }
     std::this_thread::sleep_for(std::chrono::seconds(10));  // the plant exits before this ends
     std::_Exit(93);
   }
+  ::close(dead[0]);
+  ::close(dead[1]);
   int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
-  // Nothing of the child's is committed; its groups are in the log after the last commit, and
-  // this process's next write transaction commits them before anything else.
-  EXPECT_FALSE(store->lookup(idFor("held-1")).has_value());
-  for (const char* key : {"held-1", "held-2", "held-3"}) {
-    const ReserveResult r = reserveSync(*store, reserveReq(key, "parent"));
-    EXPECT_EQ(r.status, ReserveStatus::InFlight) << key << ": forwarded twice";
-    EXPECT_EQ(r.record.owner, "child") << key;
-  }
-  EXPECT_EQ(store->walStats().rolled_forward, 3u);
-  ASSERT_EQ(reserveSync(*store, reserveReq("after", "parent")).status, ReserveStatus::Won);
+  ASSERT_EQ(::waitpid(holder, &status, 0), holder);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "holder " << status;
+  ASSERT_EQ(::waitpid(survivor, &status, 0), survivor);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "survivor: " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  ::close(ready[0]);
   open(walOptions());
   for (const char* key : {"before", "held-1", "held-2", "held-3", "after"}) {
     EXPECT_TRUE(store->lookup(idFor(key)).has_value()) << key;
