@@ -34,6 +34,7 @@ case $cmd in
     if [ "$(id -u)" -eq 0 ] && [ ! -d "$dir" ]; then
       rm -f "$link"  # a link left dangling (/tmp was emptied)
       mkdir -p "$(dirname "$link")"
+      # /tmp itself, not $TMPDIR: /tmp is always world-traversable, and destroy matches it.
       base=$(mktemp -d /tmp/idemproxy-pg.XXXXXX)
       chmod 0711 "$base"
       dir=$base/cluster

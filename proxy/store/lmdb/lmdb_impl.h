@@ -177,6 +177,7 @@ struct LmdbStore::Impl {
   // write transaction (of any process) rolls them forward. abortOpen: the same, without trying.
   int commitOpen();
   void commitOpenReporting();  // commitOpen, a failure shown in `health`
+  void failedWrite(int rc);    // `health` after a write transaction failed with `rc`
   void abortOpen();
   // Writer: whether the group just logged may leave open_txn open for the next.
   bool mayDefer(bool more_queued);
@@ -228,8 +229,8 @@ struct LmdbStore::Impl {
   bool replayLog(const wal::Checkpoint& c, std::string& error);
   // Applies the groups after the last committed one that are valid in the log (synced by a
   // process that then died, or failed to commit, holding the write transaction), in `txn`, and
-  // moves the log position past them. `found`: how many changes.
-  int rollForward(MDB_txn* txn, size_t& found);
+  // moves the log position past them; one group per call (`moved`: there was one).
+  int rollForward(MDB_txn* txn, bool& moved);
   // Applies logged changes (replay, roll forward), without logging them again.
   int applyChanges(MDB_txn* txn, const std::vector<wal::Change>& changes);
   bool readableWithoutReplay(std::string& error);

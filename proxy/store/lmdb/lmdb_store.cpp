@@ -522,12 +522,12 @@ int LmdbStore::Impl::beginWrite(Txn& txn, std::shared_lock<std::shared_mutex>& m
     }
     if (rc != MDB_SUCCESS) return rc;
     Txn begun(raw);
-    size_t found = 0;
+    bool moved = false;
     if (wal_file) {
-      rc = rollForward(begun.get(), found);
+      rc = rollForward(begun.get(), moved);
       if (rc != MDB_SUCCESS) return rc;
     }
-    if (found == 0) {
+    if (!moved) {
       txn = std::move(begun);
       map_lock = std::move(lock);
       return MDB_SUCCESS;
@@ -554,10 +554,13 @@ int LmdbStore::Impl::commitOpen() {
   return rc;
 }
 
+void LmdbStore::Impl::failedWrite(int rc) {
+  health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
+}
+
 void LmdbStore::Impl::commitOpenReporting() {
-  const int rc = commitOpen();
-  // Its groups are in the log, and the next write transaction tries them again.
-  if (rc != MDB_SUCCESS) health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
+  // On failure its groups are in the log, and the next write transaction tries them again.
+  if (const int rc = commitOpen(); rc != MDB_SUCCESS) failedWrite(rc);
 }
 
 void LmdbStore::Impl::abortOpen() {
@@ -605,7 +608,7 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
     if (rc != MDB_SUCCESS) {
       abortOpen();
       // (Full: groups left in the log by a transaction that could not commit do not fit.)
-      health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
+      failedWrite(rc);
       for (Op* op : ops)
         op->finish(classify(rc) == StoreError::Full ? StoreError::Full : StoreError::Io);
       return ops.size();
@@ -700,15 +703,10 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
     if (!walAppend(txn, error)) {
       abortOpen();
       if (std::exchange(wal_needs_commit, false)) {
-        // The log must start over, and the groups acknowledged in the transaction are only
-        // in it: commit them (rolled forward from the log), then run this group afresh.
-        {
-          Txn settle;
-          std::shared_lock<std::shared_mutex> settle_lock;
-          rc = beginWrite(settle, settle_lock);
-          if (rc == MDB_SUCCESS) rc = settle.commit();
-        }  // (map_mu released before the rerun, which may need to resize the map)
-        if (rc == MDB_SUCCESS) return runGroup(ops.first(n), dirty);
+        // The log must start over, and the groups acknowledged in the transaction are only in
+        // it: the rerun's beginWrite commits them (rolled forward from the log) first, and
+        // this group then runs alone in its transaction, where the log may start over.
+        return runGroup(ops.first(n), dirty);
       }
       health = Health::Failing;
       for (size_t i = 0; i < n; ++i) ops[i]->finish(StoreError::Io);
@@ -734,7 +732,7 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
       return n;
     }
     if (rc != MDB_SUCCESS) {
-      health = classify(rc) == StoreError::Full ? Health::Full : Health::Failing;
+      failedWrite(rc);
       for (size_t i = 0; i < n; ++i) ops[i]->finish(classify(rc));
       return n;
     }

@@ -90,6 +90,19 @@ int writeState(MDB_txn* txn, const LogState& s) {
   return mdb_put(txn, kMainDbi, &k, &v, 0);
 }
 
+// Where the group after the last committed one goes: the position committed with `txn` if it
+// belongs to checkpoint `c`, else the start of the log.
+void nextGroup(MDB_txn* txn, const wal::Checkpoint& c, uint64_t& at, uint64_t& seq) {
+  LogState st;
+  if (readState(txn, st) && st.checkpoint == c.number) {
+    at = st.end;
+    seq = st.next_seq;
+  } else {
+    at = wal::kLogStart;
+    seq = c.next_seq;
+  }
+}
+
 // The first bytes of both meta pages and the data file's inode, into a checkpoint.
 int readMetaPages(int fd, wal::Checkpoint& c) {
   if (!wal::fileIdentity(fd, c.data_inode, c.data_born)) return errno;
@@ -270,36 +283,28 @@ int LmdbStore::Impl::applyChanges(MDB_txn* txn, const std::vector<wal::Change>& 
   return MDB_SUCCESS;
 }
 
-int LmdbStore::Impl::rollForward(MDB_txn* txn, size_t& found) {
-  found = 0;
+int LmdbStore::Impl::rollForward(MDB_txn* txn, bool& moved) {
+  moved = false;
   if (wal_broken) return EIO;  // a failed sync: what the log reads back is not trusted
   const auto c = wal_file->readCheckpoint();
   if (!c) return MDB_SUCCESS;  // the next append reports the damaged log
-  LogState st;
-  uint64_t start = wal::kLogStart;
-  uint64_t seq = c->next_seq;
-  if (readState(txn, st) && st.checkpoint == c->number) {
-    start = st.end;
-    seq = st.next_seq;
-  }
+  uint64_t start = 0;
+  uint64_t seq = 0;
+  nextGroup(txn, *c, start, seq);
   uint64_t end = start;
   uint64_t next_seq = seq;
   int rc = MDB_SUCCESS;
-  bool one = false;      // one group per call: beginWrite commits each on its own
   wal_replaying = true;  // applied, not logged again
   const bool read =
       wal_file->replayFrom(c->salt, start, seq, end, next_seq, [&](const auto& changes) {
-        if (std::exchange(one, true)) return false;
+        if (std::exchange(moved, true)) return false;  // one group per call
         rc = applyChanges(txn, changes);
-        found += rc == MDB_SUCCESS ? changes.size() : 0;
+        if (rc == MDB_SUCCESS) rolled_forward.fetch_add(changes.size(), std::memory_order_relaxed);
         return rc == MDB_SUCCESS;
       });
   wal_replaying = false;
   if (!read && rc != MDB_SUCCESS) return rc;
-  if (end == start) return MDB_SUCCESS;
-  if (found == 0) found = 1;  // groups with no change still move the position
-  rolled_forward.fetch_add(found, std::memory_order_relaxed);
-  return writeState(txn, LogState{c->number, end, next_seq});
+  return moved ? writeState(txn, LogState{c->number, end, next_seq}) : MDB_SUCCESS;
 }
 
 void LmdbStore::Impl::walClose() {
@@ -328,13 +333,9 @@ bool LmdbStore::Impl::walAppend(MDB_txn* txn, std::string& error) {
     error = "the write-ahead log has no valid checkpoint";
     return false;
   }
-  LogState st;
-  uint64_t end = wal::kLogStart;
-  uint64_t seq = c->next_seq;
-  if (readState(txn, st) && st.checkpoint == c->number) {
-    end = st.end;
-    seq = st.next_seq;
-  }
+  uint64_t end = 0;
+  uint64_t seq = 0;
+  nextGroup(txn, *c, end, seq);
   const uint64_t length = wal::kGroupHeader + wal_pending.size();
   if (end > wal::kLogStart && end + length > wal::kLogStart + wal_file->capacity()) {
     if (open_groups > 0) {
