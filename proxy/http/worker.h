@@ -63,6 +63,7 @@ class Worker final : public RequestLoop {
   EventBasePtr base_;
   std::unique_ptr<FrontServer> front_;
   bool accepting_ = false;
+  int mailbox_fd_ = -1;  // eventfd: the mailbox went from empty to not
   EventPtr mailbox_event_;
   EventPtr heartbeat_;
   std::atomic<int64_t> last_beat_ms_{0};

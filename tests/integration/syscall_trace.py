@@ -43,8 +43,12 @@ STATS = "newfstatat,fstat,stat,lstat,statx"
 _STATX_TIMES = re.compile(r"STATX_(BASIC_STATS|ALL|MTIME|CTIME)")
 
 
-def strace_command(log_path, argv, stats=False):
-    traced = TRACED + ("," + STATS if stats else "")
+# Calls that read a file's bytes (traced on request, see Trace.reads_of).
+READS = "pread64,preadv,read"
+
+
+def strace_command(log_path, argv, stats=False, reads=False):
+    traced = TRACED + ("," + STATS if stats else "") + ("," + READS if reads else "")
     return [STRACE, "-f", "-qq", "-yy", "-s", "65536", "-e", "trace=" + traced, "-o", log_path] \
         + list(argv)
 
@@ -136,6 +140,18 @@ class Trace:
                 continue
             found.append(c)
         return found
+
+    def reads_of(self, path):
+        """Reads of `path`'s bytes through an fd open on it. Needs strace_command(reads=True)."""
+        return [c for c in self.calls if c.name in READS.split(",") and c.target == path]
+
+    def stats_of(self, path):
+        """Attribute reads of `path`, by name or by an fd open on it (stats=True)."""
+        return [c for c in self.calls if c.name in STATS.split(",")
+                and (c.target == path or '"%s"' % path in c.text)]
+
+    def syncs_of(self, path):
+        return [c for c in self.calls if c.name in self.SYNCS and c.target == path]
 
     def first_send(self, sends, token):
         for c in sends:

@@ -35,7 +35,8 @@ def child_pid(pid):
 class SyncOrderTest(ProxyTestCase):
     WAL = False  # the subclass below: the same checks on a store with a write-ahead log
 
-    def traced_run(self, plant=None, keys=KEYS, payments=None, behaviour=None, stats=False):
+    def traced_run(self, plant=None, keys=KEYS, payments=None, behaviour=None, stats=False,
+                   reads=False):
         store = os.path.join(self.tmp, "store-%s" % (plant or "clean"))
         log = os.path.join(self.tmp, "strace-%s.log" % (plant or "clean"))
         settings = {"durability": "full", "wal": self.WAL}
@@ -44,7 +45,7 @@ class SyncOrderTest(ProxyTestCase):
         cfg = self.config(store_path=store, store=settings, payments=payments)
         p = Proxy(self.tmp, cfg)
         p.command = lambda: strace_command(log, [IDEMPROXY_BIN, "run", "--config", p.config_path],
-                                           stats=stats)
+                                           stats=stats, reads=reads)
         p.env = dict(os.environ)
         p.env.pop("IDEMPROXY_TEST_PLANT", None)
         # LeakSanitizer cannot run under ptrace (an ASan build would exit 1 at the end); leaks
@@ -162,6 +163,23 @@ class WalSyncOrderTest(SyncOrderTest):
         for name in ("wal", "data.mdb"):
             asked = trace.time_stats(os.path.join(store, name))
             self.assertLess(len(asked), len(sent), "%s: %s" % (name, asked[:4]))
+
+    def test_a_group_reads_the_log_and_stats_the_data_file_little(self):
+        # Each group costs system calls on the writer's path to the client: one read of the
+        # log's two checkpoint slots and one of the header after the last committed group, per
+        # write transaction (walAppend uses the checkpoint its transaction read), and one statx
+        # of data.mdb's name (the open file's identity is known). Before: five reads of the log
+        # and two stats per group.
+        trace, sent = self.traced_run(stats=True, reads=True)
+        store = os.path.dirname(trace.store_file)
+        wal = os.path.join(store, "wal")
+        groups = len(trace.syncs_of(wal))
+        self.assertGreaterEqual(groups, 2 * len(sent))
+        reads = trace.reads_of(wal)
+        # (Opening and closing the store read the log too: replay, checkpoints.)
+        self.assertLessEqual(len(reads), 2 * groups + 12, reads[:12])
+        stats = trace.stats_of(os.path.join(store, "data.mdb"))
+        self.assertLessEqual(len(stats), groups + 6, stats[:8])
 
 
 if __name__ == "__main__":

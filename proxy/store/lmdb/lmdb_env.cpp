@@ -154,6 +154,16 @@ bool LmdbStore::Impl::open(std::string& error) {
     error = where + "damaged: " + lost.front() + ". To recover: " + kRestoreHint;
     return false;
   }
+  // The open data file's identity, which never changes (filesGone compares the name with it).
+  int data_fd = -1;
+  struct statx open_file {};
+  if (mdb_env_get_fd(env, &data_fd) != MDB_SUCCESS ||
+      ::statx(data_fd, "", AT_EMPTY_PATH, STATX_INO, &open_file) != 0) {
+    error = where + "cannot stat data.mdb: " + std::strerror(errno);
+    return false;
+  }
+  data_identity = {open_file.stx_ino, open_file.stx_dev_major, open_file.stx_dev_minor};
+  data_path = opts.path + "/data.mdb";
   int dead = 0;
   if ((rc = mdb_reader_check(env, &dead)) != MDB_SUCCESS) {
     error = where + "mdb_reader_check: " + mdbError(rc);

@@ -250,6 +250,14 @@ struct LmdbStore::Impl {
   // The data file this environment has open was deleted or replaced (its directory removed, a
   // restore copied over it while running): writes would go to a file nobody else sees.
   bool filesGone() const;
+  struct FileIdentity {
+    uint64_t ino = 0;
+    uint32_t dev_major = 0;
+    uint32_t dev_minor = 0;
+    bool operator==(const FileIdentity&) const = default;
+  };
+  FileIdentity data_identity;  // the open data file's (set by open)
+  std::string data_path;       // DIR/data.mdb
   // TEST ONLY (IDEMPROXY_TEST_PLANT=answer-before-commit, read once at open): a planted bug
   // that completes every operation before its transaction is committed and synced, then waits
   // 20 ms and commits. It exists so that the sync-order test and the power-loss simulator can
@@ -295,9 +303,12 @@ struct LmdbStore::Impl {
   size_t open_groups = 0;                         // acknowledged groups in open_txn
   std::chrono::steady_clock::time_point open_since;
   uint64_t wal_group_at = 0;  // writer: where walAppend put the last group
-  uint64_t wal_used = 0;      // writer: log bytes used since the checkpoint
-  MDB_txn* pin = nullptr;     // writer: read transaction at this process's last checkpoint
-  size_t pin_last_page = 0;   // writer: the data file's last page at that checkpoint
+  // Writer: the log's checkpoint as the write transaction now open read it (rollForward) or
+  // wrote it (checkpoint): nobody else writes one while the write lock is held.
+  std::optional<wal::Checkpoint> held_checkpoint;
+  uint64_t wal_used = 0;     // writer: log bytes used since the checkpoint
+  MDB_txn* pin = nullptr;    // writer: read transaction at this process's last checkpoint
+  size_t pin_last_page = 0;  // writer: the data file's last page at that checkpoint
   // The checkpointer thread: syncs the data file ahead of a checkpoint, then queues it.
   std::thread checkpointer;
   std::mutex ck_mu;

@@ -767,21 +767,13 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
 }
 
 bool LmdbStore::Impl::filesGone() const {
-  // statx asking for the inode and link count only: a stat that asks for the times would make
-  // the kernel keep data.mdb's modification time to the nanosecond (multigrain timestamps,
-  // Linux 6.13+), so that every commit's write would dirty its inode.
-  int fd = -1;
-  struct statx open {};
+  // One statx of the name per group, asking for the inode only (a stat that asks for the times
+  // would make the kernel keep data.mdb's modification time to the nanosecond, multigrain
+  // timestamps, Linux 6.13+, so that every commit's write would dirty its inode). The file is
+  // gone if its name is gone or names another file: unlinked, renamed or replaced.
   struct statx named {};
-  if (mdb_env_get_fd(env, &fd) != MDB_SUCCESS ||
-      ::statx(fd, "", AT_EMPTY_PATH, STATX_INO | STATX_NLINK, &open) != 0) {
-    return true;
-  }
-  if (open.stx_nlink == 0) return true;
-  const std::string data = opts.path + "/data.mdb";
-  return ::statx(AT_FDCWD, data.c_str(), 0, STATX_INO, &named) != 0 ||
-         named.stx_ino != open.stx_ino || named.stx_dev_major != open.stx_dev_major ||
-         named.stx_dev_minor != open.stx_dev_minor;
+  return ::statx(AT_FDCWD, data_path.c_str(), 0, STATX_INO, &named) != 0 ||
+         FileIdentity{named.stx_ino, named.stx_dev_major, named.stx_dev_minor} != data_identity;
 }
 
 // ---------------------------------------------------------------------------------------------

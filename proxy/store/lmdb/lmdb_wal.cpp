@@ -119,11 +119,11 @@ std::string encodeSlot(const Checkpoint& c) {
   return s;
 }
 
-std::optional<Checkpoint> decodeSlot(const std::string& s) {
+std::optional<Checkpoint> decodeSlot(std::string_view s) {
   if (s.size() < kSlotBody || std::memcmp(s.data(), kSlotMagic, sizeof kSlotMagic) != 0) {
     return std::nullopt;
   }
-  if (getLe(s.data() + 8, 4) != crc32c(std::string_view(s).substr(12, kSlotBody - 12))) {
+  if (getLe(s.data() + 8, 4) != crc32c(s.substr(12, kSlotBody - 12))) {
     return std::nullopt;
   }
   Checkpoint c;
@@ -135,8 +135,8 @@ std::optional<Checkpoint> decodeSlot(const std::string& s) {
   c.clean = getLe(s.data() + 48, 4) != 0;
   c.data_inode = getLe(s.data() + 56, 8);
   c.data_born = getLe(s.data() + 64, 8);
-  c.meta[0] = s.substr(72, kMetaBytes);
-  c.meta[1] = s.substr(72 + kMetaBytes, kMetaBytes);
+  c.meta[0] = std::string(s.substr(72, kMetaBytes));
+  c.meta[1] = std::string(s.substr(72 + kMetaBytes, kMetaBytes));
   return c;
 }
 
@@ -249,11 +249,19 @@ bool LogFile::create(const std::string& dir, const Checkpoint& first, uint64_t c
 }
 
 std::optional<Checkpoint> LogFile::readCheckpoint() const {
+  // Both slots in one read (each write transaction reads them once).
+  std::string buf(kSlotSize + kSlotBody, '\0');
+  size_t got = 0;
+  while (got < buf.size()) {
+    const ssize_t r = ::pread(fd_, buf.data() + got, buf.size() - got, static_cast<off_t>(got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;  // an error, or a file that ends after the first slot
+    got += static_cast<size_t>(r);
+  }
   std::optional<Checkpoint> best;
-  std::string buf(kSlotBody, '\0');
   for (uint64_t slot = 0; slot < 2; ++slot) {
-    if (!preadAll(fd_, buf.data(), buf.size(), slot * kSlotSize)) continue;
-    auto c = decodeSlot(buf);
+    if (got < slot * kSlotSize + kSlotBody) continue;
+    auto c = decodeSlot(std::string_view(buf).substr(slot * kSlotSize, kSlotBody));
     if (c && (!best || c->number > best->number)) best = std::move(c);
   }
   return best;

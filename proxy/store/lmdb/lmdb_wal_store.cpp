@@ -286,7 +286,10 @@ int LmdbStore::Impl::applyChanges(MDB_txn* txn, const std::vector<wal::Change>& 
 int LmdbStore::Impl::rollForward(MDB_txn* txn, bool& moved) {
   moved = false;
   if (wal_broken) return EIO;  // a failed sync: what the log reads back is not trusted
-  const auto c = wal_file->readCheckpoint();
+  // Every write transaction begins here, so walAppend can use what it reads: only a holder of
+  // the write lock writes a checkpoint.
+  held_checkpoint = wal_file->readCheckpoint();
+  const auto& c = held_checkpoint;
   if (!c) return MDB_SUCCESS;  // the next append reports the damaged log
   uint64_t start = 0;
   uint64_t seq = 0;
@@ -327,7 +330,8 @@ bool LmdbStore::Impl::walAppend(MDB_txn* txn, std::string& error) {
     error = "the write-ahead log failed earlier";
     return false;
   }
-  auto c = wal_file->readCheckpoint();
+  // (As this write transaction read it when it began: see rollForward.)
+  auto c = held_checkpoint ? held_checkpoint : wal_file->readCheckpoint();
   if (!c) {
     wal_broken = true;
     error = "the write-ahead log has no valid checkpoint";
@@ -348,7 +352,7 @@ bool LmdbStore::Impl::walAppend(MDB_txn* txn, std::string& error) {
     // The log is full: checkpoint now (in this transaction, which holds the lock) and start
     // from its beginning. (The checkpointer normally comes first, at half full.)
     if (!checkpoint(txn, false, error)) return false;
-    c = wal_file->readCheckpoint();
+    c = held_checkpoint;
     if (!c) {
       wal_broken = true;
       error = "the write-ahead log has no valid checkpoint";
@@ -434,6 +438,7 @@ bool LmdbStore::Impl::checkpoint(MDB_txn* txn, bool clean, std::string& error) {
     wal_broken = true;
     return false;
   }
+  held_checkpoint = c;
   if (pin != nullptr) mdb_txn_abort(pin);
   pin = reader;  // C's pages stay as they are until the next checkpoint of this process
   MDB_envinfo info;
