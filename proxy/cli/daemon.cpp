@@ -109,6 +109,7 @@ class Daemon {
       so.durability = sc.durability;
       so.wal = sc.wal;
       so.wal_size = sc.wal_size;
+      so.hold_when_idle = true;
       store_ = openLmdbStore(so, SystemClock::instance(), error);
     }
     if (!store_) {

@@ -301,6 +301,11 @@ struct LmdbStore::Impl {
   lmdb::Txn open_txn;
   std::shared_lock<std::shared_mutex> open_lock;  // map_mu, while open_txn is
   size_t open_groups = 0;                         // acknowledged groups in open_txn
+  // Writer: whether no other process has the store open for writing (hold_when_idle), as last
+  // asked (aloneOnStore).
+  bool aloneOnStore();
+  bool alone = false;
+  std::chrono::steady_clock::time_point alone_checked{};
   std::chrono::steady_clock::time_point open_since;
   uint64_t wal_group_at = 0;  // writer: where walAppend put the last group
   // Writer: the log's checkpoint as the write transaction now open read it (rollForward) or

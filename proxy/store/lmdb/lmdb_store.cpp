@@ -446,8 +446,13 @@ void LmdbStore::Impl::writerLoop() {
     {
       std::unique_lock lock(mu);
       auto ready = [this] { return !queue.empty() || stopping; };
+      if (open_txn && !ready() && open_groups > 0 && opts.hold_when_idle && aloneOnStore()) {
+        // Nobody else writes to the store: keep the transaction for the groups that follow,
+        // until defer_for from its start (mayDefer stops at defer_groups).
+        cv.wait_until(lock, open_since + opts.defer_for, ready);
+      }
       if (open_txn && !ready() && !plant_exit_holding_transaction) {
-        // (runGroup commits when nothing more is queued; never wait holding the lock)
+        // (Never wait for work holding the lock beyond that: another process may need it.)
         lock.unlock();
         commitOpenReporting();
         lock.lock();
@@ -569,12 +574,24 @@ void LmdbStore::Impl::abortOpen() {
   open_groups = 0;
 }
 
+bool LmdbStore::Impl::aloneOnStore() {
+  // Asked at most every 50 ms: a process that opens the store meanwhile waits for the write
+  // lock at most defer_for per group until it is noticed.
+  const auto now = std::chrono::steady_clock::now();
+  if (now - alone_checked > std::chrono::milliseconds(50)) {
+    alone = !presence.othersHold();
+    alone_checked = now;
+  }
+  return alone;
+}
+
 bool LmdbStore::Impl::mayDefer(bool more_queued) {
   if (plant_exit_holding_transaction) return true;
-  if (!more_queued || opts.durability != Durability::Full || opts.defer_groups <= 1 ||
+  if (opts.durability != Durability::Full || opts.defer_groups <= 1 ||
       open_groups + 1 >= opts.defer_groups) {
     return false;
   }
+  if (!more_queued && !(opts.hold_when_idle && aloneOnStore())) return false;
   // Room for the groups to come without a commit: LMDB must not find the map full when the
   // transaction finally commits (its groups are acknowledged by then), and a checkpoint,
   // which needs it committed, must not be kept waiting.

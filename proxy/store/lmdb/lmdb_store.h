@@ -34,6 +34,13 @@ struct LmdbOptions {
   // groups, after `defer_for`, or as soon as nothing more is queued (1: a commit per group).
   size_t defer_groups = 16;
   std::chrono::microseconds defer_for{5000};
+  // With a log and no other process writing to the store: the same when nothing more is
+  // queued. A lone group is acknowledged once synced, and the writer keeps the transaction for
+  // the groups that follow (the record of a reservation, the next request) until one of the
+  // limits above, then commits: at one connection a key's reservation and record share one
+  // LMDB commit instead of two. Reads, in this process and others, may then lag an
+  // acknowledgement by up to `defer_for`; the request path asks the writer when a read misses.
+  bool hold_when_idle = false;
   // Refuse to replay a log into a data file other than the one it was written for (inode and
   // birth time). Only the power-loss checker, which rebuilds the files of each crash state
   // from recorded writes, turns it off.

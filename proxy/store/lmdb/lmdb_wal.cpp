@@ -414,6 +414,17 @@ bool Presence::enterAgain() {
   return fd_ >= 0 && lock(F_WRLCK, 0, true);
 }
 
+bool Presence::othersHold() {
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 1;
+  fl.l_len = 1;
+  // (Locks of this open file description never conflict with the request: only others'.)
+  if (fd_ < 0 || ::fcntl(fd_, F_OFD_GETLK, &fl) != 0) return true;
+  return fl.l_type != F_UNLCK;
+}
+
 bool Presence::nobodyHolds() {
   if (!lock(F_WRLCK, 1, false)) return false;
   lock(F_UNLCK, 1, false);

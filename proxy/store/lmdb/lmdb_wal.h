@@ -158,6 +158,9 @@ class Presence {
   bool enterAgain();
   // Whether nobody holds byte 1 (for a read-only open, which does not hold it).
   bool nobodyHolds();
+  // Whether another process (another open of the lock file) holds byte 1: it has the store
+  // open for writing. Asks without taking or changing any lock.
+  bool othersHold();
 
  private:
   bool lock(short type, off_t byte, bool wait);

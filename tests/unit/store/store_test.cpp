@@ -1097,6 +1097,53 @@ TEST_F(LmdbWalProcessTest, GroupsQueuedBehindEachOtherShareOneLmdbCommitAndAllAr
   EXPECT_TRUE(store->verify().ok());
 }
 
+TEST_F(LmdbWalProcessTest, AloneOnTheStoreLoneGroupsAreAcknowledgedBeforeTheirCommitAndKept) {
+  LmdbOptions o = walOptions();
+  o.hold_when_idle = true;
+  o.defer_for = std::chrono::seconds(30);  // only the group limit or a barrier commits
+  open(o);
+  const auto before = store->walStats();
+  constexpr int kKeys = 10;  // fewer than defer_groups (16)
+  for (int i = 0; i < kKeys; ++i) {
+    // One at a time: nothing is ever queued behind a group.
+    ASSERT_EQ(reserveSync(*store, reserveReq("held-" + std::to_string(i), "A")).status,
+              ReserveStatus::Won);
+  }
+  const auto w = store->walStats();
+  EXPECT_EQ(w.groups - before.groups, static_cast<uint64_t>(kKeys));
+  EXPECT_EQ(w.lmdb_commits, before.lmdb_commits) << "each lone group committed on its own";
+  // Not readable yet (that is the lag reads may have), but the writer knows every key.
+  EXPECT_FALSE(store->lookup(idFor("held-0")).has_value());
+  EXPECT_EQ(reserveSync(*store, reserveReq("held-0", "B")).status, ReserveStatus::InFlight);
+  store->flush();
+  EXPECT_EQ(store->walStats().lmdb_commits, before.lmdb_commits + 1);
+  for (int i = 0; i < kKeys; ++i) {
+    EXPECT_TRUE(store->lookup(idFor("held-" + std::to_string(i))).has_value()) << i;
+  }
+  open(o);  // and after a clean close
+  EXPECT_TRUE(store->lookup(idFor("held-9")).has_value());
+}
+
+TEST_F(LmdbWalProcessTest, AnotherProcessWritingToTheStoreMakesEveryLoneGroupCommitAtOnce) {
+  LmdbOptions o = walOptions();
+  o.hold_when_idle = true;
+  o.defer_for = std::chrono::seconds(30);
+  open(o);
+  std::string error;
+  auto other = openLmdbStore(o, clock, error);  // another open of the lock file: another process
+  ASSERT_NE(other, nullptr) << error;
+  const auto before = store->walStats();
+  constexpr int kKeys = 5;
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = "shared-" + std::to_string(i);
+    ASSERT_EQ(reserveSync(*store, reserveReq(key, "A")).status, ReserveStatus::Won);
+    // Committed before it was acknowledged: the other process reads it at once, and its
+    // writer was never kept waiting for the lock.
+    EXPECT_TRUE(other->lookup(idFor(key)).has_value()) << key;
+  }
+  EXPECT_EQ(store->walStats().lmdb_commits - before.lmdb_commits, static_cast<uint64_t>(kKeys));
+}
+
 TEST_F(LmdbWalProcessTest, ALogThatFillsWhileGroupsShareATransactionCommitsThemFirst) {
   // The log wraps many times while groups are queued behind each other: a checkpoint (which
   // starts the log over) must never leave acknowledged groups only in the old log.
