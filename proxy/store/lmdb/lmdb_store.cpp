@@ -443,10 +443,12 @@ void LmdbStore::Impl::writerLoop() {
   bool dirty = false;  // relaxed: committed but not yet synced
   std::vector<std::unique_ptr<Op>> batch;
   for (;;) {
+    // (Asked before taking `mu`, which the event loops take to queue work.)
+    const bool may_hold = open_txn && open_groups > 0 && opts.hold_when_idle && aloneOnStore();
     {
       std::unique_lock lock(mu);
       auto ready = [this] { return !queue.empty() || stopping; };
-      if (open_txn && !ready() && open_groups > 0 && opts.hold_when_idle && aloneOnStore()) {
+      if (may_hold && !ready()) {
         // Nobody else writes to the store: keep the transaction for the groups that follow,
         // until defer_for from its start (mayDefer stops at defer_groups).
         cv.wait_until(lock, open_since + opts.defer_for, ready);
@@ -575,10 +577,10 @@ void LmdbStore::Impl::abortOpen() {
 }
 
 bool LmdbStore::Impl::aloneOnStore() {
-  // Asked at most every 50 ms: a process that opens the store meanwhile waits for the write
-  // lock at most defer_for per group until it is noticed.
+  // Asked again once per hold at most (defer_for): a process that opens the store meanwhile
+  // waits for the write lock about one hold before it is noticed, and then none.
   const auto now = std::chrono::steady_clock::now();
-  if (now - alone_checked > std::chrono::milliseconds(50)) {
+  if (now - alone_checked >= opts.defer_for) {
     alone = !presence.othersHold();
     alone_checked = now;
   }

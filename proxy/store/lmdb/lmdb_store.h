@@ -38,7 +38,8 @@ struct LmdbOptions {
   // queued. A lone group is acknowledged once synced, and the writer keeps the transaction for
   // the groups that follow (the record of a reservation, the next request) until one of the
   // limits above, then commits: at one connection a key's reservation and record share one
-  // LMDB commit instead of two. Reads, in this process and others, may then lag an
+  // LMDB commit instead of two. Another process that opens the store for writing is noticed
+  // within one hold, and turns it off. Reads, in this process and others, may then lag an
   // acknowledgement by up to `defer_for`; the request path asks the writer when a read misses.
   bool hold_when_idle = false;
   // Refuse to replay a log into a data file other than the one it was written for (inode and

@@ -1112,36 +1112,82 @@ TEST_F(LmdbWalProcessTest, AloneOnTheStoreLoneGroupsAreAcknowledgedBeforeTheirCo
   const auto w = store->walStats();
   EXPECT_EQ(w.groups - before.groups, static_cast<uint64_t>(kKeys));
   EXPECT_EQ(w.lmdb_commits, before.lmdb_commits) << "each lone group committed on its own";
-  // Not readable yet (that is the lag reads may have), but the writer knows every key.
+  // Not readable yet (that is the lag reads may have); a barrier commits them, once.
   EXPECT_FALSE(store->lookup(idFor("held-0")).has_value());
-  EXPECT_EQ(reserveSync(*store, reserveReq("held-0", "B")).status, ReserveStatus::InFlight);
   store->flush();
   EXPECT_EQ(store->walStats().lmdb_commits, before.lmdb_commits + 1);
   for (int i = 0; i < kKeys; ++i) {
     EXPECT_TRUE(store->lookup(idFor("held-" + std::to_string(i))).has_value()) << i;
   }
+  EXPECT_EQ(reserveSync(*store, reserveReq("held-0", "B")).status, ReserveStatus::InFlight);
   open(o);  // and after a clean close
   EXPECT_TRUE(store->lookup(idFor("held-9")).has_value());
 }
 
 TEST_F(LmdbWalProcessTest, AnotherProcessWritingToTheStoreMakesEveryLoneGroupCommitAtOnce) {
+  store.reset();  // forks from a process without threads (ThreadSanitizer)
   LmdbOptions o = walOptions();
   o.hold_when_idle = true;
-  o.defer_for = std::chrono::seconds(30);
-  open(o);
-  std::string error;
-  auto other = openLmdbStore(o, clock, error);  // another open of the lock file: another process
-  ASSERT_NE(other, nullptr) << error;
-  const auto before = store->walStats();
+  o.defer_for = std::chrono::seconds(30);  // only another process ends a hold here
   constexpr int kKeys = 5;
-  for (int i = 0; i < kKeys; ++i) {
-    const std::string key = "shared-" + std::to_string(i);
-    ASSERT_EQ(reserveSync(*store, reserveReq(key, "A")).status, ReserveStatus::Won);
-    // Committed before it was acknowledged: the other process reads it at once, and its
-    // writer was never kept waiting for the lock.
-    EXPECT_TRUE(other->lookup(idFor(key)).has_value()) << key;
+  int opened[2], written[2], checked[2];
+  ASSERT_EQ(::pipe(opened), 0);
+  ASSERT_EQ(::pipe(written), 0);
+  ASSERT_EQ(::pipe(checked), 0);
+  const pid_t other = ::fork();
+  ASSERT_GE(other, 0);
+  if (other == 0) {
+    ::close(opened[0]);
+    ::close(written[1]);
+    ::close(checked[0]);  // checked[1] stays open until this process ends
+    std::string error;
+    auto mine = openLmdbStore(o, clock, error);
+    if (mine == nullptr) std::_Exit(81);
+    writeAll(opened[1], "o", 1);
+    char c = 0;
+    if (::read(written[0], &c, 1) != 1) std::_Exit(82);  // the writer gave up (see its code)
+    // Committed before they were acknowledged: readable here at once, the writer still alive.
+    for (int i = 0; i < kKeys; ++i) {
+      if (!mine->lookup(idFor("shared-" + std::to_string(i))).has_value()) std::_Exit(83);
+    }
+    mine.reset();
+    std::_Exit(0);
   }
-  EXPECT_EQ(store->walStats().lmdb_commits - before.lmdb_commits, static_cast<uint64_t>(kKeys));
+  ::close(opened[1]);
+  ::close(checked[1]);
+  char c = 0;
+  ASSERT_EQ(::read(opened[0], &c, 1), 1);
+  const pid_t writer = ::fork();
+  ASSERT_GE(writer, 0);
+  if (writer == 0) {
+    ::close(written[0]);
+    std::string error;
+    auto mine = openLmdbStore(o, clock, error);
+    if (mine == nullptr) std::_Exit(91);
+    const auto before = mine->walStats();
+    for (int i = 0; i < kKeys; ++i) {
+      const std::string key = "shared-" + std::to_string(i);
+      if (reserveSync(*mine, reserveReq(key, "A")).status != ReserveStatus::Won) std::_Exit(92);
+    }
+    // Each lone group committed on its own, before it was acknowledged.
+    if (mine->walStats().lmdb_commits - before.lmdb_commits != kKeys) std::_Exit(93);
+    writeAll(written[1], "w", 1);
+    while (::read(checked[0], &c, 1) > 0) {
+    }               // end of file: the other process has looked
+    std::_Exit(0);  // no close: a close would commit what a hold kept
+  }
+  ::close(written[0]);
+  ::close(written[1]);
+  ::close(checked[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(writer, &status, 0), writer);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "writer: " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  ASSERT_EQ(::waitpid(other, &status, 0), other);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "other: " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  ::close(opened[0]);
+  open(walOptions());
 }
 
 TEST_F(LmdbWalProcessTest, ALogThatFillsWhileGroupsShareATransactionCommitsThemFirst) {
