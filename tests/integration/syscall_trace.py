@@ -131,15 +131,8 @@ class Trace:
         the kernel keep the file's times to the nanosecond, so that the next write dirties its
         inode and the next fdatasync writes the inode as well. Needs strace_command(stats=True).
         """
-        found = []
-        for c in self.calls:
-            if c.name not in STATS.split(",") or not (path + ">" in c.text
-                                                      or '"%s"' % path in c.text):
-                continue
-            if c.name == "statx" and not _STATX_TIMES.search(c.text):
-                continue
-            found.append(c)
-        return found
+        return [c for c in self.stats_of(path)
+                if c.name != "statx" or _STATX_TIMES.search(c.text)]
 
     def reads_of(self, path):
         """Reads of `path`'s bytes through an fd open on it. Needs strace_command(reads=True)."""
@@ -148,7 +141,7 @@ class Trace:
     def stats_of(self, path):
         """Attribute reads of `path`, by name or by an fd open on it (stats=True)."""
         return [c for c in self.calls if c.name in STATS.split(",")
-                and (c.target == path or '"%s"' % path in c.text)]
+                and (path + ">" in c.text or '"%s"' % path in c.text)]
 
     def syncs_of(self, path):
         return [c for c in self.calls if c.name in self.SYNCS and c.target == path]

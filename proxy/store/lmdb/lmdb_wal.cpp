@@ -71,17 +71,21 @@ __attribute__((target("sse4.2"))) uint32_t crcHardware(const unsigned char* p, s
 }
 #endif
 
-bool preadAll(int fd, void* buf, size_t n, uint64_t off) {
+// Up to `n` bytes at `off`: fewer only at the end of the file or on an error.
+size_t preadUpTo(int fd, void* buf, size_t n, uint64_t off) {
   auto* p = static_cast<char*>(buf);
-  while (n > 0) {
-    const ssize_t r = ::pread(fd, p, n, static_cast<off_t>(off));
+  size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::pread(fd, p + got, n - got, static_cast<off_t>(off + got));
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    p += r;
-    n -= static_cast<size_t>(r);
-    off += static_cast<uint64_t>(r);
+    if (r <= 0) break;
+    got += static_cast<size_t>(r);
   }
-  return true;
+  return got;
+}
+
+bool preadAll(int fd, void* buf, size_t n, uint64_t off) {
+  return preadUpTo(fd, buf, n, off) == n;
 }
 
 bool pwriteAll(int fd, const void* buf, size_t n, uint64_t off) {
@@ -251,13 +255,7 @@ bool LogFile::create(const std::string& dir, const Checkpoint& first, uint64_t c
 std::optional<Checkpoint> LogFile::readCheckpoint() const {
   // Both slots in one read (each write transaction reads them once).
   std::string buf(kSlotSize + kSlotBody, '\0');
-  size_t got = 0;
-  while (got < buf.size()) {
-    const ssize_t r = ::pread(fd_, buf.data() + got, buf.size() - got, static_cast<off_t>(got));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;  // an error, or a file that ends after the first slot
-    got += static_cast<size_t>(r);
-  }
+  const size_t got = preadUpTo(fd_, buf.data(), buf.size(), 0);
   std::optional<Checkpoint> best;
   for (uint64_t slot = 0; slot < 2; ++slot) {
     if (got < slot * kSlotSize + kSlotBody) continue;

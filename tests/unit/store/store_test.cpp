@@ -886,6 +886,13 @@ void spit(const std::string& path, const std::string& bytes) {
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
+// Waits for child `pid`: its exit code, or -1 if it did not exit (a signal, a failed wait).
+int exitCode(pid_t pid) {
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
 class LmdbWalProcessTest : public LmdbStoreTest {
  protected:
   LmdbOptions walOptions() const {
@@ -1179,13 +1186,8 @@ TEST_F(LmdbWalProcessTest, AnotherProcessWritingToTheStoreMakesEveryLoneGroupCom
   ::close(written[0]);
   ::close(written[1]);
   ::close(checked[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(writer, &status, 0), writer);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "writer: " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-  ASSERT_EQ(::waitpid(other, &status, 0), other);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "other: " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  EXPECT_EQ(exitCode(writer), 0) << "writer";
+  EXPECT_EQ(exitCode(other), 0) << "other";
   ::close(opened[0]);
   open(walOptions());
 }
@@ -1292,12 +1294,8 @@ TEST_F(LmdbWalProcessTest, GroupsAcknowledgedByAProcessThatDiedHoldingTheTransac
   }
   ::close(dead[0]);
   ::close(dead[1]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(holder, &status, 0), holder);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "holder " << status;
-  ASSERT_EQ(::waitpid(survivor, &status, 0), survivor);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "survivor: " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  EXPECT_EQ(exitCode(holder), 0) << "holder";
+  EXPECT_EQ(exitCode(survivor), 0) << "survivor";
   ::close(ready[0]);
   open(walOptions());
   for (const char* key : {"before", "held-1", "held-2", "held-3", "after"}) {
