@@ -155,7 +155,6 @@ bool LmdbStore::Impl::open(std::string& error) {
     return false;
   }
   // The open data file's identity, which never changes (filesGone compares the name with it).
-  int data_fd = -1;
   struct statx open_file {};
   if (mdb_env_get_fd(env, &data_fd) != MDB_SUCCESS ||
       ::statx(data_fd, "", AT_EMPTY_PATH, STATX_INO, &open_file) != 0) {

@@ -21,6 +21,7 @@
 
 #include "store/lmdb/lmdb_store.h"
 #include "store/lmdb/lmdb_wal.h"
+#include "store/lmdb/page_cache.h"
 
 namespace idem {
 namespace lmdb {
@@ -258,6 +259,12 @@ struct LmdbStore::Impl {
   };
   FileIdentity data_identity;  // the open data file's (set by open)
   std::string data_path;       // DIR/data.mdb
+  int data_fd = -1;            // LMDB's descriptor of it (set by open)
+  // Writer only: the data file grown ahead of LMDB's last page and read into the cache as single
+  // pages, at the start of a write transaction (page_cache.h).
+  lmdb::GrowthAhead growth_ahead;
+  static constexpr uint64_t kGrowthAhead = 2ull << 20;
+  void prepareGrowth();
   // TEST ONLY (IDEMPROXY_TEST_PLANT=answer-before-commit, read once at open): a planted bug
   // that completes every operation before its transaction is committed and synced, then waits
   // 20 ms and commits. It exists so that the sync-order test and the power-loss simulator can

@@ -535,6 +535,7 @@ int LmdbStore::Impl::beginWrite(Txn& txn, std::shared_lock<std::shared_mutex>& m
       if (rc != MDB_SUCCESS) return rc;
     }
     if (!moved) {
+      prepareGrowth();
       txn = std::move(begun);
       map_lock = std::move(lock);
       return MDB_SUCCESS;
@@ -550,6 +551,14 @@ int LmdbStore::Impl::beginWrite(Txn& txn, std::shared_lock<std::shared_mutex>& m
     if (rc != MDB_SUCCESS) return rc;
     lmdb_commits.fetch_add(1, std::memory_order_relaxed);
   }
+}
+
+void LmdbStore::Impl::prepareGrowth() {
+  // With the write lock held: nobody else writes past the last committed page meanwhile.
+  MDB_envinfo info;
+  if (mdb_env_info(env, &info) != MDB_SUCCESS) return;
+  growth_ahead.prepare(data_fd, (static_cast<uint64_t>(info.me_last_pgno) + 1) * page_size,
+                       kGrowthAhead);
 }
 
 int LmdbStore::Impl::commitOpen() {

@@ -23,6 +23,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "store/lmdb/page_cache.h"
+
 namespace idem::wal {
 namespace {
 
@@ -215,6 +217,7 @@ bool LogFile::open(const std::string& dir, uint64_t capacity, bool& missing, std
     return false;
   }
   capacity_ = capacity;
+  lmdb::keepSmallPages(fd_);
   return true;
 }
 
@@ -228,9 +231,8 @@ bool LogFile::create(const std::string& dir, const Checkpoint& first, uint64_t c
     error = "cannot create " + tmp + ": " + std::strerror(errno);
     return false;
   }
-  const std::string zeros(kLogStart, '\0');
   const std::string slot = encodeSlot(first);
-  bool ok = pwriteAll(fd, zeros.data(), zeros.size(), 0);
+  bool ok = lmdb::writeZerosByPage(fd, 0, kLogStart, kSlotSize);
   ok = ok && pwriteAll(fd, slot.data(), slot.size(), (first.number % 2) * kSlotSize) &&
        ::fdatasync(fd) == 0 && ::rename(tmp.c_str(), path.c_str()) == 0;
   if (!ok) {
@@ -249,6 +251,7 @@ bool LogFile::create(const std::string& dir, const Checkpoint& first, uint64_t c
   ::close(dfd);
   fd_ = fd;
   capacity_ = capacity;
+  lmdb::keepSmallPages(fd_);
   return true;
 }
 
@@ -300,14 +303,11 @@ bool LogFile::append(uint64_t offset, uint64_t salt, uint64_t seq, std::string_v
   const uint64_t size = known_size_;
   if (need > size) {
     // Zeros written, not a hole or fallocate: later groups overwrite allocated, written blocks.
+    // A page per write, so that the cache holds the log in single pages (page_cache.h).
     const uint64_t target = std::max(need, std::min(size + kGrowStep, kLogStart + capacity_));
-    const std::string zeros(static_cast<size_t>(std::min<uint64_t>(target - size, kGrowStep)),
-                            '\0');
-    for (uint64_t at = size; at < target; at += zeros.size()) {
-      if (!pwriteAll(fd_, zeros.data(), std::min<uint64_t>(zeros.size(), target - at), at)) {
-        error = std::string("cannot extend the write-ahead log: ") + std::strerror(errno);
-        return false;
-      }
+    if (!lmdb::writeZerosByPage(fd_, size, target, kSlotSize)) {
+      error = std::string("cannot extend the write-ahead log: ") + std::strerror(errno);
+      return false;
     }
     known_size_ = target;
   }

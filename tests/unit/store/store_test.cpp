@@ -1,5 +1,7 @@
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <lmdb.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -666,6 +668,95 @@ TEST_F(LmdbStoreTest, FilesArePrivate) {
   for (const char* name : {"/data.mdb", "/lock.mdb"}) {
     ASSERT_EQ(::stat((options().path + name).c_str(), &st), 0) << name;
     EXPECT_EQ(st.st_mode & 0777, 0600u) << name;
+  }
+}
+
+// The pages of `path` in the page cache, and how many of them belong to large folios (pagemap
+// and kpageflags: KPF_COMPOUND_HEAD and _TAIL). Nothing if this process cannot tell (it needs
+// root to see page frame numbers).
+struct CachedPages {
+  size_t resident = 0;
+  size_t in_large_folios = 0;
+};
+std::optional<CachedPages> cachedPages(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  struct stat st {};
+  ::fstat(fd, &st);
+  const size_t pages = static_cast<size_t>(st.st_size) / 4096;
+  CachedPages out;
+  if (pages == 0) {
+    ::close(fd);
+    return out;
+  }
+  void* map = ::mmap(nullptr, pages * 4096, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) return std::nullopt;
+  ::madvise(map, pages * 4096, MADV_RANDOM);  // touching a page brings in no other
+  std::vector<unsigned char> in_core(pages);
+  const int pagemap = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  const int flags = ::open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
+  bool ok = pagemap >= 0 && flags >= 0 && ::mincore(map, pages * 4096, in_core.data()) == 0;
+  const auto base = reinterpret_cast<uintptr_t>(map) / 4096;
+  for (size_t i = 0; ok && i < pages; ++i) {
+    if ((in_core[i] & 1) == 0) continue;
+    (void)*static_cast<volatile const char*>(static_cast<const char*>(map) + i * 4096);
+    uint64_t entry = 0;
+    uint64_t kflags = 0;
+    ok = ::pread(pagemap, &entry, 8, static_cast<off_t>((base + i) * 8)) == 8;
+    const uint64_t pfn = entry & ((1ull << 55) - 1);
+    if (!ok || (entry >> 63) == 0) continue;
+    if (pfn == 0) ok = false;  // hidden without CAP_SYS_ADMIN
+    ok = ok && ::pread(flags, &kflags, 8, static_cast<off_t>(pfn * 8)) == 8;
+    ++out.resident;
+    if ((kflags & ((1ull << 15) | (1ull << 16))) != 0) ++out.in_large_folios;
+  }
+  if (pagemap >= 0) ::close(pagemap);
+  if (flags >= 0) ::close(flags);
+  ::munmap(map, pages * 4096);
+  if (!ok) return std::nullopt;
+  return out;
+}
+
+TEST_F(LmdbStoreTest, TheStoresFilesAreCachedAsSinglePages) {
+  // A kernel that caches large folios (ext4 since Linux 6.16) makes one of a 1 MiB write.
+  const std::string probe = dir.path() + "/probe";
+  {
+    const int fd = ::open(probe.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    const std::string mib(1 << 20, 'x');
+    ASSERT_EQ(::pwrite(fd, mib.data(), mib.size(), 0), static_cast<ssize_t>(mib.size()));
+    ::close(fd);
+  }
+  const auto control = cachedPages(probe);
+  if (!control) GTEST_SKIP() << "cannot read page flags here (needs root)";
+  if (control->in_large_folios == 0)
+    GTEST_SKIP() << "this kernel caches this file system's "
+                    "files in single pages only";
+
+  // Enough queued at once that commits write long runs of new pages (one writev each), and the
+  // log grows by several steps.
+  std::atomic<int> done{0};
+  constexpr int kKeys = 3000;
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = "g" + std::to_string(i);
+    store->reserve(reserveReq(key, "A"), [&, key](ReserveResult r) {
+      if (r.error != StoreError::None) return;
+      store->record(recordReq(key, "A", answer(201, std::string(1500, 'b'))),
+                    [&](RecordResult) { ++done; });
+    });
+  }
+  store->flush();
+  store->flush();
+  ASSERT_EQ(done.load(), kKeys);
+  for (const char* name : {"/data.mdb", "/wal"}) {
+    const auto pages = cachedPages(options().path + name);
+    if (std::string(name) == "/wal" && !store->walStats().active) continue;
+    ASSERT_TRUE(pages.has_value()) << name;
+    EXPECT_GT(pages->resident, std::string(name) == "/wal" ? 32u : 256u) << name;
+    // The data file's first commit (the empty environment) may write its first pages at once.
+    EXPECT_LE(pages->in_large_folios, 16u)
+        << name << ": " << pages->in_large_folios << " of " << pages->resident << " cached pages";
   }
 }
 
