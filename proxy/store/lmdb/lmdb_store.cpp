@@ -558,7 +558,7 @@ void LmdbStore::Impl::prepareGrowth() {
   MDB_envinfo info;
   if (mdb_env_info(env, &info) != MDB_SUCCESS) return;
   growth_ahead.prepare(data_fd, (static_cast<uint64_t>(info.me_last_pgno) + 1) * page_size,
-                       kGrowthAhead);
+                       kGrowthAhead, info.me_mapsize);
 }
 
 int LmdbStore::Impl::commitOpen() {

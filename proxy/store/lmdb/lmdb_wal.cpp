@@ -217,7 +217,6 @@ bool LogFile::open(const std::string& dir, uint64_t capacity, bool& missing, std
     return false;
   }
   capacity_ = capacity;
-  lmdb::keepSmallPages(fd_);
   return true;
 }
 

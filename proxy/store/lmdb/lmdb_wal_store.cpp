@@ -146,6 +146,7 @@ bool LmdbStore::Impl::walPrepare(bool& use_wal, bool& create_wal, std::string& e
   }
   use_wal = true;
   wal_file = std::move(file);
+  lmdb::keepSmallPages(wal_file->fd());  // this process writes to it (page_cache.h)
   if (!wal_alone) return true;
   const auto c = wal_file->readCheckpoint();
   if (!c) {
