@@ -8,6 +8,8 @@
   bench/profile.py perf      # perf record of idemproxy under wrk; where the CPU goes
   bench/profile.py disk      # this disk's limits (bench/disk_limits.cpp): fdatasync, group
                              # commit of N appends, LMDB commits of N random ~600-byte puts
+  bench/profile.py layout    # LMDB pages and writer CPU per new key for the records table keyed
+                             # by hash (today) and in arrival order (bench/layout_limits.cpp)
 
 Each mode starts the nginx backend and the server under test the way bench.py does (same
 configs, same wrk scripts, one worker, pinned), drives it with wrk at --conns connections for
@@ -329,6 +331,10 @@ def mode_disk(r, a):
     return run_probe(a, "disk_limits", ["-llmdb"], [], [str(a.disk_seconds)])
 
 
+def mode_layout(r, a):
+    return run_probe(a, "layout_limits", ["-llmdb"], ["taskset", "-c", str(r.b.a.server_cpu)], [])
+
+
 def mode_handoff(r, a):
     if not os.path.exists("/usr/include/liburing.h"):
         sudo = [] if os.geteuid() == 0 else ["sudo"]
@@ -340,11 +346,12 @@ def mode_handoff(r, a):
 
 
 MODES = {"alloc": mode_alloc, "syscalls": mode_syscalls, "sysrate": mode_sysrate, "fsync": mode_fsync, "perf": mode_perf,
-         "latency": mode_latency, "disk": mode_disk, "handoff": mode_handoff}
+         "latency": mode_latency, "disk": mode_disk, "handoff": mode_handoff,
+         "layout": mode_layout}
 DEFAULT_SCENARIOS = {"alloc": "direct,proxy_pass,passthrough,replay",
                      "syscalls": "direct,proxy_pass,passthrough,replay",
                      "sysrate": "direct,proxy_pass,passthrough,replay",
-                     "perf": "replay,passthrough", "latency": "new-full", "fsync": "", "disk": "", "handoff": ""}
+                     "perf": "replay,passthrough", "latency": "new-full", "fsync": "", "disk": "", "handoff": "", "layout": ""}
 
 
 def main():
@@ -378,7 +385,7 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     rc = 0
     try:
-        if a.mode not in ("disk", "handoff"):
+        if a.mode not in ("disk", "handoff", "layout"):
             b.backend = b.start_nginx("backend", "nginx-backend.conf.in", b.a.port_base + 10, {})
         md = MODES[a.mode](r, a)
         print(md)

@@ -87,4 +87,27 @@ HttpAnswer problemAnswer(Problem p, std::string_view detail, const ErrorBody* sh
   return a;
 }
 
+const HttpAnswer& abandonedAnswer(const ErrorBody* shape) {
+  struct Cached {
+    bool built = false;
+    bool shaped = false;
+    ErrorBody shape;
+    HttpAnswer answer;
+  };
+  thread_local Cached cached;
+  const bool same = cached.built && cached.shaped == (shape != nullptr) &&
+                    (shape == nullptr || (cached.shape.content_type == shape->content_type &&
+                                          cached.shape.templ == shape->templ));
+  if (!same) {
+    cached.answer = problemAnswer(Problem::OutcomeUnknown,
+                                  "the proxy that forwarded the original request stopped before "
+                                  "recording its outcome; the request is not sent again",
+                                  shape);
+    cached.shaped = shape != nullptr;
+    if (shape != nullptr) cached.shape = *shape;
+    cached.built = true;
+  }
+  return cached.answer;
+}
+
 }  // namespace idem

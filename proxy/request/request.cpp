@@ -293,11 +293,7 @@ void ProxyRequest::reserve() {
         *ic.reconcile, [this](HeaderVisitor fn) { client_->forEachField(fn); }, body_);
   }
   rr.retry_abandoned = ic.abandoned == AbandonedMode::Retry;
-  rr.abandoned_answer =
-      problemAnswer(Problem::OutcomeUnknown,
-                    "the proxy that forwarded the original request stopped before "
-                    "recording its outcome; the request is not sent again",
-                    errorShape());
+  rr.abandoned_answer = abandonedAnswer(errorShape());
   RequestLoop* w = &loop_;
   WaiterRegistry* waiters = &shared_.waiters();
   shared_.store().reserve(std::move(rr),

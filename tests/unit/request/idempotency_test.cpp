@@ -181,6 +181,32 @@ TEST(Problem, BodyIsRfc9457) {
   EXPECT_TRUE(cJSON_IsString(cJSON_GetObjectItem(j.get(), "title")));
 }
 
+TEST(Problem, TheAbandonedAnswerIsBuiltOncePerShapeAndFollowsAChangedShape) {
+  const HttpAnswer plain = problemAnswer(Problem::OutcomeUnknown,
+                                         "the proxy that forwarded the original request stopped "
+                                         "before recording its outcome; the request is not sent "
+                                         "again");
+  const HttpAnswer& first = abandonedAnswer(nullptr);
+  EXPECT_EQ(first.status, 502);
+  EXPECT_EQ(first.headers, plain.headers);
+  EXPECT_EQ(first.body, plain.body);
+  // Not formatted again for the next request: the same bytes are handed out.
+  const char* bytes = first.body.data();
+  EXPECT_EQ(abandonedAnswer(nullptr).body.data(), bytes);
+
+  // A route's error shape, then the same shape changed in place (a reload), then none.
+  ErrorBody shape;
+  shape.templ = R"({"code": "{slug}"})";
+  EXPECT_EQ(abandonedAnswer(&shape).body, R"({"code": "outcome-unknown"})");
+  EXPECT_EQ(abandonedAnswer(&shape).headers, (Headers{{"Content-Type", "application/json"}}));
+  shape.templ = R"({"error": "{slug}", "status": {status}})";
+  shape.content_type = "application/vnd.error+json";
+  EXPECT_EQ(abandonedAnswer(&shape).body, R"({"error": "outcome-unknown", "status": 502})");
+  EXPECT_EQ(abandonedAnswer(&shape).headers,
+            (Headers{{"Content-Type", "application/vnd.error+json"}}));
+  EXPECT_EQ(abandonedAnswer(nullptr).body, plain.body);
+}
+
 TEST(Problem, EveryStatusMatchesTheSpecTable) {
   EXPECT_EQ(problemStatus(Problem::KeyMissing), 400);
   EXPECT_EQ(problemStatus(Problem::KeyInvalid), 400);
