@@ -25,6 +25,7 @@ struct ListenAddress {
 struct ErrorBody {
   std::string content_type = "application/json";
   std::string templ;
+  bool operator==(const ErrorBody&) const = default;
 };
 using ErrorBodyPtr = std::shared_ptr<const ErrorBody>;
 

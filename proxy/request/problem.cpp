@@ -1,5 +1,7 @@
 #include "request/problem.h"
 
+#include <optional>
+
 #include "base/c_handles.h"
 #include "config/config_values.h"
 
@@ -89,25 +91,19 @@ HttpAnswer problemAnswer(Problem p, std::string_view detail, const ErrorBody* sh
 
 const HttpAnswer& abandonedAnswer(const ErrorBody* shape) {
   struct Cached {
-    bool built = false;
-    bool shaped = false;
-    ErrorBody shape;
-    HttpAnswer answer;
+    std::optional<ErrorBody> shape;  // what `answer` was built for (none: the default body)
+    std::optional<HttpAnswer> answer;
   };
   thread_local Cached cached;
-  const bool same = cached.built && cached.shaped == (shape != nullptr) &&
-                    (shape == nullptr || (cached.shape.content_type == shape->content_type &&
-                                          cached.shape.templ == shape->templ));
+  const bool same = cached.answer && (shape != nullptr ? cached.shape == *shape : !cached.shape);
   if (!same) {
     cached.answer = problemAnswer(Problem::OutcomeUnknown,
                                   "the proxy that forwarded the original request stopped before "
                                   "recording its outcome; the request is not sent again",
                                   shape);
-    cached.shaped = shape != nullptr;
-    if (shape != nullptr) cached.shape = *shape;
-    cached.built = true;
+    cached.shape = shape != nullptr ? std::optional<ErrorBody>(*shape) : std::nullopt;
   }
-  return cached.answer;
+  return *cached.answer;
 }
 
 }  // namespace idem

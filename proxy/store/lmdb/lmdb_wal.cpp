@@ -23,8 +23,6 @@
 #include <cstring>
 #include <filesystem>
 
-#include "store/lmdb/page_cache.h"
-
 namespace idem::wal {
 namespace {
 
@@ -99,6 +97,18 @@ bool pwriteAll(int fd, const void* buf, size_t n, uint64_t off) {
     p += w;
     n -= static_cast<size_t>(w);
     off += static_cast<uint64_t>(w);
+  }
+  return true;
+}
+
+// Zeros over [from, to), one page per write, so that the cache holds the log in single pages
+// (store/lmdb/page_cache.h has why).
+bool writeZerosByPage(int fd, uint64_t from, uint64_t to) {
+  static const std::array<char, kSlotSize> zeros{};
+  for (uint64_t at = from; at < to;) {
+    const uint64_t n = std::min(to, (at / kSlotSize + 1) * kSlotSize) - at;
+    if (!pwriteAll(fd, zeros.data(), n, at)) return false;
+    at += n;
   }
   return true;
 }
@@ -231,7 +241,7 @@ bool LogFile::create(const std::string& dir, const Checkpoint& first, uint64_t c
     return false;
   }
   const std::string slot = encodeSlot(first);
-  bool ok = lmdb::writeZerosByPage(fd, 0, kLogStart, kSlotSize);
+  bool ok = writeZerosByPage(fd, 0, kLogStart);
   ok = ok && pwriteAll(fd, slot.data(), slot.size(), (first.number % 2) * kSlotSize) &&
        ::fdatasync(fd) == 0 && ::rename(tmp.c_str(), path.c_str()) == 0;
   if (!ok) {
@@ -250,7 +260,6 @@ bool LogFile::create(const std::string& dir, const Checkpoint& first, uint64_t c
   ::close(dfd);
   fd_ = fd;
   capacity_ = capacity;
-  lmdb::keepSmallPages(fd_);
   return true;
 }
 
@@ -302,9 +311,9 @@ bool LogFile::append(uint64_t offset, uint64_t salt, uint64_t seq, std::string_v
   const uint64_t size = known_size_;
   if (need > size) {
     // Zeros written, not a hole or fallocate: later groups overwrite allocated, written blocks.
-    // A page per write, so that the cache holds the log in single pages (page_cache.h).
+    // A page per write (writeZerosByPage).
     const uint64_t target = std::max(need, std::min(size + kGrowStep, kLogStart + capacity_));
-    if (!lmdb::writeZerosByPage(fd_, size, target, kSlotSize)) {
+    if (!writeZerosByPage(fd_, size, target)) {
       error = std::string("cannot extend the write-ahead log: ") + std::strerror(errno);
       return false;
     }

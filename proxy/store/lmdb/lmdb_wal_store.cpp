@@ -218,6 +218,7 @@ bool LmdbStore::Impl::walStart(bool create_wal, std::string& error) {
     }
     pin = reader;
     wal_file = std::move(file);
+    lmdb::keepSmallPages(wal_file->fd());  // as for an opened log (walPrepare)
     mdb_env_set_flags(env, MDB_NOSYNC, 1);
   }
   if (wal_file) {

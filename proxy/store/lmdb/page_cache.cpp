@@ -5,30 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <vector>
 
 namespace idem::lmdb {
-
-bool writeZerosByPage(int fd, uint64_t from, uint64_t to, size_t page) {
-  const std::vector<char> zeros(page, '\0');
-  uint64_t at = from;
-  while (at < to) {
-    // Up to the next page boundary: one page (or its tail) per write.
-    const uint64_t n = std::min<uint64_t>(to, (at / page + 1) * page) - at;
-    const ssize_t w = ::pwrite(fd, zeros.data(), n, static_cast<off_t>(at));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    if (w == 0) {
-      errno = EIO;
-      return false;
-    }
-    at += static_cast<uint64_t>(w);
-  }
-  return true;
-}
 
 namespace {
 

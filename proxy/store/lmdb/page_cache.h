@@ -11,7 +11,8 @@
 // fdatasync ~11 µs more into a file grown by 1 MiB writes than into one grown page by page
 // (bench/README.md, round 6). The store writes both its files a page or less at a time (LMDB's
 // dirty pages; the log's groups), so the writer keeps their cache in single pages: the log is
-// grown page by page and read back as single pages when a writer opens it, and the data file
+// grown page by page (wal::LogFile::append) and read back as single pages when a writer opens
+// it (keepSmallPages), and the data file
 // is grown ahead of LMDB (ftruncate) and its new pages brought into the cache by forced
 // readahead, which makes single pages, before LMDB's commit writes runs of contiguous new pages
 // in one writev. Where the page cache makes no large folios, this costs a few system calls per
@@ -20,10 +21,6 @@
 #include <cstdint>
 
 namespace idem::lmdb {
-
-// Writes zeros over [from, to) of `fd`, one page per write (a page-aligned `from` keeps every
-// write within one page). False with errno set if a write fails.
-bool writeZerosByPage(int fd, uint64_t from, uint64_t to, size_t page);
 
 // For a file this process writes in place and reads back with read(2) (the log, by a process
 // that writes to it): readahead off for `fd` (it may bring pages in as large folios), and the
@@ -42,7 +39,6 @@ class GrowthAhead {
   // used + 2 × ahead, but never past `limit` (the map size), and the new part read into the
   // cache as single pages (of zeros: a hole).
   void prepare(int fd, uint64_t used, uint64_t ahead, uint64_t limit);
-  uint64_t preparedTo() const { return prepared_to_; }
 
  private:
   uint64_t prepared_to_ = 0;  // bytes from 0 known to be extended and read ahead
