@@ -22,6 +22,7 @@
 #include "base/c_handles.h"
 #include "base/clock.h"
 #include "base/digest.h"
+#include "base/thread_name.h"
 
 namespace idem::log {
 
@@ -374,7 +375,12 @@ class Batcher {
       std::lock_guard lock(mu_);
       armed_ = true;
       urgent_ = urgent_ || urgent;
-      if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+      if (!thread_.joinable()) {
+        thread_ = std::thread([this] {
+          nameThisThread("idem-log");
+          run();
+        });
+      }
     }
     cv_.notify_one();
   }

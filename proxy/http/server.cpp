@@ -90,7 +90,7 @@ bool Proxy::start(std::string& error) {
     workers_.push_back(std::move(w));
   }
   listeners_open_ = workers_.size();
-  for (auto& w : workers_) w->startThread();
+  for (size_t i = 0; i < workers_.size(); ++i) workers_[i]->startThread(static_cast<unsigned>(i));
   return true;
 }
 

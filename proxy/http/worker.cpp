@@ -5,6 +5,7 @@
 
 #include <chrono>
 
+#include "base/thread_name.h"
 #include "http/server.h"
 #include "request/request.h"
 
@@ -77,8 +78,11 @@ bool Worker::init(int listenFd, std::string& error) {
   return true;
 }
 
-void Worker::startThread() {
-  thread_ = std::thread([this] { event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY); });
+void Worker::startThread(unsigned index) {
+  thread_ = std::thread([this, index] {
+    nameThisThread("idem-worker-" + std::to_string(index));
+    event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY);
+  });
 }
 
 void Worker::join() {

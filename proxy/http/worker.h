@@ -30,7 +30,7 @@ class Worker final : public RequestLoop {
 
   // Creates the loop and the HTTP server on `listenFd` (shared, not owned).
   [[nodiscard]] bool init(int listenFd, std::string& error);
-  void startThread();
+  void startThread(unsigned index);  // the thread is named idem-worker-INDEX
   void join();
 
   // Thread-safe: run `fn` on this worker's loop.

@@ -184,6 +184,29 @@ class MetricsTest(ProxyTestCase):
 
 
 @requires_proxy
+class ThreadNamesTest(ProxyTestCase):
+    def test_threads_are_named_for_top_perf_and_gdb(self):
+        store = {"wal": True} if harness.STORE_BACKEND == "lmdb" else None
+        proxy = self.start_proxy(server={"workers": 2}, store=store)
+        self.assertEqual(self.post(proxy, key=self.new_key()).status, 201)
+        task = "/proc/%d/task" % proxy.proc.pid
+        names = {}
+        for tid in os.listdir(task):
+            with open(os.path.join(task, tid, "comm")) as f:
+                names[int(tid)] = f.read().strip()
+        self.assertEqual(names.pop(proxy.proc.pid), "idemproxy")  # the main thread
+        # Every other thread says what it is (the access log's, made on its first line, too).
+        unnamed = [n for n in names.values() if not n.startswith("idem-")]
+        self.assertEqual(unnamed, [], names)
+        expected = {"idem-worker-0", "idem-worker-1"}
+        expected |= {"lmdb": {"idem-lmdb-write", "idem-checkpoint"},
+                     "postgres": {"idem-pg-io"},
+                     "redis": {"idem-redis-io"}}[harness.STORE_BACKEND]
+        self.assertTrue(expected <= set(names.values()),
+                        "missing %s in %s" % (expected - set(names.values()), names))
+
+
+@requires_proxy
 class LogTest(ProxyTestCase):
     def test_logs_are_json_lines_without_secrets(self):
         proxy = self.start_proxy()

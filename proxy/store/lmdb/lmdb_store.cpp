@@ -17,6 +17,7 @@
 #include <thread>
 #include <utility>
 
+#include "base/thread_name.h"
 #include "store/lmdb/lmdb_impl.h"
 
 // The LMDB store.
@@ -397,10 +398,15 @@ struct LmdbStore::Impl::BarrierOp final : Op {
 void LmdbStore::Impl::start() {
   if (opts.read_only) return;
   writer = std::thread([this] {
+    nameThisThread("idem-lmdb-write");
     writer_id = std::this_thread::get_id();
     writerLoop();
   });
-  if (wal_file) checkpointer = std::thread([this] { checkpointerLoop(); });
+  if (wal_file)
+    checkpointer = std::thread([this] {
+      nameThisThread("idem-checkpoint");
+      checkpointerLoop();
+    });
 }
 
 void LmdbStore::Impl::stop() {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "store/postgres/postgres_impl.h"
 #include "store/postgres/postgres_reconcile.h"
 
@@ -15,6 +16,7 @@ using namespace pgio;
 void PostgresStore::Impl::start() {
   wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   io = std::thread([this] {
+    nameThisThread("idem-pg-io");
     io_id = std::this_thread::get_id();
     run();
   });

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "store/postgres/postgres_impl.h"
 #include "store/postgres/postgres_reconcile.h"
 
@@ -20,7 +21,10 @@ std::unique_ptr<PostgresStore> openPostgresStore(const PostgresOptions& options,
     if (!options.start_unreachable) return nullptr;
     impl->start();
     PostgresStore::Impl* raw = impl.get();
-    raw->opener = std::thread([raw] { raw->openInBackground(); });
+    raw->opener = std::thread([raw] {
+      nameThisThread("idem-pg-open");
+      raw->openInBackground();
+    });
     return std::make_unique<PostgresStore>(std::move(impl));
   }
   if (!pg::ensureSchema(impl->sync.get(), error) ||

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <thread>
 
+#include "base/thread_name.h"
+
 namespace idem::redis {
 
 // ---- Resolution ----
@@ -83,6 +85,7 @@ std::shared_ptr<Resolution> Resolution::start(const RedisUrl& url) {
   // A name: getaddrinfo on a thread of its own. It holds the Resolution, so a store closed
   // meanwhile does not pull it away; the thread ends when getaddrinfo returns.
   std::thread([r, host = url.host, port = std::to_string(url.port)] {
+    nameThisThread("idem-resolve");
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;

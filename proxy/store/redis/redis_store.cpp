@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "store/redis/redis_impl.h"
 
 // Threads: callers queue operations under `mu` and wake the I/O thread through an eventfd; the
@@ -159,6 +160,7 @@ struct DeleteOp final : OpWith<WriteResult> {
 void RedisStore::Impl::start() {
   wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   io = std::thread([this] {
+    nameThisThread("idem-redis-io");
     io_id = std::this_thread::get_id();
     run();
   });
