@@ -50,6 +50,8 @@ bool Worker::init(int listenFd, std::string& error) {
   mailbox_event_.reset(
       event_new(base_.get(), mailbox_fd_, EV_READ | EV_PERSIST, &Worker::onMailbox, this));
   event_add(mailbox_event_.get(), nullptr);
+  wakes_event_.reset(event_new(base_.get(), -1, 0, &Worker::onWakes, this));
+  wake_batch_.arm = [this] { event_active(wakes_event_.get(), EV_TIMEOUT, 0); };
   heartbeat_.reset(event_new(base_.get(), -1, EV_PERSIST, &Worker::onHeartbeat, this));
   const timeval second{1, 0};
   event_add(heartbeat_.get(), &second);
@@ -81,6 +83,7 @@ bool Worker::init(int listenFd, std::string& error) {
 void Worker::startThread(unsigned index) {
   thread_ = std::thread([this, index] {
     nameThisThread("idem-worker-" + std::to_string(index));
+    tl_wake_batch = &wake_batch_;  // a store's writer is woken once per batch of callbacks
     event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY);
   });
 }
@@ -102,6 +105,10 @@ void Worker::post(std::function<void()> fn) {
     const uint64_t one = 1;
     [[maybe_unused]] const ssize_t n = ::write(mailbox_fd_, &one, sizeof one);
   }
+}
+
+void Worker::onWakes(evutil_socket_t, short, void* arg) {
+  static_cast<Worker*>(arg)->wake_batch_.run();
 }
 
 void Worker::onMailbox(evutil_socket_t, short, void* arg) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "base/c_handles.h"
+#include "base/wake_batch.h"
 #include "config/config.h"
 #include "http/front_server.h"
 #include "request/context.h"
@@ -55,6 +56,7 @@ class Worker final : public RequestLoop {
   void onRequest(std::unique_ptr<Downstream> client);
   static void onMailbox(evutil_socket_t, short, void* arg);
   static void onHeartbeat(evutil_socket_t, short, void* arg);
+  static void onWakes(evutil_socket_t, short, void* arg);
   void rebuildUpstreams();
 
   Proxy& proxy_;
@@ -66,6 +68,8 @@ class Worker final : public RequestLoop {
   int mailbox_fd_ = -1;  // eventfd: the mailbox went from empty to not
   EventPtr mailbox_event_;
   EventPtr heartbeat_;
+  EventPtr wakes_event_;  // runs wake_batch_ after the callbacks due in this iteration
+  WakeBatch wake_batch_;
   std::atomic<int64_t> last_beat_ms_{0};
   std::mutex mailbox_mu_;
   std::vector<std::function<void()>> mailbox_;

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "base/thread_name.h"
+#include "base/wake_batch.h"
 #include "store/lmdb/lmdb_impl.h"
 
 // The LMDB store.
@@ -439,7 +440,9 @@ void LmdbStore::Impl::submit(std::unique_ptr<Op> op) {
     op->finish(StoreError::Closed);
     return;
   }
-  cv.notify_one();
+  if (!deferWake([](void* self) { static_cast<Impl*>(self)->cv.notify_one(); }, this)) {
+    cv.notify_one();
+  }
 }
 
 void LmdbStore::Impl::writerLoop() {

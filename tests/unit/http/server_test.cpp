@@ -8,12 +8,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <thread>
+#include <vector>
 
+#include "base/digest.h"
 #include "http/worker.h"
 #include "store/lmdb/lmdb_store.h"
 
@@ -104,6 +107,58 @@ TEST_F(ProxyTest, AStuckWorkerLoopMakesTheProxyUnhealthy) {
   }
   cv.notify_all();
   EXPECT_TRUE(eventually([&] { return proxy.healthy(silence); }));
+  proxy.stop();
+}
+
+ReserveRequest reserveFor(const std::string& key) {
+  ReserveRequest r;
+  r.id = recordId("payments", {}, key);
+  r.fingerprint.fill(1);
+  r.route = "payments";
+  r.key = key;
+  r.owner = "A";
+  r.ttl_ms = 60'000;
+  r.lease_ms = 10'000;
+  return r;
+}
+
+// A worker's callbacks may queue many store writes; the writer is woken once, after the
+// callbacks due in that loop iteration, so it takes them as one group (on a shared core a wake
+// per write lets it preempt the loop, take one, and sleep on the disk while the rest queue).
+TEST_F(ProxyTest, StoreWritesQueuedByOneLoopCallbackWakeTheWriterOnceAfterIt) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<size_t> groups;
+  store_->setCommitObserver([&](std::chrono::microseconds, size_t ops) {
+    std::lock_guard lock(mu);
+    groups.push_back(ops);
+  });
+  Proxy proxy(config_, *store_, observer_);
+  std::string error;
+  ASSERT_TRUE(proxy.start(error)) << error;
+  constexpr int kWrites = 64;
+  std::atomic<int> done{0};
+  bool completed_inside = false;
+  proxy.worker(0)->post([&] {
+    for (int i = 0; i < kWrites; ++i) {
+      store_->reserve(reserveFor("batched-" + std::to_string(i)), [&](ReserveResult r) {
+        EXPECT_EQ(r.error, StoreError::None);
+        std::lock_guard lock(mu);
+        ++done;
+        cv.notify_all();
+      });
+    }
+    // Had the first write woken the writer, it would complete writes while this runs.
+    std::unique_lock lock(mu);
+    completed_inside =
+        cv.wait_for(lock, std::chrono::milliseconds(300), [&] { return done.load() > 0; });
+  });
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return done == kWrites; }));
+    EXPECT_FALSE(completed_inside);
+    EXPECT_EQ(groups, std::vector<size_t>{kWrites});
+  }
   proxy.stop();
 }
 
