@@ -308,9 +308,13 @@ struct LmdbStore::Impl {
   lmdb::Txn open_txn;
   std::shared_lock<std::shared_mutex> open_lock;  // map_mu, while open_txn is
   size_t open_groups = 0;                         // acknowledged groups in open_txn
+  size_t open_ops = 0;                            // their operations
   // Writer: whether no other process has the store open for writing (hold_when_idle), as last
   // asked (aloneOnStore).
   bool aloneOnStore();
+  // Writer: how long open_txn may stay open, in groups and time (the longer limits when alone).
+  size_t deferGroups();
+  std::chrono::microseconds deferFor();
   bool alone = false;
   std::chrono::steady_clock::time_point alone_checked{};
   std::chrono::steady_clock::time_point open_since;

@@ -459,8 +459,8 @@ void LmdbStore::Impl::writerLoop() {
       auto ready = [this] { return !queue.empty() || stopping; };
       if (may_hold && !ready()) {
         // Nobody else writes to the store: keep the transaction for the groups that follow,
-        // until defer_for from its start (mayDefer stops at defer_groups).
-        cv.wait_until(lock, open_since + opts.defer_for, ready);
+        // until defer_for_alone from its start (mayDefer stops at defer_groups_alone).
+        cv.wait_until(lock, open_since + opts.defer_for_alone, ready);
       }
       if (open_txn && !ready() && !plant_exit_holding_transaction) {
         // (Never wait for work holding the lock beyond that: another process may need it.)
@@ -575,6 +575,7 @@ int LmdbStore::Impl::commitOpen() {
   const int rc = open_txn.commit();
   if (open_lock.owns_lock()) open_lock.unlock();
   open_groups = 0;
+  open_ops = 0;
   if (rc == MDB_SUCCESS) lmdb_commits.fetch_add(1, std::memory_order_relaxed);
   return rc;
 }
@@ -592,6 +593,7 @@ void LmdbStore::Impl::abortOpen() {
   open_txn.abort();
   if (open_lock.owns_lock()) open_lock.unlock();
   open_groups = 0;
+  open_ops = 0;
 }
 
 bool LmdbStore::Impl::aloneOnStore() {
@@ -605,10 +607,19 @@ bool LmdbStore::Impl::aloneOnStore() {
   return alone;
 }
 
+size_t LmdbStore::Impl::deferGroups() {
+  return aloneOnStore() ? opts.defer_groups_alone : opts.defer_groups;
+}
+
+std::chrono::microseconds LmdbStore::Impl::deferFor() {
+  return aloneOnStore() ? opts.defer_for_alone : opts.defer_for;
+}
+
 bool LmdbStore::Impl::mayDefer(bool more_queued) {
   if (plant_exit_holding_transaction) return true;
+  // (defer_groups 1: a commit per group, alone or not.)
   if (opts.durability != Durability::Full || opts.defer_groups <= 1 ||
-      open_groups + 1 >= opts.defer_groups) {
+      open_groups + 1 >= deferGroups() || open_ops >= opts.defer_ops) {
     return false;
   }
   if (!more_queued && !(opts.hold_when_idle && aloneOnStore())) return false;
@@ -617,7 +628,7 @@ bool LmdbStore::Impl::mayDefer(bool more_queued) {
   // which needs it committed, must not be kept waiting.
   constexpr int64_t kDeferBudget = int64_t{8} << 20;
   if (grow_budget < kDeferBudget || wal_used > wal_file->capacity() / 2) return false;
-  return std::chrono::steady_clock::now() - open_since < opts.defer_for;
+  return std::chrono::steady_clock::now() - open_since < deferFor();
 }
 
 // Applies a prefix of `ops` in the write transaction, makes them durable, and completes them.
@@ -757,6 +768,7 @@ size_t LmdbStore::Impl::runGroup(std::span<Op* const> ops, bool& dirty) {
   }();
   if (logged && mayDefer(more_queued)) {
     ++open_groups;  // acknowledged below; committed with a later group
+    open_ops += n;
   } else {
     const bool earlier_groups = open_groups > 0;
     rc = commitOpen();

@@ -34,6 +34,14 @@ struct LmdbOptions {
   // groups, after `defer_for`, or as soon as nothing more is queued (1: a commit per group).
   size_t defer_groups = 16;
   std::chrono::microseconds defer_for{5000};
+  // The same limits while no other process has the store open for writing (asked again once per
+  // defer_for): nobody waits for the write lock then, and a longer transaction writes each page
+  // it changes once instead of once per commit (new keys at 50 connections: 1.8 page writes per
+  // key with 16 groups or 5 ms, 1.1 with 64 or 20 ms; bench/README.md, round 7). Also at most
+  // defer_ops operations, which bounds the changed pages LMDB keeps in memory until the commit.
+  size_t defer_groups_alone = 64;
+  std::chrono::microseconds defer_for_alone{20000};
+  size_t defer_ops = 4096;
   // With a log and no other process writing to the store: the same when nothing more is
   // queued. A lone group is acknowledged once synced, and the writer keeps the transaction for
   // the groups that follow (the record of a reservation, the next request) until one of the

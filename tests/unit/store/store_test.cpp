@@ -1199,9 +1199,10 @@ TEST_F(LmdbWalProcessTest, AloneOnTheStoreLoneGroupsAreAcknowledgedBeforeTheirCo
   LmdbOptions o = walOptions();
   o.hold_when_idle = true;
   o.defer_for = std::chrono::seconds(30);  // only the group limit or a barrier commits
+  o.defer_for_alone = o.defer_for;
   open(o);
   const auto before = store->walStats();
-  constexpr int kKeys = 10;  // fewer than defer_groups (16)
+  constexpr int kKeys = 10;  // fewer than defer_groups_alone (64)
   for (int i = 0; i < kKeys; ++i) {
     // One at a time: nothing is ever queued behind a group.
     ASSERT_EQ(reserveSync(*store, reserveReq("held-" + std::to_string(i), "A")).status,
@@ -1279,6 +1280,71 @@ TEST_F(LmdbWalProcessTest, AnotherProcessWritingToTheStoreMakesEveryLoneGroupCom
   ::close(checked[0]);
   EXPECT_EQ(exitCode(writer), 0) << "writer";
   EXPECT_EQ(exitCode(other), 0) << "other";
+  ::close(opened[0]);
+  open(walOptions());
+}
+
+// Alone on the store, groups share a transaction up to the longer limits (defer_groups_alone);
+// while another process has the store open for writing, up to the short ones (defer_groups),
+// since that process waits for the write lock meanwhile.
+TEST_F(LmdbWalProcessTest, GroupsShareLongerTransactionsOnlyWhileAloneOnTheStore) {
+  store.reset();  // forks from a process without threads (ThreadSanitizer)
+  LmdbOptions o = walOptions();
+  o.max_batch = 4;  // many groups: the writer finds more queued after each
+  o.defer_groups = 4;
+  o.defer_groups_alone = 64;
+  o.defer_for = o.defer_for_alone = std::chrono::seconds(30);  // only the group limits commit
+  constexpr int kKeys = 400;
+  // Groups per LMDB commit for kKeys reservations queued at once, with another process holding
+  // the store open for writing or not.
+  auto groupsPerCommit = [&](const std::string& prefix) {
+    open(o);
+    const auto before = store->walStats();
+    std::latch done(kKeys);
+    for (int i = 0; i < kKeys; ++i) {
+      store->reserve(reserveReq(prefix + std::to_string(i), "A"), [&](ReserveResult r) {
+        EXPECT_EQ(r.error, StoreError::None);
+        done.count_down();
+      });
+    }
+    done.wait();
+    store->flush();
+    const auto w = store->walStats();
+    store.reset();
+    EXPECT_GE(w.groups - before.groups, static_cast<uint64_t>(kKeys / 4));
+    return static_cast<double>(w.groups - before.groups) /
+           static_cast<double>(w.lmdb_commits - before.lmdb_commits);
+  };
+  EXPECT_GT(groupsPerCommit("alone-"), 16.0);
+  o.defer_ops = 8;  // and no more operations than that in one transaction (groups of 4)
+  EXPECT_LE(groupsPerCommit("capped-"), 3.0);
+  o.defer_ops = LmdbOptions{}.defer_ops;
+
+  int opened[2], finish[2];
+  ASSERT_EQ(::pipe(opened), 0);
+  ASSERT_EQ(::pipe(finish), 0);
+  const pid_t other = ::fork();
+  ASSERT_GE(other, 0);
+  if (other == 0) {
+    ::close(opened[0]);
+    ::close(finish[1]);
+    std::string error;
+    auto mine = openLmdbStore(o, clock, error);
+    if (mine == nullptr) std::_Exit(81);
+    writeAll(opened[1], "o", 1);
+    char c = 0;
+    while (::read(finish[0], &c, 1) > 0) {
+    }  // end of file: the test is done
+    mine.reset();
+    std::_Exit(0);
+  }
+  ::close(opened[1]);
+  ::close(finish[0]);
+  char c = 0;
+  ASSERT_EQ(::read(opened[0], &c, 1), 1);
+  EXPECT_LE(groupsPerCommit("shared-"), 4.0);
+  ::close(finish[1]);
+  EXPECT_EQ(exitCode(other), 0);
   ::close(opened[0]);
   open(walOptions());
 }
