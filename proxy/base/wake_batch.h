@@ -27,7 +27,8 @@ struct WakeBatch {
 inline thread_local WakeBatch* tl_wake_batch = nullptr;
 
 // Queues fn(target) for the end of the calling loop's batch; false if this thread has no batch
-// (then the caller wakes at once). The item the wake is for must already be queued.
+// (then the caller wakes at once). The item the wake is for must already be queued, and the
+// caller must not wait for it before its callback returns (a blocking call wakes at once).
 inline bool deferWake(WakeBatch::Fn fn, void* target) {
   WakeBatch* b = tl_wake_batch;
   if (b == nullptr) return false;

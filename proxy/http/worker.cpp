@@ -26,6 +26,7 @@ Worker::~Worker() {
   front_.reset();  // closes the connections still open (their Downstreams become no-ops)
   mailbox_event_.reset();
   heartbeat_.reset();
+  wakes_event_.reset();  // (events are freed before their base)
   base_.reset();
   if (mailbox_fd_ >= 0) ::close(mailbox_fd_);
 }
@@ -85,6 +86,9 @@ void Worker::startThread(unsigned index) {
     nameThisThread("idem-worker-" + std::to_string(index));
     tl_wake_batch = &wake_batch_;  // a store's writer is woken once per batch of callbacks
     event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY);
+    // A loop broken mid-iteration skips the rest of it: the wakes it queued go now.
+    tl_wake_batch = nullptr;
+    wake_batch_.run();
   });
 }
 

@@ -3,6 +3,8 @@
 #include <future>
 #include <utility>
 
+#include "base/wake_batch.h"
+
 namespace idem {
 
 const char* toString(StoreError e) {
@@ -24,11 +26,15 @@ namespace {
 // Runs one asynchronous store call and waits for its completion. Every Store implementation
 // runs each completion exactly once (with StoreError::Closed at shutdown), so this never hangs.
 // Must not be called from a completion callback (it would wait on the thread that completes).
+// On a loop thread the store is woken at once, not after the callback (base/wake_batch.h): the
+// callback is what waits.
 template <typename Result, typename Call>
 Result waitFor(Call&& call) {
   std::promise<Result> promise;
   auto future = promise.get_future();
+  WakeBatch* const batch = std::exchange(tl_wake_batch, nullptr);
   call([&promise](Result r) { promise.set_value(std::move(r)); });
+  tl_wake_batch = batch;
   return future.get();
 }
 

@@ -430,6 +430,8 @@ void LmdbStore::Impl::submit(std::unique_ptr<Op> op) {
     op->finish(StoreError::Io);
     return;
   }
+  // A barrier's caller waits for it (flush, a checkpoint): woken at once, never deferred.
+  const bool barrier = op->isBarrier();
   {
     std::lock_guard lock(mu);
     if (!stopping) {
@@ -440,7 +442,7 @@ void LmdbStore::Impl::submit(std::unique_ptr<Op> op) {
     op->finish(StoreError::Closed);
     return;
   }
-  if (!deferWake([](void* self) { static_cast<Impl*>(self)->cv.notify_one(); }, this)) {
+  if (barrier || !deferWake([](void* self) { static_cast<Impl*>(self)->cv.notify_one(); }, this)) {
     cv.notify_one();
   }
 }

@@ -38,7 +38,8 @@ struct LmdbOptions {
   // defer_for): nobody waits for the write lock then, and a longer transaction writes each page
   // it changes once instead of once per commit (new keys at 50 connections: 1.8 page writes per
   // key with 16 groups or 5 ms, 1.1 with 64 or 20 ms; bench/README.md, round 7). Also at most
-  // defer_ops operations, which bounds the changed pages LMDB keeps in memory until the commit.
+  // defer_ops operations (the group that reaches it commits, so one group more at most), which
+  // bounds the changed pages LMDB keeps in memory until the commit.
   size_t defer_groups_alone = 64;
   std::chrono::microseconds defer_for_alone{20000};
   size_t defer_ops = 4096;

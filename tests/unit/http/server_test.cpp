@@ -133,9 +133,16 @@ TEST_F(ProxyTest, StoreWritesQueuedByOneLoopCallbackWakeTheWriterOnceAfterIt) {
     std::lock_guard lock(mu);
     groups.push_back(ops);
   });
+  struct Unobserve {
+    LmdbStore& store;
+    ~Unobserve() { store.setCommitObserver({}); }
+  } unobserve{*store_};
   Proxy proxy(config_, *store_, observer_);
   std::string error;
   ASSERT_TRUE(proxy.start(error)) << error;
+  // The writer has started and gone back to waiting for work (a barrier it completed): only a
+  // wake sends it to the queue from now on.
+  store_->flush();
   constexpr int kWrites = 64;
   std::atomic<int> done{0};
   bool completed_inside = false;
@@ -158,6 +165,34 @@ TEST_F(ProxyTest, StoreWritesQueuedByOneLoopCallbackWakeTheWriterOnceAfterIt) {
     ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return done == kWrites; }));
     EXPECT_FALSE(completed_inside);
     EXPECT_EQ(groups, std::vector<size_t>{kWrites});
+  }
+  proxy.stop();
+}
+
+// A blocking store call made on a loop thread (a barrier, a *Sync helper) wakes the writer at
+// once: deferred to the end of the callback that waits for it, it would never come.
+TEST_F(ProxyTest, BlockingStoreCallsOnALoopThreadDoNotWaitForTheBatchsEnd) {
+  Proxy proxy(config_, *store_, observer_);
+  std::string error;
+  ASSERT_TRUE(proxy.start(error)) << error;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool returned = false;
+  ReserveResult got;
+  proxy.worker(0)->post([&] {
+    store_->flush();
+    ReserveResult r = reserveSync(*store_, reserveFor("blocking"));
+    std::lock_guard lock(mu);
+    got = r;
+    returned = true;
+    cv.notify_all();
+  });
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return returned; }))
+        << "the loop thread is stuck waiting for its own store call";
+    EXPECT_EQ(got.error, StoreError::None);
+    EXPECT_EQ(got.status, ReserveStatus::Won);
   }
   proxy.stop();
 }
