@@ -162,8 +162,11 @@ class ReloadTest(ProxyTestCase):
         proxy.config["routes"].insert(0, {"name": "v2", "path": "/v2/*", "upstream": "backend"})
         proxy.write_config()
         proxy.signal(signal.SIGHUP)
-        r = poll_until(lambda: request(proxy.port, "GET", "/v2/thing").status == 200, 5)
-        self.assertTrue(r, "new route not served after SIGHUP")
+        # Each worker takes the new config from its mailbox: one may serve it before the other
+        # has, so wait until a run of requests (spread over the workers) all see it.
+        r = poll_until(lambda: all(request(proxy.port, "GET", "/v2/thing").status == 200
+                                   for _ in range(20)), 5)
+        self.assertTrue(r, "new route not served by every worker after SIGHUP")
         # An invalid file: the old config stays.
         with open(proxy.config_path, "a") as f:
             f.write("bogus_top_level_key: 1\n")
