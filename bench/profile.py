@@ -10,6 +10,8 @@
                              # commit of N appends, LMDB commits of N random ~600-byte puts
   bench/profile.py layout    # LMDB pages and writer CPU per new key for the records table keyed
                              # by hash (today) and in arrival order (bench/layout_limits.cpp)
+  bench/profile.py threads   # CPU µs per request of each thread, the backend and the idle server
+                             # core; --sched splits the idle time by period length (perf sched)
 
 Each mode starts the nginx backend and the server under test the way bench.py does (same
 configs, same wrk scripts, one worker, pinned), drives it with wrk at --conns connections for
@@ -20,6 +22,7 @@ machine. Output: a markdown summary on stdout and files under build/bench/profil
 """
 
 import argparse
+import glob
 import os
 import random
 import re
@@ -312,6 +315,114 @@ def mode_latency(r, a):
     return "\n".join(md)
 
 
+def thread_ticks(pids):
+    """utime+stime clock ticks per thread name (/proc/PID/task/*/stat and comm)."""
+    out = {}
+    for pid in pids:
+        for t in glob.glob(f"/proc/{pid}/task/*"):
+            try:
+                with open(t + "/stat") as f:
+                    st = f.read()
+                with open(t + "/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue  # a thread that ended meanwhile
+            fields = st[st.rindex(")") + 2:].split()
+            out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])
+    return out
+
+
+def idle_ticks(cpu):
+    """idle + iowait clock ticks of one CPU (/proc/stat)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return v[3] + v[4]
+    return 0
+
+
+def idle_periods(data, t0, t1):
+    """Idle periods on the recorded CPU between CLOCK_MONOTONIC times t0 and t1, by length, from
+    `perf sched timehist` (recorded with -k CLOCK_MONOTONIC): total µs per length class."""
+    cp = subprocess.run(["perf", "sched", "timehist", "-i", data], capture_output=True, text=True)
+    edges = [(50, "< 50 µs"), (200, "50–200 µs"), (1000, "0.2–1 ms"), (5000, "1–5 ms"),
+             (float("inf"), "≥ 5 ms")]
+    tot = {label: 0.0 for _, label in edges}
+    for line in cp.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or parts[2] != "<idle>":
+            continue
+        try:
+            end, length = float(parts[0]), float(parts[5]) / 1000  # s; the period ends at `end`
+        except ValueError:
+            continue
+        inside = min(end, t1) - max(end - length, t0)  # the part within the wrk run
+        if inside > 0:
+            tot[next(label for edge, label in edges if length * 1e6 < edge)] += inside * 1e6
+    return tot
+
+
+def mode_threads(r, a):
+    """Where the server core's time goes per request: CPU µs per request of each thread of the
+    server under test (by name) and of the backend, and the core's idle time per request. With
+    --sched, `perf sched record` on the server core during the same run splits the idle time by
+    the length of its periods (many short waits, or a few long stalls behind the disk)."""
+    cpu = r.b.a.server_cpu
+    hz = os.sysconf("SC_CLK_TCK")
+    md = [f"CPU and idle time on the server core (CPU {cpu}) per request (µs; wrk -c{a.conns}, "
+          f"{a.duration} s; /proc/PID/task/*/stat by thread name, /proc/stat idle + iowait):", ""]
+    for kind in a.scenarios:
+        srv = r.start(kind)
+        backend = r.b.backend.worker_pids if srv is not r.b.backend else []
+        data = os.path.join(a.out, f"sched-{kind}.data")
+        try:
+            script, args = r.load(kind, srv)
+            r.wrk(srv, script, args, 1, f"{kind} warm-up")
+            sched = None
+            if a.sched:
+                sched = subprocess.Popen(["perf", "sched", "record", "-k", "CLOCK_MONOTONIC", "-C",
+                                          str(cpu), "-o", data],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)
+                time.sleep(0.3)
+            t0, b0, i0 = thread_ticks(srv.worker_pids), thread_ticks(backend), idle_ticks(cpu)
+            w0 = time.monotonic()
+            res = r.wrk(srv, script, args, a.duration, kind)
+            w1 = time.monotonic()
+            t1, b1, i1 = thread_ticks(srv.worker_pids), thread_ticks(backend), idle_ticks(cpu)
+            if sched:
+                sched.send_signal(signal.SIGINT)
+                sched.wait(60)
+        finally:
+            if srv is not r.b.backend:
+                r.b.stop(srv)
+        n = max(res["requests"], 1)
+        us = lambda ticks: ticks * 1e6 / hz / n  # noqa: E731
+        per = {k: us(v - t0.get(k, 0)) for k, v in t1.items()}
+        md.append(f"### {kind}: {n} requests, {n * 1e6 / max(res['duration_us'], 1):.0f} req/s\n")
+        md.append("| on the server core | µs/request |")
+        md.append("|---|--:|")
+        for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
+            if v >= 0.05:
+                md.append(f"| {k} | {v:.1f} |")
+        md.append(f"| (all threads) | {sum(per.values()):.1f} |")
+        if backend:
+            md.append(f"| backend | {us(sum(b1.values()) - sum(b0.values())):.1f} |")
+        md.append(f"| idle | {us(i1 - i0):.1f} |")
+        if a.sched:
+            periods = idle_periods(data, w0, w1)
+            md.append("")
+            md.append("Idle time by the length of its periods (`perf sched`; µs per request, "
+                      "the recording itself costs the core some time):")
+            md.append("")
+            md.append("| " + " | ".join(periods) + " |")
+            md.append("|" + "--:|" * len(periods))
+            md.append("| " + " | ".join(f"{v / n:.1f}" for v in periods.values()) + " |")
+        md.append("")
+    return "\n".join(md)
+
+
 def run_probe(a, name, compile_flags, run_prefix, run_args):
     """Builds bench/NAME.cpp with c++ and runs it on a fresh directory of the store's file
     system (removed afterwards); returns what it printed."""
@@ -347,11 +458,11 @@ def mode_handoff(r, a):
 
 MODES = {"alloc": mode_alloc, "syscalls": mode_syscalls, "sysrate": mode_sysrate, "fsync": mode_fsync, "perf": mode_perf,
          "latency": mode_latency, "disk": mode_disk, "handoff": mode_handoff,
-         "layout": mode_layout}
+         "layout": mode_layout, "threads": mode_threads}
 DEFAULT_SCENARIOS = {"alloc": "direct,proxy_pass,passthrough,replay",
                      "syscalls": "direct,proxy_pass,passthrough,replay",
                      "sysrate": "direct,proxy_pass,passthrough,replay",
-                     "perf": "replay,passthrough", "latency": "new-full", "fsync": "", "disk": "", "handoff": "", "layout": ""}
+                     "perf": "replay,passthrough", "latency": "new-full", "threads": "passthrough,new-full", "fsync": "", "disk": "", "handoff": "", "layout": ""}
 
 
 def main():
@@ -371,6 +482,8 @@ def main():
     ap.add_argument("--store-dir", default=None, help="where the disk probe writes (the store's "
                     "file system; default: the output directory)")
     ap.add_argument("--disk-seconds", type=float, default=2.0, help="per disk probe (2)")
+    ap.add_argument("--sched", action="store_true", help="threads: also split the server core's "
+                    "idle time by period length (perf sched record)")
     a = ap.parse_args()
     a.scenarios = [s for s in (a.scenarios or DEFAULT_SCENARIOS[a.mode]).split(",") if s]
     a.out = os.path.abspath(a.out or os.path.join(bench.REPO_DIR, "build", "bench",
