@@ -259,20 +259,26 @@ def mode_fsync(r, a):
     return "\n".join(md)
 
 
-def attached_run(r, a, kind, tool_argv):
+def attached_run(r, a, kind, tool_argv, read=None):
     """Starts `kind`, warms it up, attaches `tool_argv(worker_pids)` (a perf command, stopped by
-    SIGINT) for one measured wrk run, and returns wrk's result."""
+    SIGINT; None: no tool) for one measured wrk run, and returns wrk's result. `read(srv)`, if
+    given, is called right before and right after that run; returns (result, before, after)."""
     srv = r.start(kind)
     try:
         script, args = r.load(kind, srv)
         r.wrk(srv, script, args, 1, f"{kind} warm-up")
-        tool = subprocess.Popen(tool_argv(srv.worker_pids), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(0.5)
+        tool = None
+        if tool_argv is not None:
+            tool = subprocess.Popen(tool_argv(srv.worker_pids), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            time.sleep(0.5)
+        before = read(srv) if read else None
         res = r.wrk(srv, script, args, a.duration, kind)
-        tool.send_signal(signal.SIGINT)
-        tool.wait(60)
-        return res
+        after = read(srv) if read else None
+        if tool is not None:
+            tool.send_signal(signal.SIGINT)
+            tool.wait(60)
+        return (res, before, after) if read else res
     finally:
         if srv is not r.b.backend:
             r.b.stop(srv)
@@ -369,36 +375,24 @@ def mode_threads(r, a):
     --sched, `perf sched record` on the server core during the same run splits the idle time by
     the length of its periods (many short waits, or a few long stalls behind the disk)."""
     cpu = r.b.a.server_cpu
-    hz = os.sysconf("SC_CLK_TCK")
     md = [f"CPU and idle time on the server core (CPU {cpu}) per request (µs; wrk -c{a.conns}, "
           f"{a.duration} s; /proc/PID/task/*/stat by thread name, /proc/stat idle + iowait):", ""]
-    for kind in a.scenarios:
-        srv = r.start(kind)
+
+    def read(srv):
         backend = r.b.backend.worker_pids if srv is not r.b.backend else []
+        return (thread_ticks(srv.worker_pids), bench.cpu_ticks(backend), idle_ticks(cpu),
+                time.monotonic(), bool(backend))
+
+    for kind in a.scenarios:
         data = os.path.join(a.out, f"sched-{kind}.data")
-        try:
-            script, args = r.load(kind, srv)
-            r.wrk(srv, script, args, 1, f"{kind} warm-up")
-            sched = None
-            if a.sched:
-                sched = subprocess.Popen(["perf", "sched", "record", "-k", "CLOCK_MONOTONIC", "-C",
-                                          str(cpu), "-o", data],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                         start_new_session=True)
-                time.sleep(0.3)
-            t0, b0, i0 = thread_ticks(srv.worker_pids), thread_ticks(backend), idle_ticks(cpu)
-            w0 = time.monotonic()
-            res = r.wrk(srv, script, args, a.duration, kind)
-            w1 = time.monotonic()
-            t1, b1, i1 = thread_ticks(srv.worker_pids), thread_ticks(backend), idle_ticks(cpu)
-            if sched:
-                sched.send_signal(signal.SIGINT)
-                sched.wait(60)
-        finally:
-            if srv is not r.b.backend:
-                r.b.stop(srv)
+        sched = None
+        if a.sched:
+            sched = lambda _pids: ["perf", "sched", "record", "-k", "CLOCK_MONOTONIC",  # noqa: E731
+                                   "-C", str(cpu), "-o", data]
+        res, (t0, b0, i0, w0, has_backend), (t1, b1, i1, w1, _) = attached_run(r, a, kind, sched,
+                                                                               read)
         n = max(res["requests"], 1)
-        us = lambda ticks: ticks * 1e6 / hz / n  # noqa: E731
+        us = lambda ticks: ticks * 1e6 / bench.CLK_TCK / n  # noqa: E731
         per = {k: us(v - t0.get(k, 0)) for k, v in t1.items()}
         md.append(f"### {kind}: {n} requests, {n * 1e6 / max(res['duration_us'], 1):.0f} req/s\n")
         md.append("| on the server core | µs/request |")
@@ -407,8 +401,8 @@ def mode_threads(r, a):
             if v >= 0.05:
                 md.append(f"| {k} | {v:.1f} |")
         md.append(f"| (all threads) | {sum(per.values()):.1f} |")
-        if backend:
-            md.append(f"| backend | {us(sum(b1.values()) - sum(b0.values())):.1f} |")
+        if has_backend:
+            md.append(f"| backend | {us(b1 - b0):.1f} |")
         md.append(f"| idle | {us(i1 - i0):.1f} |")
         if a.sched:
             periods = idle_periods(data, w0, w1)
