@@ -205,7 +205,8 @@ SYSCALL_EVENTS = ["raw_syscalls:sys_enter", "syscalls:sys_enter_recvfrom",
                   "syscalls:sys_enter_sendmsg", "syscalls:sys_enter_writev",
                   "syscalls:sys_enter_write", "syscalls:sys_enter_futex",
                   "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_ctl",
-                  "context-switches"]
+                  "syscalls:sys_enter_fdatasync", "syscalls:sys_enter_pwrite64",
+                  "syscalls:sys_enter_pwritev", "context-switches"]
 
 
 def mode_sysrate(r, a):
@@ -338,6 +339,23 @@ def thread_ticks(pids):
     return out
 
 
+def thread_switches(pids):
+    """(voluntary, involuntary) context switches per thread name (/proc/PID/task/*/status)."""
+    out = {}
+    for pid in pids:
+        for t in glob.glob(f"/proc/{pid}/task/*"):
+            try:
+                with open(t + "/status") as f:
+                    st = dict(line.split(":", 1) for line in f if ":" in line)
+            except OSError:
+                continue  # a thread that ended meanwhile
+            name = st["Name"].strip()
+            v, i = out.get(name, (0, 0))
+            out[name] = (v + int(st["voluntary_ctxt_switches"]),
+                         i + int(st["nonvoluntary_ctxt_switches"]))
+    return out
+
+
 def idle_ticks(cpu):
     """idle + iowait clock ticks of one CPU (/proc/stat)."""
     with open("/proc/stat") as f:
@@ -381,7 +399,7 @@ def mode_threads(r, a):
     def read(srv):
         backend = r.b.backend.worker_pids if srv is not r.b.backend else []
         return (thread_ticks(srv.worker_pids), bench.cpu_ticks(backend), idle_ticks(cpu),
-                time.monotonic(), bool(backend))
+                time.monotonic(), bool(backend), thread_switches(srv.worker_pids))
 
     for kind in a.scenarios:
         data = os.path.join(a.out, f"sched-{kind}.data")
@@ -389,21 +407,26 @@ def mode_threads(r, a):
         if a.sched:
             sched = lambda _pids: ["perf", "sched", "record", "-k", "CLOCK_MONOTONIC",  # noqa: E731
                                    "-C", str(cpu), "-o", data]
-        res, (t0, b0, i0, w0, has_backend), (t1, b1, i1, w1, _) = attached_run(r, a, kind, sched,
-                                                                               read)
+        res, (t0, b0, i0, w0, has_backend, s0), (t1, b1, i1, w1, _, s1) = attached_run(
+            r, a, kind, sched, read)
         n = max(res["requests"], 1)
         us = lambda ticks: ticks * 1e6 / bench.CLK_TCK / n  # noqa: E731
         per = {k: us(v - t0.get(k, 0)) for k, v in t1.items()}
         md.append(f"### {kind}: {n} requests, {n * 1e6 / max(res['duration_us'], 1):.0f} req/s\n")
-        md.append("| on the server core | µs/request |")
-        md.append("|---|--:|")
+        sw = {k: ((v[0] - s0.get(k, (0, 0))[0]) / n, (v[1] - s0.get(k, (0, 0))[1]) / n)
+              for k, v in s1.items()}
+        md.append("| on the server core | µs/request | switches/request: voluntary | "
+                  "involuntary |")
+        md.append("|---|--:|--:|--:|")
         for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
             if v >= 0.05:
-                md.append(f"| {k} | {v:.1f} |")
-        md.append(f"| (all threads) | {sum(per.values()):.1f} |")
+                vol, invol = sw.get(k, (0, 0))
+                md.append(f"| {k} | {v:.1f} | {vol:.2f} | {invol:.2f} |")
+        md.append(f"| (all threads) | {sum(per.values()):.1f} | "
+                  f"{sum(v[0] for v in sw.values()):.2f} | {sum(v[1] for v in sw.values()):.2f} |")
         if has_backend:
-            md.append(f"| backend | {us(b1 - b0):.1f} |")
-        md.append(f"| idle | {us(i1 - i0):.1f} |")
+            md.append(f"| backend | {us(b1 - b0):.1f} | | |")
+        md.append(f"| idle | {us(i1 - i0):.1f} | | |")
         if a.sched:
             periods = idle_periods(data, w0, w1)
             md.append("")
