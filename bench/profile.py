@@ -12,6 +12,9 @@
                              # by hash (today) and in arrival order (bench/layout_limits.cpp)
   bench/profile.py threads   # CPU µs per request of each thread, the backend and the idle server
                              # core; --sched splits the idle time by period length (perf sched)
+  bench/profile.py bounds    # what durability costs: new keys as they are, with the log never
+                             # synced, and with no store at all (a -DIDEMPROXY_BOUNDS=ON build),
+                             # interleaved with nginx proxy_pass for --rounds rounds
 
 Each mode starts the nginx backend and the server under test the way bench.py does (same
 configs, same wrk scripts, one worker, pinned), drives it with wrk at --conns connections for
@@ -289,8 +292,11 @@ def mode_perf(r, a):
     md = []
     for kind in a.scenarios:
         data = os.path.join(a.out, f"perf-{kind}.data")
-        res = attached_run(r, a, kind, lambda pids: ["perf", "record", "-F", "4999", "-g", "-o", data,
-                                                     "-p", str(pids[0])])
+        # PERF_CG="--call-graph dwarf": user-space call graphs (the release build has no frame
+        # pointers, so -g stops at the first idemproxy frame).
+        call_graph = os.environ.get("PERF_CG", "-g").split()
+        res = attached_run(r, a, kind, lambda pids: ["perf", "record", "-F", "4999", *call_graph,
+                                                     "-o", data, "-p", str(pids[0])])
         rep = {}
         for sort in ("dso", "dso,sym"):
             cp = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort,
@@ -399,7 +405,8 @@ def mode_threads(r, a):
     def read(srv):
         backend = r.b.backend.worker_pids if srv is not r.b.backend else []
         return (thread_ticks(srv.worker_pids), bench.cpu_ticks(backend), idle_ticks(cpu),
-                time.monotonic(), bool(backend), thread_switches(srv.worker_pids))
+                time.monotonic(), bool(backend), thread_switches(srv.worker_pids),
+                thread_switches(backend))
 
     for kind in a.scenarios:
         data = os.path.join(a.out, f"sched-{kind}.data")
@@ -407,7 +414,7 @@ def mode_threads(r, a):
         if a.sched:
             sched = lambda _pids: ["perf", "sched", "record", "-k", "CLOCK_MONOTONIC",  # noqa: E731
                                    "-C", str(cpu), "-o", data]
-        res, (t0, b0, i0, w0, has_backend, s0), (t1, b1, i1, w1, _, s1) = attached_run(
+        res, (t0, b0, i0, w0, has_backend, s0, bs0), (t1, b1, i1, w1, _, s1, bs1) = attached_run(
             r, a, kind, sched, read)
         n = max(res["requests"], 1)
         us = lambda ticks: ticks * 1e6 / bench.CLK_TCK / n  # noqa: E731
@@ -425,7 +432,9 @@ def mode_threads(r, a):
         md.append(f"| (all threads) | {sum(per.values()):.1f} | "
                   f"{sum(v[0] for v in sw.values()):.2f} | {sum(v[1] for v in sw.values()):.2f} |")
         if has_backend:
-            md.append(f"| backend | {us(b1 - b0):.1f} | | |")
+            bvol = sum(v[0] for v in bs1.values()) - sum(v[0] for v in bs0.values())
+            binv = sum(v[1] for v in bs1.values()) - sum(v[1] for v in bs0.values())
+            md.append(f"| backend | {us(b1 - b0):.1f} | {bvol / n:.2f} | {binv / n:.2f} |")
         md.append(f"| idle | {us(i1 - i0):.1f} | | |")
         if a.sched:
             periods = idle_periods(data, w0, w1)
@@ -437,6 +446,99 @@ def mode_threads(r, a):
             md.append("|" + "--:|" * len(periods))
             md.append("| " + " | ".join(f"{v / n:.1f}" for v in periods.values()) + " |")
         md.append("")
+    return "\n".join(md)
+
+
+BOUNDS_DIR = os.path.join(bench.REPO_DIR, "build", "bounds")
+# (label, scenario, IDEMPROXY_BOUND): the bounds binary with each bound, and the references.
+BOUND_VARIANTS = [("backend direct", "direct", None), ("nginx proxy_pass", "proxy_pass", None),
+                  ("new keys, durable (as shipped)", "new-full", ""),
+                  ("new keys, log never synced", "new-full", "nosync"),
+                  ("new keys, no store at all", "new-full", "nostore")]
+
+
+def build_bounds():
+    """build/bounds/idemproxy: the `bounds` preset (base/bounds.h), built if missing or stale."""
+    for argv in (["cmake", "--preset", "bounds"],
+                 ["cmake", "--build", BOUNDS_DIR, "--target", "idemproxy"]):
+        cp = subprocess.run(argv, cwd=bench.REPO_DIR, capture_output=True, text=True)
+        if cp.returncode != 0:
+            raise bench.Fail(f"{' '.join(argv)} failed:\n{cp.stdout[-2000:]}{cp.stderr[-2000:]}")
+    return os.path.join(BOUNDS_DIR, "idemproxy")
+
+
+def mode_bounds(r, a):
+    """What the durable path costs at --conns, by leaving parts of it out: new keys through the
+    store as shipped, with the write-ahead log written but never synced, and with no store at
+    all (reservations won and records kept without LMDB or the log), all from one binary built
+    with -DIDEMPROXY_BOUNDS=ON, interleaved with nginx `proxy_pass` (and the backend direct at
+    c1, the reference of the added p50) in each of --rounds rounds. Same minutes, same binary:
+    the differences are what the sync and the store cost on this machine."""
+    binary = build_bounds()
+    cpu = r.b.a.server_cpu
+    variants = [v for v in BOUND_VARIANTS if a.conns == 1 or v[1] != "direct"]
+    rows = {label: [] for label, _, _ in variants}
+
+    def read(srv):
+        backend = r.b.backend.worker_pids if srv is not r.b.backend else []
+        return (thread_ticks(srv.worker_pids), bench.cpu_ticks(backend), idle_ticks(cpu))
+
+    saved_bin = r.b.a.bin
+    try:
+        for rnd in range(a.rounds):
+            ref = {}
+            for label, kind, bound in variants:
+                if bound is None:
+                    os.environ.pop("IDEMPROXY_BOUND", None)
+                else:
+                    os.environ["IDEMPROXY_BOUND"] = bound
+                r.b.a.bin = binary if bound is not None else saved_bin
+                try:
+                    res, (t0, b0, i0), (t1, b1, i1) = attached_run(r, a, kind, None, read)
+                finally:
+                    os.environ.pop("IDEMPROXY_BOUND", None)
+                n = max(res["requests"], 1)
+                us = lambda ticks: ticks * 1e6 / bench.CLK_TCK / n  # noqa: E731
+                row = dict(rps=n * 1e6 / max(res["duration_us"], 1), p50=res["p50_us"],
+                           errors=sum(res.get(k, 0) for k in ("err_connect", "err_read",
+                                                              "err_write", "err_status",
+                                                              "err_timeout")),
+                           cpu=us(sum(t1.values()) - sum(t0.values())) if kind != "direct" else 0,
+                           backend=us(b1 - b0), idle=us(i1 - i0))
+                if kind in ("direct", "proxy_pass"):
+                    ref[kind] = row
+                row["x"] = row["rps"] / ref["proxy_pass"]["rps"] if "proxy_pass" in ref else 0
+                row["added"] = row["p50"] - ref["direct"]["p50"] if "direct" in ref else None
+                rows[label].append(row)
+                bench.log(f"round {rnd + 1}, {label}: {row['rps']:.0f} req/s, p50 {row['p50']} µs, "
+                          f"CPU {row['cpu']:.1f} µs/req")
+    finally:
+        r.b.a.bin = saved_bin
+    md = [f"What durability costs, wrk -c{a.conns}, {a.duration} s per run, {a.rounds} rounds "
+          f"(each round runs every row once, in this order); one binary built with "
+          f"-DIDEMPROXY_BOUNDS=ON ({binary}) for the idemproxy rows. Per row: the rounds' "
+          "values, then their median.", "",
+          "| run | req/s | × proxy_pass | p50 µs | " + ("+p50 vs direct | " if a.conns == 1 else "")
+          + "server CPU µs/req | backend µs/req | idle µs/req | errors |",
+          "|---|--:|--:|--:|" + ("--:|" if a.conns == 1 else "") + "--:|--:|--:|--:|"]
+
+    def cell(vals, fmt):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return "—"
+        med = sorted(vals)[len(vals) // 2]
+        return ", ".join(fmt.format(v) for v in vals) + f" (**{fmt.format(med)}**)"
+
+    for label, kind, _ in variants:
+        rs = rows[label]
+        md.append(f"| {label} | {cell([x['rps'] for x in rs], '{:.0f}')} | "
+                  f"{cell([x['x'] for x in rs] if kind != 'direct' else [], '{:.2f}')} | "
+                  f"{cell([x['p50'] for x in rs], '{}')} | "
+                  + (f"{cell([x['added'] for x in rs] if kind != 'direct' else [], '{:+}')} | "
+                     if a.conns == 1 else "")
+                  + f"{cell([x['cpu'] for x in rs] if kind != 'direct' else [], '{:.1f}')} | "
+                  f"{cell([x['backend'] for x in rs], '{:.1f}')} | "
+                  f"{cell([x['idle'] for x in rs], '{:.1f}')} | {sum(x['errors'] for x in rs)} |")
     return "\n".join(md)
 
 
@@ -475,11 +577,11 @@ def mode_handoff(r, a):
 
 MODES = {"alloc": mode_alloc, "syscalls": mode_syscalls, "sysrate": mode_sysrate, "fsync": mode_fsync, "perf": mode_perf,
          "latency": mode_latency, "disk": mode_disk, "handoff": mode_handoff,
-         "layout": mode_layout, "threads": mode_threads}
+         "layout": mode_layout, "threads": mode_threads, "bounds": mode_bounds}
 DEFAULT_SCENARIOS = {"alloc": "direct,proxy_pass,passthrough,replay",
                      "syscalls": "direct,proxy_pass,passthrough,replay",
                      "sysrate": "direct,proxy_pass,passthrough,replay",
-                     "perf": "replay,passthrough", "latency": "new-full", "threads": "passthrough,new-full", "fsync": "", "disk": "", "handoff": "", "layout": ""}
+                     "perf": "replay,passthrough", "latency": "new-full", "threads": "passthrough,new-full", "bounds": "", "fsync": "", "disk": "", "handoff": "", "layout": ""}
 
 
 def main():
@@ -499,6 +601,7 @@ def main():
     ap.add_argument("--store-dir", default=None, help="where the disk probe writes (the store's "
                     "file system; default: the output directory)")
     ap.add_argument("--disk-seconds", type=float, default=2.0, help="per disk probe (2)")
+    ap.add_argument("--rounds", type=int, default=3, help="bounds: rounds of runs (3)")
     ap.add_argument("--sched", action="store_true", help="threads: also split the server core's "
                     "idle time by period length (perf sched record)")
     a = ap.parse_args()

@@ -10,6 +10,7 @@
 #include <iterator>
 #include <memory>
 
+#include "base/bounds.h"
 #include "base/log.h"
 #include "cli/cli.h"
 #include "config/redis_url.h"
@@ -182,6 +183,10 @@ class Daemon {
 
     // A stuck worker loop stops the pings, and systemd restarts the service.
     notifier_.startWatchdog(base_.get(), [this] { return proxy_->healthy(); });
+    if (*bounds::active() != '\0') {
+      // A benchmark build (base/bounds.h) told to leave part of the store out: never durable.
+      log::warn("bound-not-durable", {{"bound", bounds::active()}});
+    }
     log::info("started", {{"version", IDEMPROXY_VERSION},
                           {"listen", config_->server.listen.text},
                           {"port", proxy_->port()},
