@@ -493,6 +493,11 @@ def mode_bounds(r, a):
                 else:
                     os.environ["IDEMPROXY_BOUND"] = bound
                 r.b.a.bin = binary if bound is not None else saved_bin
+                probe = None
+                if a.conns == 1 and kind == "new-full":
+                    # As bench.py does for its c1 new-key rows: the flush probe just before.
+                    os.makedirs(r.b.a.store_root, exist_ok=True)
+                    probe = bench.fsync_latency(r.b.a.store_root)[0]
                 try:
                     res, (t0, b0, i0), (t1, b1, i1) = attached_run(r, a, kind, None, read)
                 finally:
@@ -509,6 +514,7 @@ def mode_bounds(r, a):
                     ref[kind] = row
                 row["x"] = row["rps"] / ref["proxy_pass"]["rps"] if "proxy_pass" in ref else 0
                 row["added"] = row["p50"] - ref["direct"]["p50"] if "direct" in ref else None
+                row["limit"] = 2 * probe + 150 if probe is not None else None
                 rows[label].append(row)
                 bench.log(f"round {rnd + 1}, {label}: {row['rps']:.0f} req/s, p50 {row['p50']} µs, "
                           f"CPU {row['cpu']:.1f} µs/req")
@@ -518,9 +524,10 @@ def mode_bounds(r, a):
           f"(each round runs every row once, in this order); one binary built with "
           f"-DIDEMPROXY_BOUNDS=ON ({binary}) for the idemproxy rows. Per row: the rounds' "
           "values, then their median.", "",
-          "| run | req/s | × proxy_pass | p50 µs | " + ("+p50 vs direct | " if a.conns == 1 else "")
+          "| run | req/s | × proxy_pass | p50 µs | " + ("+p50 vs direct | 2 fsync probes + 150 "
+                                                          "µs | " if a.conns == 1 else "")
           + "server CPU µs/req | backend µs/req | idle µs/req | errors |",
-          "|---|--:|--:|--:|" + ("--:|" if a.conns == 1 else "") + "--:|--:|--:|--:|"]
+          "|---|--:|--:|--:|" + ("--:|--:|" if a.conns == 1 else "") + "--:|--:|--:|--:|"]
 
     def cell(vals, fmt):
         vals = [v for v in vals if v is not None]
@@ -535,7 +542,7 @@ def mode_bounds(r, a):
                   f"{cell([x['x'] for x in rs] if kind != 'direct' else [], '{:.2f}')} | "
                   f"{cell([x['p50'] for x in rs], '{}')} | "
                   + (f"{cell([x['added'] for x in rs] if kind != 'direct' else [], '{:+}')} | "
-                     if a.conns == 1 else "")
+                     f"{cell([x['limit'] for x in rs], '{:.0f}')} | " if a.conns == 1 else "")
                   + f"{cell([x['cpu'] for x in rs] if kind != 'direct' else [], '{:.1f}')} | "
                   f"{cell([x['backend'] for x in rs], '{:.1f}')} | "
                   f"{cell([x['idle'] for x in rs], '{:.1f}')} | {sum(x['errors'] for x in rs)} |")
