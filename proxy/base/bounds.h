@@ -17,9 +17,15 @@ bool skipStore();
 // The bound in effect ("" for none), for the start-up warning.
 const char* active();
 #else
-constexpr bool skipLogSync() { return false; }
-constexpr bool skipStore() { return false; }
-constexpr const char* active() { return ""; }
+constexpr bool skipLogSync() {
+  return false;
+}
+constexpr bool skipStore() {
+  return false;
+}
+constexpr const char* active() {
+  return "";
+}
 #endif
 
 }  // namespace idem::bounds
