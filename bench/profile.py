@@ -31,6 +31,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -483,21 +484,24 @@ def mode_bounds(r, a):
         backend = r.b.backend.worker_pids if srv is not r.b.backend else []
         return (thread_ticks(srv.worker_pids), bench.cpu_ticks(backend), idle_ticks(cpu))
 
-    saved_bin = r.b.a.bin
+    saved_bin, saved_bound = r.b.a.bin, os.environ.pop("IDEMPROXY_BOUND", None)
+    refs = [v for v in variants if v[2] is None]
+    mine = [v for v in variants if v[2] is not None]
     try:
         for rnd in range(a.rounds):
             ref = {}
-            for label, kind, bound in variants:
-                if bound is None:
-                    os.environ.pop("IDEMPROXY_BOUND", None)
-                else:
-                    os.environ["IDEMPROXY_BOUND"] = bound
+            # The references first; the three builds' order turns each round, so that none is
+            # always the one that follows another's writeback.
+            turn = rnd % len(mine)
+            for label, kind, bound in refs + mine[turn:] + mine[:turn]:
                 r.b.a.bin = binary if bound is not None else saved_bin
                 probe = None
-                if a.conns == 1 and kind == "new-full":
+                if a.conns == 1 and bound == "":
                     # As bench.py does for its c1 new-key rows: the flush probe just before.
                     os.makedirs(r.b.a.store_root, exist_ok=True)
                     probe = bench.fsync_latency(r.b.a.store_root)[0]
+                if bound:
+                    os.environ["IDEMPROXY_BOUND"] = bound
                 try:
                     res, (t0, b0, i0), (t1, b1, i1) = attached_run(r, a, kind, None, read)
                 finally:
@@ -520,10 +524,13 @@ def mode_bounds(r, a):
                           f"CPU {row['cpu']:.1f} µs/req")
     finally:
         r.b.a.bin = saved_bin
+        if saved_bound is not None:
+            os.environ["IDEMPROXY_BOUND"] = saved_bound
     md = [f"What durability costs, wrk -c{a.conns}, {a.duration} s per run, {a.rounds} rounds "
-          f"(each round runs every row once, in this order); one binary built with "
-          f"-DIDEMPROXY_BOUNDS=ON ({binary}) for the idemproxy rows. Per row: the rounds' "
-          "values, then their median.", "",
+          f"(each round runs every row once: the references first, then the idemproxy rows in "
+          f"an order that turns each round); one binary built with -DIDEMPROXY_BOUNDS=ON "
+          f"({binary}) for the idemproxy rows. Per row: the rounds' values, then their "
+          "median.", "",
           "| run | req/s | × proxy_pass | p50 µs | " + ("+p50 vs direct | 2 fsync probes + 150 "
                                                           "µs | " if a.conns == 1 else "")
           + "server CPU µs/req | backend µs/req | idle µs/req | errors |",
@@ -533,7 +540,7 @@ def mode_bounds(r, a):
         vals = [v for v in vals if v is not None]
         if not vals:
             return "—"
-        med = sorted(vals)[len(vals) // 2]
+        med = statistics.median(vals)
         return ", ".join(fmt.format(v) for v in vals) + f" (**{fmt.format(med)}**)"
 
     for label, kind, _ in variants:

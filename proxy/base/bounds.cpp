@@ -2,29 +2,32 @@
 
 #ifdef IDEMPROXY_BOUNDS
 #include <cstdlib>
-#include <cstring>
+#include <string_view>
 
 namespace idem::bounds {
 
 namespace {
-const char* bound() {
-  static const char* const value = [] {
+// IDEMPROXY_BOUND as given ("" when unset), read once.
+std::string_view given() {
+  static const std::string_view value = [] {
     const char* v = std::getenv("IDEMPROXY_BOUND");
-    return v != nullptr && (std::strcmp(v, "nosync") == 0 || std::strcmp(v, "nostore") == 0) ? v
-                                                                                             : "";
+    return std::string_view(v != nullptr ? v : "");
   }();
   return value;
 }
 }  // namespace
 
 bool skipLogSync() {
-  return std::strcmp(bound(), "nosync") == 0;
+  return given() == "nosync";
 }
 bool skipStore() {
-  return std::strcmp(bound(), "nostore") == 0;
+  return given() == "nostore";
 }
 const char* active() {
-  return bound();
+  return skipLogSync() ? "nosync" : skipStore() ? "nostore" : "";
+}
+bool valid() {
+  return given().empty() || skipLogSync() || skipStore();
 }
 
 }  // namespace idem::bounds

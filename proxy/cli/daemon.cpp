@@ -81,6 +81,12 @@ class Daemon {
       : config_path_(std::move(configPath)), config_(std::move(config)), telemetry_(metrics_) {}
 
   int run() {
+    if (!bounds::valid()) {
+      // A benchmark build (base/bounds.h) given a bound it does not know: a typo must not
+      // quietly measure the durable path as if it were the bound.
+      log::error("bound-unknown", {{"allowed", "nosync, nostore"}});
+      return kExitFailure;
+    }
     std::string error;
     const StoreConfig& sc = config_->store;
     // Where the records live, for logs: the LMDB directory, or the connection string with any
